@@ -1,0 +1,303 @@
+//! Mounting and serving: opens the layers, daemonises once the mount is
+//! ready, mounts FUSE itself (so the fstype reads `fuse.unionfs-fuse` and
+//! unmount is ours to do lazily), and unmounts on SIGTERM/SIGINT/SIGHUP.
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use super::Adapter;
+use crate::errno::Errno;
+use crate::layers::{open_dir, Layers};
+use crate::options::MountConfig;
+use crate::sys;
+use crate::union::{Options, Union};
+
+const SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Whether this process runs inside a user namespace other than the initial
+/// one, where trusted.* xattrs are out of reach.
+fn in_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(m) => {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            !(f.len() == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Clears debris a crash left in `WORKDIR/work` and returns its fd.
+fn prepare_workdir(work: &Path) -> Result<OwnedFd, String> {
+    let wfd = open_dir(work).map_err(|e| format!("work dir {}: {e}", work.display()))?;
+    match sys::fs::mkdirat(wfd.as_fd(), c"work", 0o700) {
+        Ok(()) => {}
+        Err(e) if e == Errno::EEXIST => {}
+        Err(e) => return Err(format!("work dir {}/work: {e}", work.display())),
+    }
+    let inner = sys::fs::open_dir_path(wfd.as_fd(), c"work")
+        .map_err(|e| format!("work dir {}/work: {e}", work.display()))?;
+    remove_tree_contents(inner.as_fd(), 0);
+    Ok(inner)
+}
+
+/// Best-effort removal of everything below a dir fd (leftover staging).
+fn remove_tree_contents(dir: std::os::fd::BorrowedFd<'_>, depth: usize) {
+    let Ok(rfd) = sys::fs::openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) else {
+        return;
+    };
+    let Ok(entries) = sys::dir::read_all(rfd.as_fd()) else {
+        return;
+    };
+    for e in entries {
+        let Ok(c) = CString::new(e.name.as_bytes()) else {
+            continue;
+        };
+        if sys::fs::unlinkat(rfd.as_fd(), &c, 0).is_ok() {
+            continue;
+        }
+        if depth < 64 {
+            if let Ok(sub) = sys::fs::open_dir_path(rfd.as_fd(), &c) {
+                remove_tree_contents(sub.as_fd(), depth + 1);
+            }
+        }
+        let _ = sys::fs::unlinkat(rfd.as_fd(), &c, libc::AT_REMOVEDIR);
+    }
+}
+
+fn build_union(c: &MountConfig) -> Result<Union, String> {
+    let mut lowers = Vec::new();
+    for l in &c.lowers {
+        lowers.push(open_dir(l).map_err(|e| format!("lower dir {}: {e}", l.display()))?);
+    }
+    let upper = match &c.upper {
+        Some(u) => Some(open_dir(u).map_err(|e| format!("upper dir {}: {e}", u.display()))?),
+        None => None,
+    };
+    let work = match &c.work {
+        Some(w) => Some(prepare_workdir(w)?),
+        None => None,
+    };
+    let layers = Layers::new(upper, lowers, work).map_err(|e| format!("layers: {e}"))?;
+    let opts = Options {
+        userxattr: c.userxattr || in_user_namespace(),
+        oci_whiteouts: c.oci_whiteouts,
+        volatile: c.volatile,
+        redirect_dir: c.redirect_dir,
+    };
+    Union::new(layers, opts).map_err(|e| format!("root: {e}"))
+}
+
+/// Mounts FUSE with mount(2) on an fd of our own. Returns EPERM when only
+/// fusermount3 could do it.
+fn mount_fuse(c: &MountConfig, allow_other: bool, default_perms: bool) -> Result<OwnedFd, Errno> {
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(Errno::from)?;
+    let fd: OwnedFd = dev.into();
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={},group_id={}",
+        fd.as_raw_fd(),
+        sys::proc::geteuid(),
+        sys::proc::getegid()
+    );
+    if default_perms {
+        data.push_str(",default_permissions");
+    }
+    if allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags: u64 = 0;
+    if c.upper.is_none() {
+        flags |= libc::MS_RDONLY;
+    }
+    if !c.dev.unwrap_or(true) {
+        flags |= libc::MS_NODEV;
+    }
+    if !c.suid.unwrap_or(true) {
+        flags |= libc::MS_NOSUID;
+    }
+    if !c.exec {
+        flags |= libc::MS_NOEXEC;
+    }
+    if c.noatime {
+        flags |= libc::MS_NOATIME;
+    }
+    let src = CString::new(c.source.clone()).map_err(|_| Errno::EINVAL)?;
+    let target = CString::new(c.merged.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let data = CString::new(data).map_err(|_| Errno::EINVAL)?;
+    sys::proc::mount(&src, &target, c"fuse.unionfs-fuse", flags, &data)?;
+    Ok(fd)
+}
+
+fn fuser_config(c: &MountConfig, allow_other: bool, default_perms: bool) -> Config {
+    let mut cfg = Config::default();
+    cfg.n_threads = Some(c.threads);
+    cfg.clone_fd = c.threads > 1;
+    cfg.acl = if allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let mut mo = vec![
+        MountOption::FSName(c.source.clone()),
+        MountOption::Subtype("unionfs-fuse".into()),
+    ];
+    if default_perms {
+        mo.push(MountOption::DefaultPermissions);
+    }
+    if c.upper.is_none() {
+        mo.push(MountOption::RO);
+    }
+    mo.push(if c.dev.unwrap_or(false) {
+        MountOption::Dev
+    } else {
+        MountOption::NoDev
+    });
+    mo.push(if c.suid.unwrap_or(false) {
+        MountOption::Suid
+    } else {
+        MountOption::NoSuid
+    });
+    if !c.exec {
+        mo.push(MountOption::NoExec);
+    }
+    if c.noatime {
+        mo.push(MountOption::NoAtime);
+    }
+    cfg.mount_options = mo;
+    cfg
+}
+
+enum Ready {
+    /// Tell the waiting parent (daemon mode) how mounting went.
+    Pipe(OwnedFd),
+    None,
+}
+
+impl Ready {
+    fn send(&mut self, msg: &str) {
+        if let Ready::Pipe(fd) = std::mem::replace(self, Ready::None) {
+            let mut f = std::fs::File::from(fd);
+            let _ = f.write_all(msg.as_bytes());
+        }
+    }
+}
+
+/// Runs `unionfs-fuse` with a parsed and validated config; returns the exit code.
+pub fn run(c: MountConfig) -> i32 {
+    sys::proc::raise_nofile_limit();
+    // Callers' modes arrive already masked by the kernel; apply them exactly.
+    sys::proc::set_umask(0);
+
+    let mut ready = Ready::None;
+    if !c.foreground {
+        let (r, w) = match sys::proc::pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("unionfs-fuse: pipe: {e}");
+                return 1;
+            }
+        };
+        // Still single-threaded here: fork is safe.
+        match sys::proc::fork() {
+            Err(e) => {
+                eprintln!("unionfs-fuse: fork: {e}");
+                return 1;
+            }
+            Ok(sys::proc::Fork::Parent(_)) => {
+                drop(w);
+                let mut msg = String::new();
+                let _ = std::fs::File::from(r).read_to_string(&mut msg);
+                if msg == "ok" {
+                    return 0;
+                }
+                if msg.is_empty() {
+                    msg = "the server exited before the mount was ready".into();
+                }
+                eprintln!("unionfs-fuse: {msg}");
+                return 1;
+            }
+            Ok(sys::proc::Fork::Child) => {
+                drop(r);
+                let _ = sys::proc::setsid();
+                ready = Ready::Pipe(w);
+            }
+        }
+    }
+
+    match serve(&c, &mut ready) {
+        Ok(()) => 0,
+        Err(msg) => {
+            ready.send(&msg);
+            if c.foreground {
+                eprintln!("unionfs-fuse: {msg}");
+            }
+            1
+        }
+    }
+}
+
+fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
+    // Signals go to one waiting thread; workers inherit the blocked mask.
+    sys::proc::block_signals(&SIGNALS).map_err(|e| format!("signals: {e}"))?;
+    let fs = Arc::new(build_union(c)?);
+    let root = sys::proc::geteuid() == 0;
+    let allow_other = c.allow_other.unwrap_or(root);
+    let default_perms = c.default_permissions.unwrap_or(true);
+    let adapter = Adapter::new(fs, Duration::from_secs_f64(c.timeout));
+    let cfg = fuser_config(c, allow_other, default_perms);
+
+    let session = match mount_fuse(c, allow_other, default_perms) {
+        Ok(fd) => {
+            let acl = cfg.acl;
+            Session::from_fd(adapter, fd, acl, cfg).map_err(|e| {
+                let target = CString::new(c.merged.as_os_str().as_bytes()).unwrap_or_default();
+                let _ = sys::proc::umount2(&target, libc::MNT_DETACH);
+                format!("FUSE handshake: {e}")
+            })?
+        }
+        Err(e) if e == Errno::EPERM => {
+            // Not privileged for mount(2): let fusermount3 do it.
+            let mut cfg = cfg;
+            if !allow_other {
+                cfg.acl = SessionACL::Owner;
+            }
+            Session::new(adapter, &c.merged, &cfg)
+                .map_err(|e| format!("mount {}: {e} (fusermount3 failed)", c.merged.display()))?
+        }
+        Err(e) => return Err(format!("mount {}: {e}", c.merged.display())),
+    };
+
+    let merged = c.merged.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let sig = sys::proc::wait_signal(&SIGNALS);
+            log::info!("signal {sig}: unmounting {}", merged.display());
+            let target = CString::new(merged.as_os_str().as_bytes()).unwrap_or_default();
+            // Lazy, so an open file cannot keep a dead mount around.
+            if let Err(e) = sys::proc::umount2(&target, libc::MNT_DETACH) {
+                log::warn!("unmount {}: {e}", merged.display());
+                std::process::exit(0);
+            }
+        })
+        .map_err(|e| format!("signal thread: {e}"))?;
+
+    ready.send("ok");
+    if !c.foreground {
+        if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
+            let _ = sys::proc::redirect_stdio(null.as_fd());
+        }
+    }
+    session.run().map_err(|e| format!("session: {e}"))
+}

@@ -1,0 +1,324 @@
+//! Copy-up: bringing a lower object into the upper layer, atomically.
+//!
+//! The object is built under a temporary name in the work dir (or as an
+//! O_TMPFILE / a temporary name in the target dir when there is no work dir),
+//! gets data (holes kept), xattrs, owner, then mode (so setuid survives the
+//! chown), then times and the `origin` xattr, and only then appears under its
+//! name through one rename or link. The parent's times are restored after.
+
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::errno::{Errno, Result};
+use crate::format::Format;
+use crate::node::{Body, LayerDir, Node};
+use crate::sys;
+use crate::sys::fs::{bfd, Time};
+use crate::union::Union;
+
+const CHUNK: usize = 1 << 20;
+
+fn time_of(sec: i64, nsec: i64) -> Time {
+    Time::At(sec, nsec)
+}
+
+impl Union {
+    /// Makes sure `node` (and all its ancestors) exist in the upper layer.
+    pub(crate) fn copy_up(&self, node: &Arc<Node>) -> Result<()> {
+        if node.in_upper() {
+            return Ok(());
+        }
+        if !self.has_upper() {
+            return Err(Errno::EROFS);
+        }
+        // Parents first, top-down, without recursion (paths may be very deep).
+        let mut chain = vec![node.clone()];
+        while let Some(p) = chain.last().and_then(|n| n.parent()) {
+            if p.in_upper() {
+                break;
+            }
+            chain.push(p);
+        }
+        for n in chain.iter().rev() {
+            self.copy_up_one(n)?;
+        }
+        Ok(())
+    }
+
+    fn copy_up_one(&self, node: &Arc<Node>) -> Result<()> {
+        let _g = node.copy_lock.lock();
+        if node.in_upper() {
+            return Ok(());
+        }
+        let parent = node.parent().ok_or(Errno::EIO)?;
+        let pu = parent.dir_body().and_then(|d| d.upper).ok_or(Errno::EIO)?;
+        let st = node.snapshot();
+        let pfd = bfd(&*pu.fd);
+        let pst = sys::fs::fstat(pfd)?;
+        match &st.body {
+            Body::Dir(d) => {
+                let lower = d.lowers.first().ok_or(Errno::EIO)?;
+                self.copy_up_dir(pfd, &st.name, bfd(&*lower.fd))?;
+                let fd = sys::fs::open_dir_path(pfd, &st.name)?;
+                let mut w = node.state.write();
+                if let Body::Dir(d) = &mut w.body {
+                    d.upper = Some(LayerDir {
+                        layer: 0,
+                        fd: Arc::new(fd),
+                        xwh: false,
+                    });
+                }
+            }
+            Body::Leaf(l) => {
+                let (layer, lfd) = l.lower.clone().ok_or(Errno::EIO)?;
+                self.copy_up_leaf(pfd, &st.name, bfd(&*lfd), layer)?;
+                let mut w = node.state.write();
+                if let Body::Leaf(l) = &mut w.body {
+                    l.upper = Some(pu.fd.clone());
+                }
+            }
+        }
+        node.copied_up.store(true, Ordering::Release);
+        // Linking into the parent changed its times; the kernel restores them.
+        let _ = sys::fs::futimens_any(
+            pfd,
+            time_of(pst.st_atime, pst.st_atime_nsec),
+            time_of(pst.st_mtime, pst.st_mtime_nsec),
+        );
+        Ok(())
+    }
+
+    fn copy_up_dir(&self, pfd: BorrowedFd<'_>, name: &CStr, lower: BorrowedFd<'_>) -> Result<()> {
+        let lst = sys::fs::fstat(lower)?;
+        let stage = self.stage_dir(pfd);
+        let tmp = self.tmp_name();
+        sys::fs::mkdirat(stage, &tmp, 0o700)?;
+        let r = self
+            .copy_meta(lower, c"", stage, &tmp, &lst)
+            .and_then(|_| sys::fs::renameat2(stage, &tmp, pfd, name, libc::RENAME_NOREPLACE));
+        if let Err(e) = r {
+            let _ = sys::fs::unlinkat(stage, &tmp, libc::AT_REMOVEDIR);
+            return Err(if e == Errno::EEXIST { Errno::ENOENT } else { e });
+        }
+        Ok(())
+    }
+
+    fn copy_up_leaf(
+        &self,
+        pfd: BorrowedFd<'_>,
+        name: &CStr,
+        ldir: BorrowedFd<'_>,
+        layer: usize,
+    ) -> Result<()> {
+        let lst = sys::fs::lstatat(ldir, name)?;
+        let kind = lst.st_mode & libc::S_IFMT;
+        let stage = self.stage_dir(pfd);
+        let tmp = self.tmp_name();
+
+        if kind == libc::S_IFREG && self.layers.work.is_none() {
+            // No work dir: an unnamed O_TMPFILE is linked in once complete.
+            match sys::fs::openat(pfd, c".", libc::O_TMPFILE | libc::O_WRONLY, 0o600) {
+                Ok(dst) => {
+                    self.fill_regular(ldir, name, &dst, &lst, layer)?;
+                    return sys::fs::link_tmpfile(dst.as_fd(), pfd, name).map_err(|e| {
+                        if e == Errno::EEXIST {
+                            Errno::ENOENT
+                        } else {
+                            e
+                        }
+                    });
+                }
+                Err(e) if e == Errno::ENOTSUP || e == Errno::EINVAL || e == Errno::EISDIR => {}
+                Err(e) => return Err(e),
+            }
+        }
+
+        let built = match kind {
+            libc::S_IFREG => sys::fs::openat(
+                stage,
+                &tmp,
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                0o600,
+            )
+            .and_then(|dst| self.fill_regular(ldir, name, &dst, &lst, layer)),
+            libc::S_IFLNK => sys::fs::readlinkat(ldir, name)
+                .and_then(|t| std::ffi::CString::new(t).map_err(|_| Errno::EIO))
+                .and_then(|t| sys::fs::symlinkat(&t, stage, &tmp))
+                .and_then(|_| self.copy_meta(ldir, name, stage, &tmp, &lst))
+                .and_then(|_| self.set_origin(ldir, name, stage, &tmp, layer)),
+            _ => sys::fs::mknodat(stage, &tmp, kind | 0o600, lst.st_rdev)
+                .and_then(|_| self.copy_meta(ldir, name, stage, &tmp, &lst))
+                .and_then(|_| self.set_origin(ldir, name, stage, &tmp, layer)),
+        };
+        let r =
+            built.and_then(|_| sys::fs::renameat2(stage, &tmp, pfd, name, libc::RENAME_NOREPLACE));
+        if let Err(e) = r {
+            let _ = sys::fs::unlinkat(stage, &tmp, 0);
+            return Err(if e == Errno::EEXIST { Errno::ENOENT } else { e });
+        }
+        Ok(())
+    }
+
+    /// Data, metadata and origin of a regular file into the open `dst`.
+    fn fill_regular(
+        &self,
+        ldir: BorrowedFd<'_>,
+        name: &CStr,
+        dst: &OwnedFd,
+        lst: &libc::stat,
+        layer: usize,
+    ) -> Result<()> {
+        let src = sys::fs::openat(
+            ldir,
+            name,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME,
+            0,
+        )
+        .or_else(|_| sys::fs::openat(ldir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0))?;
+        copy_data(src.as_fd(), dst.as_fd(), lst.st_size)?;
+        self.copy_meta(ldir, name, dst.as_fd(), c"", lst)?;
+        self.set_origin(ldir, name, dst.as_fd(), c"", layer)?;
+        if !self.opts.volatile {
+            // Like the kernel: a copied-up file is durable before it is visible.
+            sys::fs::fsync(dst.as_fd(), false)?;
+        }
+        Ok(())
+    }
+
+    /// xattrs, owner, mode, times, in that order. An empty `dname` means
+    /// the object of `ddir` itself.
+    fn copy_meta(
+        &self,
+        sdir: BorrowedFd<'_>,
+        sname: &CStr,
+        ddir: BorrowedFd<'_>,
+        dname: &CStr,
+        st: &libc::stat,
+    ) -> Result<()> {
+        let keys = match sys::xattr::list(sdir, sname) {
+            Ok(k) => k,
+            Err(e) if e == Errno::ENOTSUP => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for k in keys {
+            if self.fmt.is_private_xattr(&k) {
+                continue;
+            }
+            let Ok(key) = std::ffi::CString::new(k) else {
+                continue;
+            };
+            let v = match sys::xattr::get(sdir, sname, &key) {
+                Ok(v) => v,
+                Err(e) if e == Errno::ENODATA => continue,
+                Err(e) => return Err(e),
+            };
+            if let Err(e) = sys::xattr::set(ddir, dname, &key, &v, 0) {
+                // Security labels may be refused by an LSM; everything else counts.
+                if !key.to_bytes().starts_with(b"security.") {
+                    return Err(e);
+                }
+            }
+        }
+        let kind = st.st_mode & libc::S_IFMT;
+        let own_flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH;
+        sys::fs::fchownat(ddir, dname, st.st_uid, st.st_gid, own_flags)?;
+        if kind != libc::S_IFLNK {
+            sys::fs::fchmodat(ddir, dname, st.st_mode & 0o7777)?;
+        }
+        sys::fs::utimens_entry(
+            ddir,
+            dname,
+            time_of(st.st_atime, st.st_atime_nsec),
+            time_of(st.st_mtime, st.st_mtime_nsec),
+        )
+    }
+
+    /// Records the lower object as the copy's `overlay.origin`, as the kernel
+    /// does, so its inode number survives copy-up and remount.
+    fn set_origin(
+        &self,
+        ldir: BorrowedFd<'_>,
+        lname: &CStr,
+        ddir: BorrowedFd<'_>,
+        dname: &CStr,
+        layer: usize,
+    ) -> Result<()> {
+        let Ok((t, fid)) = sys::fs::name_to_handle(ldir, lname, 0) else {
+            return Ok(());
+        };
+        let uuid = self
+            .layers
+            .list
+            .get(layer)
+            .map(|l| l.uuid)
+            .unwrap_or([0; 16]);
+        if let Some(v) = Format::encode_origin(t, &fid, &uuid) {
+            if let Err(e) = sys::xattr::set(ddir, dname, &self.fmt.origin_key(), &v, 0) {
+                // Without the origin only the inode number changes.
+                log::debug!("origin xattr not written: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies `size` bytes, skipping holes so sparse files stay sparse.
+fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: i64) -> Result<()> {
+    let mut off: i64 = 0;
+    while off < size {
+        let data = match sys::fs::lseek(src, off, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(e) if e.raw() == libc::ENXIO => break,
+            Err(e) if e == Errno::EINVAL => off,
+            Err(e) => return Err(e),
+        };
+        let hole = sys::fs::lseek(src, data, libc::SEEK_HOLE)
+            .unwrap_or(size)
+            .min(size);
+        copy_range(src, dst, data, hole)?;
+        off = hole.max(data + 1);
+    }
+    sys::fs::ftruncate(dst, size)
+}
+
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: i64, end: i64) -> Result<()> {
+    let mut so = start;
+    let mut d_off = start;
+    while so < end {
+        let len = ((end - so) as usize).min(CHUNK * 64);
+        match sys::fs::copy_file_range(src, &mut so, dst, &mut d_off, len) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e)
+                if e == Errno::EXDEV
+                    || e == Errno::EINVAL
+                    || e == Errno::ENOSYS
+                    || e == Errno::ENOTSUP
+                    || e == Errno::EOVERFLOW =>
+            {
+                return copy_range_rw(src, dst, so, end);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn copy_range_rw(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut off: i64, end: i64) -> Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    while off < end {
+        let want = ((end - off) as usize).min(CHUNK);
+        let n = sys::fs::pread(src, &mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        let mut w = 0;
+        while w < n {
+            w += sys::fs::pwrite(dst, &buf[w..n], off + w as i64)?;
+        }
+        off += n as i64;
+    }
+    Ok(())
+}

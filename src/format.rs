@@ -1,0 +1,289 @@
+//! The on-disk overlay format, and the only module that knows it.
+//!
+//! Follows the kernel's `Documentation/filesystems/overlayfs.rst`:
+//! - a whiteout is a character device 0/0 (any mode, any nlink);
+//! - an xattr whiteout is a zero-size regular file with `overlay.whiteout`,
+//!   honoured only inside a directory whose `overlay.opaque` is `x`;
+//! - an opaque directory has `overlay.opaque` = `y`;
+//! - private xattrs live under `trusted.overlay.` (or `user.overlay.` in
+//!   `userxattr` mode); a user's own `overlay.*` xattrs are stored escaped as
+//!   `overlay.overlay.*`, one level per nesting.
+//! - OCI layer whiteouts (`.wh.NAME`, `.wh..wh..opq`) in lower layers are read
+//!   when enabled; they are never written.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::errno::{Errno, Result};
+use crate::sys;
+
+const OCI_PREFIX: &[u8] = b".wh.";
+const OCI_OPAQUE: &CStr = c".wh..wh..opq";
+
+/// How a layer directory affects the merge below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opacity {
+    /// Lower dirs of the same path merge in.
+    Transparent,
+    /// `opaque=y` (or OCI `.wh..wh..opq`): lower dirs are hidden.
+    Opaque,
+    /// `opaque=x`: lower dirs merge, and this dir may hold xattr whiteouts.
+    XattrWhiteouts,
+}
+
+/// What a directory entry is, as far as the overlay format is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    Whiteout,
+    Object,
+}
+
+/// The overlay xattr namespace in use plus the OCI switch.
+#[derive(Clone, Debug)]
+pub struct Format {
+    prefix: &'static str,
+    oci: bool,
+}
+
+impl Format {
+    pub fn new(userxattr: bool, oci: bool) -> Format {
+        Format {
+            prefix: if userxattr {
+                "user.overlay."
+            } else {
+                "trusted.overlay."
+            },
+            oci,
+        }
+    }
+
+    pub fn userxattr(&self) -> bool {
+        self.prefix.starts_with("user.")
+    }
+
+    fn key(&self, suffix: &str) -> CString {
+        // The prefix and suffixes are static ASCII without NUL.
+        CString::new(format!("{}{}", self.prefix, suffix)).unwrap_or_default()
+    }
+
+    /// Whether a stat result is a classic whiteout (char device 0/0).
+    pub fn is_whiteout_stat(st: &libc::stat) -> bool {
+        st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+    }
+
+    /// Classifies the entry `name` of layer dir `dir` whose lstat is `st`.
+    /// `xwhiteouts` says whether `dir` is marked `opaque=x`.
+    pub fn classify(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        st: &libc::stat,
+        xwhiteouts: bool,
+    ) -> EntryKind {
+        if Self::is_whiteout_stat(st) {
+            return EntryKind::Whiteout;
+        }
+        if xwhiteouts
+            && st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_size == 0
+            && self.has_xattr(dir, name, "whiteout")
+        {
+            return EntryKind::Whiteout;
+        }
+        EntryKind::Object
+    }
+
+    fn has_xattr(&self, dir: BorrowedFd<'_>, name: &CStr, suffix: &str) -> bool {
+        let key = self.key(suffix);
+        sys::xattr::get(dir, name, &key).is_ok()
+            || (!self.userxattr() && sys::xattr::get(dir, name, c"user.overlay.whiteout").is_ok())
+    }
+
+    /// Opacity of directory `name` in layer dir `dir`. `lower` enables OCI markers.
+    pub fn opacity(&self, dir: BorrowedFd<'_>, name: &CStr, lower: bool) -> Opacity {
+        let key = self.key("opaque");
+        match sys::xattr::get(dir, name, &key) {
+            Ok(v) if v.as_slice() == b"y" => return Opacity::Opaque,
+            Ok(v) if v.as_slice() == b"x" => return Opacity::XattrWhiteouts,
+            _ => {}
+        }
+        if lower && self.oci {
+            if let Ok(fd) = sys::fs::open_dir_path(dir, name) {
+                if sys::fs::lstatat(sys::fs::bfd(&fd), OCI_OPAQUE).is_ok() {
+                    return Opacity::Opaque;
+                }
+            }
+        }
+        Opacity::Transparent
+    }
+
+    /// Marks upper dir `name` opaque.
+    pub fn set_opaque(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+        sys::xattr::set(dir, name, &self.key("opaque"), b"y", 0)
+    }
+
+    /// Creates a whiteout at `name` (which must not exist).
+    pub fn make_whiteout(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+        sys::fs::mknodat(dir, name, libc::S_IFCHR, 0)
+    }
+
+    /// Whether OCI whiteout names are honoured.
+    pub fn oci(&self) -> bool {
+        self.oci
+    }
+
+    /// Whether a name is an OCI marker (`.wh.*`) that the merged view hides.
+    pub fn is_oci_name(&self, name: &OsStr) -> bool {
+        self.oci && name.as_bytes().starts_with(OCI_PREFIX)
+    }
+
+    /// For an OCI `.wh.NAME` entry, the NAME it hides.
+    pub fn oci_target<'a>(&self, name: &'a OsStr) -> Option<&'a OsStr> {
+        if !self.oci {
+            return None;
+        }
+        let b = name.as_bytes();
+        let rest = b.strip_prefix(OCI_PREFIX)?;
+        if rest.starts_with(OCI_PREFIX) || rest.is_empty() {
+            return None;
+        }
+        Some(OsStr::from_bytes(rest))
+    }
+
+    /// Whether layer dir `dir` holds an OCI whiteout for `name`. A derived
+    /// name that is too long simply does not exist.
+    pub fn has_oci_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+        if !self.oci {
+            return false;
+        }
+        let mut wh = OCI_PREFIX.to_vec();
+        wh.extend_from_slice(name.as_bytes());
+        if wh.len() > 255 {
+            return false;
+        }
+        match CString::new(wh) {
+            Ok(c) => sys::fs::lstatat(dir, &c).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// The key of the origin xattr.
+    pub fn origin_key(&self) -> CString {
+        self.key("origin")
+    }
+
+    /// Encodes a lower object's file handle the way the kernel stores
+    /// `overlay.origin` (struct ovl_fb: version 0, magic 0xfb, len, flags,
+    /// type, fs uuid, fid).
+    pub fn encode_origin(handle_type: i32, fid: &[u8], uuid: &[u8; 16]) -> Option<Vec<u8>> {
+        let len = 21 + fid.len();
+        if len > 255 || !(0..=255).contains(&handle_type) {
+            return None;
+        }
+        let mut v = Vec::with_capacity(len);
+        let flags: u8 = if cfg!(target_endian = "big") { 1 } else { 0 };
+        v.extend_from_slice(&[0, 0xfb, len as u8, flags, handle_type as u8]);
+        v.extend_from_slice(uuid);
+        v.extend_from_slice(fid);
+        Some(v)
+    }
+
+    /// Whether a stored origin value names this (type, fid), ignoring the uuid.
+    pub fn origin_matches(stored: &[u8], handle_type: i32, fid: &[u8]) -> bool {
+        stored.len() == 21 + fid.len()
+            && stored[0] == 0
+            && stored[1] == 0xfb
+            && stored[4] as i32 == handle_type
+            && &stored[21..] == fid
+    }
+
+    /// Maps a real xattr name to what the merged view shows: private names
+    /// are hidden (None), escaped ones lose one `overlay.` level.
+    pub fn visible_xattr(&self, real: &[u8]) -> Option<Vec<u8>> {
+        let p = self.prefix.as_bytes();
+        match real.strip_prefix(p) {
+            None => Some(real.to_vec()),
+            Some(rest) => {
+                if rest.starts_with(b"overlay.") {
+                    let mut v = p.to_vec();
+                    v.extend_from_slice(&rest[b"overlay.".len()..]);
+                    Some(v)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Maps a name given by a caller to the real name to store (escaping
+    /// `overlay.*` names one level).
+    pub fn real_xattr(&self, visible: &[u8]) -> Vec<u8> {
+        let p = self.prefix.as_bytes();
+        match visible.strip_prefix(p) {
+            None => visible.to_vec(),
+            Some(rest) => {
+                let mut v = p.to_vec();
+                v.extend_from_slice(b"overlay.");
+                v.extend_from_slice(rest);
+                v
+            }
+        }
+    }
+
+    /// Whether a real xattr must not be copied up (private to this overlay).
+    pub fn is_private_xattr(&self, real: &[u8]) -> bool {
+        match real.strip_prefix(self.prefix.as_bytes()) {
+            Some(rest) => !rest.starts_with(b"overlay."),
+            None => false,
+        }
+    }
+}
+
+/// Converts a name from the kernel into a C string (NUL is impossible there).
+pub fn cname(name: &OsStr) -> Result<CString> {
+    if name.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xattr_escaping_round_trips() {
+        let f = Format::new(false, true);
+        assert_eq!(f.visible_xattr(b"trusted.overlay.opaque"), None);
+        assert_eq!(
+            f.visible_xattr(b"trusted.overlay.overlay.opaque")
+                .as_deref(),
+            Some(&b"trusted.overlay.opaque"[..])
+        );
+        assert_eq!(
+            f.real_xattr(b"trusted.overlay.x"),
+            b"trusted.overlay.overlay.x"
+        );
+        assert_eq!(f.real_xattr(b"user.foo"), b"user.foo");
+        assert!(f.is_private_xattr(b"trusted.overlay.origin"));
+        assert!(!f.is_private_xattr(b"trusted.overlay.overlay.origin"));
+    }
+
+    #[test]
+    fn oci_names() {
+        let f = Format::new(false, true);
+        assert_eq!(f.oci_target(OsStr::new(".wh.foo")), Some(OsStr::new("foo")));
+        assert_eq!(f.oci_target(OsStr::new(".wh..wh..opq")), None);
+        assert!(f.is_oci_name(OsStr::new(".wh.x")));
+        assert!(!Format::new(false, false).is_oci_name(OsStr::new(".wh.x")));
+    }
+
+    #[test]
+    fn origin_encoding() {
+        let v = Format::encode_origin(1, &[1, 2, 3, 4, 5, 6, 7, 8], &[9; 16]).unwrap_or_default();
+        assert_eq!(v.len(), 29);
+        assert!(Format::origin_matches(&v, 1, &[1, 2, 3, 4, 5, 6, 7, 8]));
+        assert!(!Format::origin_matches(&v, 2, &[1, 2, 3, 4, 5, 6, 7, 8]));
+    }
+}

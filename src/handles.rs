@@ -1,0 +1,312 @@
+//! Open files and open directories: what a FUSE file handle stands for, and
+//! the operations on them.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::errno::{Errno, Result};
+use crate::format::{cname, EntryKind};
+use crate::node::{DirBody, Node};
+use crate::sys;
+use crate::sys::fs::bfd;
+use crate::union::{Entry, Union};
+
+/// An open regular file.
+#[derive(Debug)]
+pub struct FileHandle {
+    pub node: Arc<Node>,
+    fd: RwLock<Arc<OwnedFd>>,
+    /// The fd refers to the upper copy (or the object never had another).
+    upper: AtomicBool,
+    flags: i32,
+}
+
+impl FileHandle {
+    pub fn fd(&self) -> Arc<OwnedFd> {
+        self.fd.read().clone()
+    }
+
+    pub fn writable(&self) -> bool {
+        self.flags & libc::O_ACCMODE != libc::O_RDONLY
+    }
+}
+
+/// One entry of a merged directory listing.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: OsString,
+    /// S_IFMT bits, or 0 when unknown.
+    pub kind: u32,
+    pub ino: u64,
+}
+
+/// An open directory: its merged listing, taken once per rewind.
+#[derive(Debug)]
+pub struct DirHandle {
+    pub node: Arc<Node>,
+    pub entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
+}
+
+fn dtype_kind(t: u8) -> u32 {
+    match t {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_REG => libc::S_IFREG,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        _ => 0,
+    }
+}
+
+impl Union {
+    pub(crate) fn add_file_handle(
+        &self,
+        node: &Arc<Node>,
+        fd: OwnedFd,
+        flags: i32,
+        upper: bool,
+    ) -> u64 {
+        let fh = self.next_fh();
+        self.files.insert(
+            fh,
+            Arc::new(FileHandle {
+                node: node.clone(),
+                fd: RwLock::new(Arc::new(fd)),
+                upper: AtomicBool::new(upper),
+                flags,
+            }),
+        );
+        fh
+    }
+
+    fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {
+        self.files.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+        let node = self.node(ino)?;
+        if node.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if write {
+            if !self.has_upper() {
+                return Err(Errno::EROFS);
+            }
+            self.copy_up(&node)?;
+        }
+        let (dir, name) = self.leaf_loc(&node)?;
+        let oflags = (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY)) | libc::O_NOFOLLOW;
+        let fd = sys::fs::openat(bfd(&*dir), &name, oflags, 0)?;
+        let upper = node.in_upper();
+        Ok(self.add_file_handle(&node, fd, flags, upper))
+    }
+
+    /// The handle's fd, moved to the upper copy if one appeared since it was
+    /// opened, so readers see writes made after a copy-up (as the kernel does).
+    fn current_fd(&self, h: &FileHandle) -> Result<Arc<OwnedFd>> {
+        if !h.upper.load(Ordering::Acquire) && h.node.copied_up.load(Ordering::Acquire) {
+            let (dir, name) = self.leaf_loc(&h.node)?;
+            let fd = sys::fs::openat(bfd(&*dir), &name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+            *h.fd.write() = Arc::new(fd);
+            h.upper.store(true, Ordering::Release);
+        }
+        Ok(h.fd())
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.file(fh)?;
+        let fd = self.current_fd(&h)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            let n = sys::fs::pread(fd.as_fd(), &mut buf[got..], offset as i64 + got as i64)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.file(fh)?;
+        let fd = h.fd();
+        let n = if h.flags & libc::O_APPEND != 0 {
+            sys::fs::write(fd.as_fd(), data)?
+        } else {
+            sys::fs::pwrite(fd.as_fd(), data, offset as i64)?
+        };
+        Ok(n as u32)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.remove(&fh);
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        if self.opts.volatile {
+            return Ok(());
+        }
+        let h = self.file(fh)?;
+        sys::fs::fsync(h.fd().as_fd(), datasync)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        let h = self.file(fh)?;
+        sys::fs::fallocate(h.fd().as_fd(), mode, offset as i64, length as i64)
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let h = self.file(fh)?;
+        let fd = self.current_fd(&h)?;
+        sys::fs::lseek(fd.as_fd(), offset, whence)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u32> {
+        let hi = self.file(fh_in)?;
+        let ho = self.file(fh_out)?;
+        let fi = self.current_fd(&hi)?;
+        let fo = ho.fd();
+        let (mut a, mut b) = (off_in as i64, off_out as i64);
+        let len = (len as usize).min(1 << 30);
+        let n = sys::fs::copy_file_range(fi.as_fd(), &mut a, fo.as_fd(), &mut b, len)?;
+        Ok(n as u32)
+    }
+
+    // ----- directories ---------------------------------------------------------
+
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let node = self.node(ino)?;
+        if !node.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let fh = self.next_fh();
+        self.dirs.insert(
+            fh,
+            Arc::new(DirHandle {
+                node,
+                entries: Mutex::new(None),
+            }),
+        );
+        Ok(fh)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.remove(&fh);
+    }
+
+    pub fn fsyncdir(&self, ino: u64) -> Result<()> {
+        if self.opts.volatile {
+            return Ok(());
+        }
+        let node = self.node(ino)?;
+        let body = node.dir_body().ok_or(Errno::ENOTDIR)?;
+        if let Some(u) = body.upper {
+            let fd = sys::fs::openat(bfd(&*u.fd), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            sys::fs::fsync(fd.as_fd(), false)?;
+        }
+        Ok(())
+    }
+
+    /// The listing of an open dir: `.`, `..`, then the merged entries. A read
+    /// at offset 0 takes a fresh snapshot (rewinddir); later offsets index it.
+    pub fn dir_snapshot(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+        let h = self.dirs.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)?;
+        let mut cur = h.entries.lock();
+        if offset == 0 || cur.is_none() {
+            let body = h.node.dir_body().ok_or(Errno::ENOTDIR)?;
+            let parent_ino = h.node.parent().map(|p| p.ino).unwrap_or(h.node.ino);
+            let mut v = vec![
+                DirEntry {
+                    name: ".".into(),
+                    kind: libc::S_IFDIR,
+                    ino: h.node.ino,
+                },
+                DirEntry {
+                    name: "..".into(),
+                    kind: libc::S_IFDIR,
+                    ino: parent_ino,
+                },
+            ];
+            v.extend(self.merged_entries(&body, false)?);
+            *cur = Some(Arc::new(v));
+        }
+        cur.clone().ok_or(Errno::EIO)
+    }
+
+    /// Looks up one listed entry for readdirplus (counts a kernel lookup).
+    pub fn lookup_entry(&self, dir_ino: u64, e: &DirEntry) -> Result<Entry> {
+        self.lookup(dir_ino, &e.name)
+    }
+
+    /// Merges the name lists of a dir's layers: upper first, each name once,
+    /// whiteouts and OCI markers hidden. With `first_only`, stops at the first
+    /// visible entry (an emptiness test).
+    pub(crate) fn merged_entries(&self, d: &DirBody, first_only: bool) -> Result<Vec<DirEntry>> {
+        let first_lower = self.layers.first_lower();
+        let mut seen: HashSet<OsString> = HashSet::new();
+        let mut out = Vec::new();
+        for ld in d.upper.iter().chain(d.lowers.iter()) {
+            let rfd = sys::fs::openat(bfd(&*ld.fd), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            let dev = self.layers.list.get(ld.layer).map(|l| l.dev).unwrap_or(0);
+            let is_lower = ld.layer >= first_lower;
+            let mut hidden_below: Vec<OsString> = Vec::new();
+            for e in sys::dir::read_all(rfd.as_fd())? {
+                if seen.contains(&e.name) {
+                    continue;
+                }
+                if is_lower && self.fmt.oci() {
+                    if e.name.as_encoded_bytes() == b".wh..wh..opq" {
+                        continue;
+                    }
+                    if let Some(t) = self.fmt.oci_target(&e.name) {
+                        hidden_below.push(t.to_os_string());
+                        continue;
+                    }
+                }
+                let mut kind = dtype_kind(e.d_type);
+                let need_stat =
+                    kind == 0 || kind == libc::S_IFCHR || (ld.xwh && kind == libc::S_IFREG);
+                if need_stat {
+                    let Ok(cn) = cname(&e.name) else { continue };
+                    let st = match sys::fs::lstatat(rfd.as_fd(), &cn) {
+                        Ok(st) => st,
+                        Err(_) => continue,
+                    };
+                    if self.fmt.classify(rfd.as_fd(), &cn, &st, ld.xwh) == EntryKind::Whiteout {
+                        seen.insert(e.name);
+                        continue;
+                    }
+                    kind = st.st_mode & libc::S_IFMT;
+                }
+                seen.insert(e.name.clone());
+                out.push(DirEntry {
+                    name: e.name,
+                    kind,
+                    ino: self.layers.map_ino(dev, e.ino),
+                });
+                if first_only {
+                    return Ok(out);
+                }
+            }
+            seen.extend(hidden_below);
+        }
+        Ok(out)
+    }
+}

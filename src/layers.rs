@@ -1,0 +1,110 @@
+//! The layer stack: upper (if any) first, then the lowers top-down, each held
+//! as an O_PATH directory fd opened once at mount time.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::errno::{Errno, Result};
+use crate::sys;
+
+#[derive(Debug)]
+pub struct Layer {
+    pub fd: Arc<OwnedFd>,
+    pub dev: u64,
+    pub uuid: [u8; 16],
+}
+
+#[derive(Debug)]
+pub struct Layers {
+    pub list: Vec<Layer>,
+    pub has_upper: bool,
+    /// `WORKDIR/work`, the staging dir for atomic copy-up, if a workdir was given.
+    pub work: Option<OwnedFd>,
+    devs: Vec<u64>,
+}
+
+/// Opens a directory given by the user as an O_PATH fd.
+pub fn open_dir(path: &Path) -> Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let cwd = sys::fs::cwd();
+    sys::fs::openat(cwd, &c, libc::O_PATH | libc::O_DIRECTORY, 0)
+}
+
+impl Layers {
+    /// `upper` goes first when present; `lowers` are top-down.
+    pub fn new(
+        upper: Option<OwnedFd>,
+        lowers: Vec<OwnedFd>,
+        work: Option<OwnedFd>,
+    ) -> Result<Layers> {
+        let has_upper = upper.is_some();
+        let mut list = Vec::new();
+        for fd in upper.into_iter().chain(lowers) {
+            let st = sys::fs::fstat(fd.as_fd())?;
+            let uuid = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                .ok()
+                .and_then(|d| sys::fs::fs_uuid(d.as_fd()))
+                .unwrap_or([0; 16]);
+            list.push(Layer {
+                fd: Arc::new(fd),
+                dev: st.st_dev,
+                uuid,
+            });
+        }
+        let mut devs: Vec<u64> = Vec::new();
+        for l in &list {
+            if !devs.contains(&l.dev) {
+                devs.push(l.dev);
+            }
+        }
+        Ok(Layers {
+            list,
+            has_upper,
+            work,
+            devs,
+        })
+    }
+
+    pub fn upper(&self) -> Option<&Layer> {
+        if self.has_upper {
+            self.list.first()
+        } else {
+            None
+        }
+    }
+
+    /// Index of the first lower layer.
+    pub fn first_lower(&self) -> usize {
+        usize::from(self.has_upper)
+    }
+
+    pub fn work(&self) -> Option<BorrowedFd<'_>> {
+        self.work.as_ref().map(|w| w.as_fd())
+    }
+
+    /// Maps a backing (st_dev, st_ino) to the number the merged view shows.
+    /// With one device it is the real inode number, like kernel overlayfs;
+    /// otherwise the device index goes into the high bits, like `xino`.
+    pub fn map_ino(&self, dev: u64, ino: u64) -> u64 {
+        let mapped = if self.devs.len() <= 1 {
+            ino
+        } else {
+            let idx = self.devs.iter().position(|d| *d == dev).unwrap_or(0) as u64;
+            if ino >> 56 == 0 {
+                (idx << 56) | ino
+            } else {
+                // Rare huge inode numbers: fold, accepting a tiny collision risk.
+                (ino ^ (ino >> 56)) & ((1 << 56) - 1) | (idx << 56)
+            }
+        };
+        // 1 is the FUSE root's nodeid and 0 is invalid.
+        if mapped <= 1 {
+            (1 << 63) | mapped
+        } else {
+            mapped
+        }
+    }
+}

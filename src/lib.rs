@@ -1,0 +1,30 @@
+//! unionfs-fuse: a union filesystem in userspace that reads and writes
+//! kernel overlayfs's on-disk format.
+//!
+//! Architecture, dependencies pointing down:
+//! - `sys`: fd-based syscall wrappers; the only module with `unsafe`.
+//! - `format`: the only module that knows how whiteouts, opaque dirs and
+//!   private xattrs are stored on disk.
+//! - `layers`, `node`: the layer stack and the in-memory inodes.
+//! - `union` (lookup, attributes, namespace changes), `copy_up`, `handles`
+//!   (open files and merged directory listings): the overlay logic, with no
+//!   FUSE types.
+//! - `adapter`: the only module that imports fuser; it serves `Union` and
+//!   mounts it.
+//! - `options`: command line parsing and directory checks.
+#![deny(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod adapter;
+pub mod copy_up;
+pub mod errno;
+pub mod format;
+pub mod handles;
+pub mod layers;
+pub mod node;
+pub mod options;
+pub mod sys;
+pub mod union;

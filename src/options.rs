@@ -1,0 +1,449 @@
+//! Command line and `-o` option parsing for `unionfs-fuse`, shared by every
+//! invocation form, plus the checks on the directories before mounting.
+
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+const OPTIONS_HELP: &str = "\
+USAGE FORMS:
+  unionfs-fuse LOWER1[:LOWER2...] UPPER MERGED [-o OPTS]   read-write union
+  unionfs-fuse LOWER1[:LOWER2...] MERGED [-o ro]           read-only union (no upper)
+  unionfs-fuse -o lowerdir=L1:L2,upperdir=U,workdir=W MERGED
+  unionfs-fuse SOURCE MERGED -o lowerdir=..,upperdir=..   (mount.fuse3 / fstab form)
+
+LOWER1 is the top lower layer, as in overlayfs lowerdir=. Write \\: for a
+colon inside a path.
+
+OPTIONS (-o, comma separated, repeatable; named like kernel overlayfs):
+  lowerdir=L1:L2      lower layers, top first
+  upperdir=U          writable upper layer
+  workdir=W           work dir on the upper's filesystem, for atomic copy-up
+                      (without it: O_TMPFILE + linkat for files, and a
+                      short-lived temporary name in the upper dir otherwise)
+  ro                  read-only mount (no upper is used)
+  userxattr           store overlay xattrs as user.overlay.* (automatic when
+                      running in a user namespace)
+  redirect_dir=off    renaming a lower or merged dir gives EXDEV (default)
+  volatile            skip fsync of the upper (as overlayfs volatile)
+  oci_whiteouts=on|off  honour OCI .wh.NAME / .wh..wh..opq files in lower
+                      layers (default on)
+  timeout=SECS        kernel attribute/entry cache time (default 1)
+  threads=N           FUSE worker threads (default: number of CPUs, max 8)
+  allow_other, default_permissions, dev, nodev, suid, nosuid, exec, noexec,
+  atime, noatime      as for any FUSE mount. As root the default is
+                      default_permissions,allow_other,suid,dev.
+  fsname=NAME         source name shown in /proc/mounts
+  rw, defaults, auto, noauto, nofail, _netdev, user, users, x-*   accepted
+                      and ignored (for fstab and mount.fuse3)
+
+SIGNALS: SIGTERM, SIGINT and SIGHUP unmount (lazily) and exit 0; so does an
+external umount or fusermount3 -u.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "unionfs-fuse",
+    version,
+    about = "A union filesystem in userspace that reads and writes kernel overlayfs's on-disk format",
+    after_help = OPTIONS_HELP
+)]
+struct Cli {
+    /// Stay in the foreground.
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Foreground plus debug logging (RUST_LOG also works).
+    #[arg(short = 'd')]
+    debug: bool,
+    /// Mount options, comma separated (see below).
+    #[arg(short = 'o', value_name = "OPTS")]
+    opts: Vec<String>,
+    /// LOWERS [UPPER] MERGED, or SOURCE MERGED with -o lowerdir=...
+    #[arg(value_name = "ARGS", num_args = 1..=3, required = true)]
+    args: Vec<PathBuf>,
+}
+
+/// Everything a mount needs, from any of the invocation forms.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+    pub merged: PathBuf,
+    pub source: String,
+    pub foreground: bool,
+    pub debug: bool,
+    pub ro: bool,
+    pub userxattr: bool,
+    pub redirect_dir: bool,
+    pub volatile: bool,
+    pub oci_whiteouts: bool,
+    pub timeout: f64,
+    pub threads: usize,
+    pub allow_other: Option<bool>,
+    pub default_permissions: Option<bool>,
+    pub dev: Option<bool>,
+    pub suid: Option<bool>,
+    pub exec: bool,
+    pub noatime: bool,
+}
+
+/// Splits a lowerdir list on unescaped colons (`\:` is a literal colon).
+pub fn split_lowers(s: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n) => cur.push(n),
+                None => cur.push('\\'),
+            },
+            ':' => out.push(PathBuf::from(std::mem::take(&mut cur))),
+            c => cur.push(c),
+        }
+    }
+    out.push(PathBuf::from(cur));
+    out
+}
+
+/// Splits `-o` text on commas (a `\,` stays a comma).
+fn split_opts(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut esc = false;
+    for c in s.chars() {
+        if esc {
+            if c != ',' {
+                cur.push('\\');
+            }
+            cur.push(c);
+            esc = false;
+        } else if c == '\\' {
+            esc = true;
+        } else if c == ',' {
+            out.push(std::mem::take(&mut cur));
+        } else {
+            cur.push(c);
+        }
+    }
+    if esc {
+        cur.push('\\');
+    }
+    out.push(cur);
+    out
+}
+
+fn on_off(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "yes" | "true" | "1" => Ok(true),
+        "off" | "no" | "false" | "0" => Ok(false),
+        _ => Err(format!("option {key}={v}: expected on or off")),
+    }
+}
+
+/// Parses the command line (without argv[0] handling: pass the full argv).
+pub fn parse(argv: Vec<OsString>) -> Result<MountConfig, clap::Error> {
+    let cli = Cli::try_parse_from(argv)?;
+    from_cli(cli).map_err(|m| clap::Error::raw(clap::error::ErrorKind::InvalidValue, m + "\n"))
+}
+
+fn from_cli(cli: Cli) -> Result<MountConfig, String> {
+    let mut c = MountConfig {
+        lowers: Vec::new(),
+        upper: None,
+        work: None,
+        merged: PathBuf::new(),
+        source: "unionfs-fuse".into(),
+        foreground: cli.foreground || cli.debug,
+        debug: cli.debug,
+        ro: false,
+        userxattr: false,
+        redirect_dir: false,
+        volatile: false,
+        oci_whiteouts: true,
+        timeout: 1.0,
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 8),
+        allow_other: None,
+        default_permissions: None,
+        dev: None,
+        suid: None,
+        exec: true,
+        noatime: false,
+    };
+    let mut lowerdir_opt: Option<Vec<PathBuf>> = None;
+    for item in cli.opts.iter().flat_map(|o| split_opts(o)) {
+        let (k, v) = match item.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (item.clone(), None),
+        };
+        let need = |v: &Option<String>| v.clone().ok_or(format!("option {k} needs a value"));
+        match k.as_str() {
+            "" => {}
+            "lowerdir" => lowerdir_opt = Some(split_lowers(&need(&v)?)),
+            "upperdir" => c.upper = Some(PathBuf::from(need(&v)?)),
+            "workdir" => c.work = Some(PathBuf::from(need(&v)?)),
+            "ro" => c.ro = true,
+            "rw" | "defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "users"
+            | "nouser" | "async" | "relatime" | "strictatime" | "lazytime" | "nodiratime"
+            | "xino" | "index" | "metacopy" | "uuid" | "nfs_export" | "subtype" | "max_read"
+            | "blksize" | "fd" | "rootmode" | "user_id" | "group_id" => {
+                if k == "metacopy" && v.as_deref() == Some("on") {
+                    return Err("option metacopy=on is not supported".into());
+                }
+            }
+            _ if k.starts_with("x-") || k.starts_with("comment") => {}
+            "userxattr" => c.userxattr = true,
+            "redirect_dir" => match v.as_deref() {
+                Some("off") | Some("nofollow") | Some("follow") => c.redirect_dir = false,
+                Some("on") => {
+                    return Err(
+                        "option redirect_dir=on is not supported yet; use redirect_dir=off".into(),
+                    )
+                }
+                _ => {
+                    return Err(format!(
+                        "option redirect_dir={}: expected off",
+                        v.unwrap_or_default()
+                    ))
+                }
+            },
+            "volatile" => c.volatile = true,
+            "oci_whiteouts" => c.oci_whiteouts = on_off(&k, &need(&v)?)?,
+            "timeout" => {
+                c.timeout = need(&v)?
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|t| t.is_finite() && *t >= 0.0)
+                    .ok_or(format!(
+                        "option timeout={}: expected seconds",
+                        v.unwrap_or_default()
+                    ))?
+            }
+            "threads" => {
+                c.threads = need(&v)?
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or(format!(
+                        "option threads={}: expected 1..64",
+                        v.unwrap_or_default()
+                    ))?
+            }
+            "allow_other" => c.allow_other = Some(true),
+            "default_permissions" => c.default_permissions = Some(true),
+            "dev" => c.dev = Some(true),
+            "nodev" => c.dev = Some(false),
+            "suid" => c.suid = Some(true),
+            "nosuid" => c.suid = Some(false),
+            "exec" => c.exec = true,
+            "noexec" => c.exec = false,
+            "atime" => c.noatime = false,
+            "noatime" => c.noatime = true,
+            "fsname" => c.source = need(&v)?,
+            _ => return Err(format!("unknown option '{item}' (see --help)")),
+        }
+    }
+
+    let args = cli.args;
+    match (lowerdir_opt, args.len()) {
+        (Some(l), 1) => {
+            c.lowers = l;
+            c.merged = args[0].clone();
+        }
+        (Some(l), 2) => {
+            // mount.fuse3 form: SOURCE MERGED.
+            c.lowers = l;
+            c.source = args[0].to_string_lossy().into_owned();
+            c.merged = args[1].clone();
+        }
+        (Some(_), _) => return Err("with -o lowerdir=, give only [SOURCE] MERGED".into()),
+        (None, 1) => {
+            return Err("missing lower directories (LOWERS [UPPER] MERGED or -o lowerdir=)".into())
+        }
+        (None, 2) => {
+            c.lowers = split_lowers(&args[0].to_string_lossy());
+            c.merged = args[1].clone();
+        }
+        (None, _) => {
+            if c.upper.is_some() {
+                return Err("upper given twice (positional and upperdir=)".into());
+            }
+            c.lowers = split_lowers(&args[0].to_string_lossy());
+            c.upper = Some(args[1].clone());
+            c.merged = args[2].clone();
+        }
+    }
+    if c.lowers.is_empty() || c.lowers.iter().any(|l| l.as_os_str().is_empty()) {
+        return Err("empty lower directory in the lower list".into());
+    }
+    if c.ro {
+        c.upper = None;
+        c.work = None;
+    }
+    if c.upper.is_none() && c.work.is_some() {
+        return Err("workdir= needs upperdir=".into());
+    }
+    Ok(c)
+}
+
+fn canon(what: &str, p: &Path) -> Result<PathBuf, String> {
+    let md = std::fs::metadata(p).map_err(|e| format!("{what} {}: {e}", p.display()))?;
+    if !md.is_dir() {
+        return Err(format!("{what} {}: not a directory", p.display()));
+    }
+    std::fs::canonicalize(p).map_err(|e| format!("{what} {}: {e}", p.display()))
+}
+
+fn inside(a: &Path, b: &Path) -> bool {
+    a != b && a.starts_with(b)
+}
+
+/// Checks the directories and makes every path absolute. Returns the
+/// config with canonical paths.
+pub fn validate(mut c: MountConfig) -> Result<MountConfig, String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Err("/dev/fuse does not exist: load the fuse module (modprobe fuse) or give the container the device".into());
+    }
+    let mut lowers = Vec::new();
+    for l in &c.lowers {
+        lowers.push(canon("lower dir", l)?);
+    }
+    let upper = c
+        .upper
+        .as_deref()
+        .map(|u| canon("upper dir", u))
+        .transpose()?;
+    let work = c
+        .work
+        .as_deref()
+        .map(|w| canon("work dir", w))
+        .transpose()?;
+    let merged = canon("mount point", &c.merged)?;
+
+    let mut all: Vec<(&str, &PathBuf)> = lowers.iter().map(|l| ("lower dir", l)).collect();
+    if let Some(u) = &upper {
+        all.push(("upper dir", u));
+    }
+    if let Some(w) = &work {
+        all.push(("work dir", w));
+    }
+    for (i, (na, a)) in all.iter().enumerate() {
+        for (nb, b) in all.iter().skip(i + 1) {
+            if a == b {
+                return Err(format!("{} is given twice (as {na} and {nb})", a.display()));
+            }
+        }
+    }
+    if let Some(u) = &upper {
+        for l in &lowers {
+            if inside(u, l) {
+                return Err(format!(
+                    "upper dir {} is inside lower dir {}",
+                    u.display(),
+                    l.display()
+                ));
+            }
+            if inside(l, u) {
+                return Err(format!(
+                    "lower dir {} is inside upper dir {}",
+                    l.display(),
+                    u.display()
+                ));
+            }
+        }
+        if inside(&merged, u) {
+            return Err(format!(
+                "mount point {} is inside the upper dir",
+                merged.display()
+            ));
+        }
+        if let Some(w) = &work {
+            if inside(w, u) || inside(u, w) {
+                return Err("workdir and upperdir must not contain each other".into());
+            }
+            let (du, dw) = (
+                std::fs::metadata(u)
+                    .map(|m| m.dev())
+                    .map_err(|e| e.to_string())?,
+                std::fs::metadata(w)
+                    .map(|m| m.dev())
+                    .map_err(|e| e.to_string())?,
+            );
+            if du != dw {
+                return Err(format!(
+                    "work dir {} is on another filesystem than upper dir {}",
+                    w.display(),
+                    u.display()
+                ));
+            }
+        }
+    }
+    for l in &lowers {
+        if inside(&merged, l) {
+            return Err(format!(
+                "mount point {} is inside lower dir {}",
+                merged.display(),
+                l.display()
+            ));
+        }
+    }
+    c.lowers = lowers;
+    c.upper = upper;
+    c.work = work;
+    c.merged = merged;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<MountConfig, clap::Error> {
+        parse(
+            std::iter::once("unionfs-fuse")
+                .chain(args.iter().copied())
+                .map(OsString::from)
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn lowers_split_with_escaped_colon() {
+        assert_eq!(
+            split_lowers(r"/a\:b:/c"),
+            vec![PathBuf::from("/a:b"), PathBuf::from("/c")]
+        );
+    }
+
+    #[test]
+    fn three_forms_parse() {
+        let c = p(&["l1:l2", "u", "m"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.lowers.len(), 2);
+        assert_eq!(c.upper, Some(PathBuf::from("u")));
+        let c = p(&["l1:l2", "m", "-o", "ro"]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.upper.is_none());
+        let c =
+            p(&["-o", "lowerdir=a:b,upperdir=u,workdir=w,", "m"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.work, Some(PathBuf::from("w")));
+        let c = p(&[
+            "src",
+            "m",
+            "-o",
+            "rw,lowerdir=a,upperdir=u,workdir=w,dev,suid",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.source, "src");
+        assert_eq!(c.merged, PathBuf::from("m"));
+    }
+
+    #[test]
+    fn unknown_option_is_an_error() {
+        assert!(p(&["l", "u", "m", "-o", "bogus"]).is_err());
+        assert!(p(&["l", "u", "m", "-o", "redirect_dir=maybe"]).is_err());
+    }
+}

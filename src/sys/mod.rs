@@ -1,0 +1,27 @@
+//! The only place that holds `unsafe`: thin, fd-based wrappers over the
+//! syscalls the union needs. Every wrapper takes `BorrowedFd`/`AsFd` and a
+//! single path component (`&CStr`), never a multi-component path built by the
+//! server, and returns our errno-carrying [`Result`](crate::errno::Result).
+#![allow(unsafe_code)]
+
+pub mod dir;
+pub mod fs;
+pub mod proc;
+pub mod xattr;
+
+use crate::errno::{Errno, Result};
+
+/// Turns a libc return value into a `Result`, reading `errno` on -1.
+fn check<T: PartialEq + From<i8>>(ret: T) -> Result<T> {
+    if ret == T::from(-1) {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// The calling thread's errno, as a raw number.
+pub(crate) fn last_errno() -> i32 {
+    // SAFETY: __errno_location always returns a valid thread-local pointer.
+    unsafe { *libc::__errno_location() }
+}

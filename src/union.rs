@@ -1,0 +1,1113 @@
+//! The union filesystem's operations, with no FUSE types: lookup across
+//! layers, attributes, and every change to the namespace.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::errno::{Errno, Result};
+use crate::format::{cname, EntryKind, Format, Opacity};
+use crate::handles::{DirHandle, FileHandle};
+use crate::layers::Layers;
+use crate::node::{Body, DirBody, LayerDir, LeafBody, Node, NodeTable, State};
+use crate::sys;
+use crate::sys::fs::{bfd, Time};
+
+/// The FUSE root inode number.
+pub const ROOT_INO: u64 = 1;
+
+/// Mount-wide behaviour switches.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub userxattr: bool,
+    pub oci_whiteouts: bool,
+    pub volatile: bool,
+    pub redirect_dir: bool,
+}
+
+/// Who is asking: the caller's fsuid/fsgid as FUSE reports them.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A node handed to the kernel: its number, generation and attributes.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub ino: u64,
+    pub generation: u64,
+    pub attr: libc::stat,
+    pub node: Arc<Node>,
+}
+
+/// Attribute changes requested by setattr.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Time>,
+    pub mtime: Option<Time>,
+    pub fh: Option<u64>,
+}
+
+/// What a name resolves to across the layers.
+#[derive(Clone, Debug)]
+pub(crate) struct Resolved {
+    pub kind: u32,
+    pub st: libc::stat,
+    pub ino: u64,
+    pub body: Body,
+    /// The name also exists (unhidden) in a lower layer below the top object.
+    pub lower_present: bool,
+}
+
+pub struct Union {
+    pub(crate) layers: Layers,
+    pub(crate) fmt: Format,
+    pub(crate) opts: Options,
+    pub(crate) nodes: NodeTable,
+    pub(crate) files: DashMap<u64, Arc<FileHandle>>,
+    pub(crate) dirs: DashMap<u64, Arc<DirHandle>>,
+    next_fh: AtomicU64,
+    tmp_counter: AtomicU64,
+    root: Arc<Node>,
+}
+
+fn kind_of(st: &libc::stat) -> u32 {
+    st.st_mode & libc::S_IFMT
+}
+
+fn is_absent(e: Errno) -> bool {
+    e == Errno::ENOENT || e == Errno::ENAMETOOLONG || e == Errno::ENOTDIR
+}
+
+impl Union {
+    pub fn new(layers: Layers, opts: Options) -> Result<Union> {
+        let fmt = Format::new(opts.userxattr, opts.oci_whiteouts);
+        let nodes = NodeTable::new();
+        let mut body = DirBody::default();
+        let mut stop = false;
+        for (i, l) in layers.list.iter().enumerate() {
+            if stop {
+                break;
+            }
+            let opacity = fmt.opacity(bfd(&*l.fd), c".", i >= layers.first_lower());
+            let ld = LayerDir {
+                layer: i,
+                fd: l.fd.clone(),
+                xwh: opacity == Opacity::XattrWhiteouts,
+            };
+            if layers.has_upper && i == 0 {
+                body.upper = Some(ld);
+            } else {
+                body.lowers.push(ld);
+            }
+            stop = opacity == Opacity::Opaque;
+        }
+        let root = Arc::new(Node::new(
+            ROOT_INO,
+            0,
+            libc::S_IFDIR,
+            State {
+                parent: None,
+                name: CString::default(),
+                aliases: Vec::new(),
+                body: Body::Dir(body),
+            },
+        ));
+        nodes.insert_root(root.clone());
+        Ok(Union {
+            layers,
+            fmt,
+            opts,
+            nodes,
+            files: DashMap::new(),
+            dirs: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            tmp_counter: AtomicU64::new(0),
+            root,
+        })
+    }
+
+    pub fn has_upper(&self) -> bool {
+        self.layers.has_upper
+    }
+
+    pub(crate) fn next_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        if ino == ROOT_INO {
+            return Ok(self.root.clone());
+        }
+        self.nodes.get(ino).ok_or(Errno::ESTALE)
+    }
+
+    fn dir_body(node: &Node) -> Result<DirBody> {
+        node.dir_body().ok_or(Errno::ENOTDIR)
+    }
+
+    fn require_upper(&self) -> Result<()> {
+        if self.layers.has_upper {
+            Ok(())
+        } else {
+            Err(Errno::EROFS)
+        }
+    }
+
+    // ----- resolving names -------------------------------------------------
+
+    /// Resolves `name` inside a merged dir, top layer first.
+    pub(crate) fn resolve(&self, parent: &DirBody, name: &OsStr) -> Result<Option<Resolved>> {
+        if self.fmt.is_oci_name(name) {
+            return Ok(None);
+        }
+        let cn = cname(name)?;
+        let mut dir: Option<DirBody> = None;
+        let mut top: Option<libc::stat> = None;
+        if let Some(u) = &parent.upper {
+            match sys::fs::lstatat(bfd(&*u.fd), &cn) {
+                Ok(st) => {
+                    if self.fmt.classify(bfd(&*u.fd), &cn, &st, u.xwh) == EntryKind::Whiteout {
+                        return Ok(None);
+                    }
+                    if kind_of(&st) != libc::S_IFDIR {
+                        return self.resolved_upper_leaf(parent, u, &cn, name, st).map(Some);
+                    }
+                    let fd = sys::fs::open_dir_path(bfd(&*u.fd), &cn)?;
+                    let opacity = self.fmt.opacity(bfd(&*u.fd), &cn, false);
+                    dir = Some(DirBody {
+                        upper: Some(LayerDir {
+                            layer: u.layer,
+                            fd: Arc::new(fd),
+                            xwh: opacity == Opacity::XattrWhiteouts,
+                        }),
+                        lowers: Vec::new(),
+                    });
+                    top = Some(st);
+                    if opacity == Opacity::Opaque {
+                        return Ok(Some(self.resolved_dir(dir.unwrap_or_default(), st, false)));
+                    }
+                }
+                Err(e) if is_absent(e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut lower_present = false;
+        for l in &parent.lowers {
+            match sys::fs::lstatat(bfd(&*l.fd), &cn) {
+                Ok(st) => {
+                    if self.fmt.classify(bfd(&*l.fd), &cn, &st, l.xwh) == EntryKind::Whiteout {
+                        break;
+                    }
+                    if kind_of(&st) != libc::S_IFDIR {
+                        if top.is_some() {
+                            break;
+                        }
+                        let ino = self.layers.map_ino(st.st_dev, st.st_ino);
+                        return Ok(Some(Resolved {
+                            kind: kind_of(&st),
+                            st,
+                            ino,
+                            body: Body::Leaf(LeafBody {
+                                upper: None,
+                                lower: Some((l.layer, l.fd.clone())),
+                            }),
+                            lower_present: false,
+                        }));
+                    }
+                    let fd = sys::fs::open_dir_path(bfd(&*l.fd), &cn)?;
+                    let opacity = self.fmt.opacity(bfd(&*l.fd), &cn, true);
+                    let d = dir.get_or_insert_with(DirBody::default);
+                    d.lowers.push(LayerDir {
+                        layer: l.layer,
+                        fd: Arc::new(fd),
+                        xwh: opacity == Opacity::XattrWhiteouts,
+                    });
+                    lower_present = true;
+                    if top.is_none() {
+                        top = Some(st);
+                    }
+                    if opacity == Opacity::Opaque {
+                        break;
+                    }
+                }
+                Err(e) if is_absent(e) => {}
+                Err(e) => return Err(e),
+            }
+            if self.fmt.has_oci_whiteout(bfd(&*l.fd), name) {
+                break;
+            }
+        }
+        match (dir, top) {
+            (Some(d), Some(st)) => Ok(Some(self.resolved_dir(d, st, lower_present))),
+            _ => Ok(None),
+        }
+    }
+
+    fn resolved_dir(&self, d: DirBody, top: libc::stat, lower_present: bool) -> Resolved {
+        // A dir keeps the number of its topmost lower dir, so copy-up and
+        // remount never change it.
+        let st_src = d
+            .lowers
+            .first()
+            .and_then(|l| sys::fs::fstat(bfd(&*l.fd)).ok())
+            .unwrap_or(top);
+        let ino = self.layers.map_ino(st_src.st_dev, st_src.st_ino);
+        Resolved {
+            kind: libc::S_IFDIR,
+            st: top,
+            ino,
+            body: Body::Dir(d),
+            lower_present,
+        }
+    }
+
+    /// An upper non-dir: keeps its lower origin's inode number when the
+    /// `overlay.origin` xattr names the lower object at the same path.
+    fn resolved_upper_leaf(
+        &self,
+        parent: &DirBody,
+        u: &LayerDir,
+        cn: &CStr,
+        name: &OsStr,
+        st: libc::stat,
+    ) -> Result<Resolved> {
+        let mut ino = self.layers.map_ino(st.st_dev, st.st_ino);
+        let mut lower = None;
+        let mut lower_present = false;
+        for l in &parent.lowers {
+            match sys::fs::lstatat(bfd(&*l.fd), cn) {
+                Ok(lst) => {
+                    if self.fmt.classify(bfd(&*l.fd), cn, &lst, l.xwh) == EntryKind::Whiteout {
+                        break;
+                    }
+                    lower_present = true;
+                    if kind_of(&lst) == kind_of(&st) {
+                        if let Ok(stored) = sys::xattr::get(bfd(&*u.fd), cn, &self.fmt.origin_key())
+                        {
+                            if let Ok((t, fid)) = sys::fs::name_to_handle(bfd(&*l.fd), cn, 0) {
+                                if Format::origin_matches(&stored, t, &fid) {
+                                    ino = self.layers.map_ino(lst.st_dev, lst.st_ino);
+                                    lower = Some((l.layer, l.fd.clone()));
+                                }
+                            }
+                        }
+                    }
+                    break;
+                }
+                Err(e) if is_absent(e) => {
+                    if self.fmt.has_oci_whiteout(bfd(&*l.fd), name) {
+                        break;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Resolved {
+            kind: kind_of(&st),
+            st,
+            ino,
+            body: Body::Leaf(LeafBody {
+                upper: Some(u.fd.clone()),
+                lower,
+            }),
+            lower_present,
+        })
+    }
+
+    /// Whether `name` exists in a lower layer of `parent` (so deleting or
+    /// moving it needs a whiteout).
+    pub(crate) fn lower_has(&self, parent: &DirBody, name: &OsStr) -> Result<bool> {
+        let cn = cname(name)?;
+        for l in &parent.lowers {
+            match sys::fs::lstatat(bfd(&*l.fd), &cn) {
+                Ok(st) => {
+                    return Ok(self.fmt.classify(bfd(&*l.fd), &cn, &st, l.xwh) == EntryKind::Object)
+                }
+                Err(e) if is_absent(e) => {
+                    if self.fmt.has_oci_whiteout(bfd(&*l.fd), name) {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Builds or refreshes the node for a resolved name, counting one lookup.
+    pub(crate) fn install(&self, parent: &Arc<Node>, name: &OsStr, r: Resolved) -> Result<Entry> {
+        let cn = cname(name)?;
+        let kind = r.kind;
+        let body = r.body.clone();
+        let node = self.nodes.lookup_or_insert(
+            r.ino,
+            |n| n.kind == kind && n.ino != ROOT_INO,
+            |n| {
+                let mut st = n.state.write();
+                let primary =
+                    st.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && st.name == cn;
+                match (&mut st.body, &body) {
+                    (Body::Dir(cur), Body::Dir(new)) => {
+                        if cur.upper.is_none() {
+                            cur.upper = new.upper.clone();
+                        }
+                    }
+                    (Body::Leaf(cur), Body::Leaf(new)) => {
+                        if cur.upper.is_none() && primary {
+                            cur.upper = new.upper.clone();
+                        }
+                    }
+                    _ => {}
+                }
+                if !primary
+                    && !st
+                        .aliases
+                        .iter()
+                        .any(|(p, a)| Arc::ptr_eq(p, parent) && *a == cn)
+                {
+                    st.aliases.push((parent.clone(), cn.clone()));
+                }
+            },
+            |generation| {
+                Node::new(
+                    r.ino,
+                    generation,
+                    kind,
+                    State {
+                        parent: Some(parent.clone()),
+                        name: cn.clone(),
+                        aliases: Vec::new(),
+                        body: r.body.clone(),
+                    },
+                )
+            },
+        );
+        let attr = self.attr_of(&node).unwrap_or(r.st);
+        Ok(Entry {
+            ino: node.ino,
+            generation: node.generation,
+            attr,
+            node,
+        })
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry> {
+        let p = self.node(parent)?;
+        let body = Self::dir_body(&p)?;
+        match self.resolve(&body, name)? {
+            Some(r) => self.install(&p, name, r),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino != ROOT_INO {
+            self.nodes.forget(ino, n);
+        }
+    }
+
+    // ----- attributes -----------------------------------------------------
+
+    /// Where a non-dir lives right now: (layer dir fd, name).
+    pub(crate) fn leaf_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString)> {
+        let st = node.state.read();
+        match &st.body {
+            Body::Leaf(l) => {
+                let fd = l
+                    .upper
+                    .clone()
+                    .or_else(|| l.lower.as_ref().map(|(_, fd)| fd.clone()))
+                    .ok_or(Errno::ESTALE)?;
+                Ok((fd, st.name.clone()))
+            }
+            Body::Dir(_) => Err(Errno::EISDIR),
+        }
+    }
+
+    /// The fd of a directory's topmost part.
+    pub(crate) fn dir_top(body: &DirBody) -> Result<Arc<OwnedFd>> {
+        body.upper
+            .as_ref()
+            .or(body.lowers.first())
+            .map(|l| l.fd.clone())
+            .ok_or(Errno::ESTALE)
+    }
+
+    pub(crate) fn attr_of(&self, node: &Node) -> Result<libc::stat> {
+        let mut st = match node.dir_body() {
+            Some(d) => {
+                let mut st = sys::fs::fstat(bfd(&*Self::dir_top(&d)?))?;
+                if usize::from(d.upper.is_some()) + d.lowers.len() > 1 {
+                    // Like the kernel: counting subdirs of a merged dir is not worth it.
+                    st.st_nlink = 1;
+                }
+                st
+            }
+            None => {
+                let (fd, name) = self.leaf_loc(node)?;
+                sys::fs::lstatat(bfd(&*fd), &name)?
+            }
+        };
+        st.st_ino = node.ino;
+        Ok(st)
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<libc::stat> {
+        let node = self.node(ino)?;
+        self.attr_of(&node)
+    }
+
+    pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<libc::stat> {
+        let node = self.node(ino)?;
+        self.require_upper()?;
+        self.copy_up(&node)?;
+        let (dir, name) = self.upper_loc(&node)?;
+        let dfd = bfd(&*dir);
+        if let Some(size) = a.size {
+            let fh = a.fh.and_then(|f| self.files.get(&f).map(|h| h.clone()));
+            match fh.filter(|h| h.writable()) {
+                Some(h) => sys::fs::ftruncate(bfd(&*h.fd()), size as i64)?,
+                None => {
+                    let f = sys::fs::openat(dfd, &name, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
+                    sys::fs::ftruncate(f.as_fd(), size as i64)?;
+                }
+            }
+        }
+        if a.uid.is_some() || a.gid.is_some() {
+            sys::fs::fchownat(
+                dfd,
+                &name,
+                a.uid.unwrap_or(u32::MAX),
+                a.gid.unwrap_or(u32::MAX),
+                libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH,
+            )?;
+        }
+        if let Some(mode) = a.mode {
+            sys::fs::fchmodat(dfd, &name, mode & 0o7777)?;
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            sys::fs::utimens_entry(
+                dfd,
+                &name,
+                a.atime.unwrap_or(Time::Omit),
+                a.mtime.unwrap_or(Time::Omit),
+            )?;
+        }
+        self.attr_of(&node)
+    }
+
+    /// The upper location of a node that is in the upper layer: for a dir,
+    /// (its own fd, ""), for a non-dir, (parent upper dir, name).
+    pub(crate) fn upper_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString)> {
+        let st = node.state.read();
+        match &st.body {
+            Body::Dir(d) => Ok((
+                d.upper.as_ref().ok_or(Errno::EIO)?.fd.clone(),
+                CString::default(),
+            )),
+            Body::Leaf(l) => Ok((l.upper.clone().ok_or(Errno::EIO)?, st.name.clone())),
+        }
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        let (fd, name) = self.leaf_loc(&node)?;
+        sys::fs::readlinkat(bfd(&*fd), &name)
+    }
+
+    pub fn statfs(&self) -> Result<libc::statfs> {
+        let l = self.layers.list.first().ok_or(Errno::EIO)?;
+        sys::fs::fstatfs(bfd(&*l.fd))
+    }
+
+    // ----- staging ---------------------------------------------------------
+
+    /// A fresh temporary name for staging an object before it is renamed
+    /// into place.
+    pub(crate) fn tmp_name(&self) -> CString {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        CString::new(format!("#ufs{:x}.{:x}", sys::proc::getpid(), n)).unwrap_or_default()
+    }
+
+    /// Where to stage objects destined for `target` (an upper dir): the work
+    /// dir when there is one, else the target dir itself.
+    pub(crate) fn stage_dir<'a>(&'a self, target: BorrowedFd<'a>) -> BorrowedFd<'a> {
+        self.layers.work().unwrap_or(target)
+    }
+
+    /// Removes a staged object after a failure.
+    pub(crate) fn discard_staged(&self, dir: BorrowedFd<'_>, name: &CStr) {
+        if sys::fs::unlinkat(dir, name, 0).is_err() {
+            let _ = self.clear_whiteouts_at(dir, name);
+            let _ = sys::fs::unlinkat(dir, name, libc::AT_REMOVEDIR);
+        }
+    }
+
+    /// Deletes the whiteouts inside upper dir `dir/name` so it can be removed.
+    pub(crate) fn clear_whiteouts_at(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+        let d = sys::fs::openat(
+            dir,
+            name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        for e in sys::dir::read_all(d.as_fd())? {
+            let c = cname(&e.name)?;
+            let st = sys::fs::lstatat(d.as_fd(), &c)?;
+            if Format::is_whiteout_stat(&st) {
+                sys::fs::unlinkat(d.as_fd(), &c, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ----- creating entries ----------------------------------------------------
+
+    /// Runs `build` to create an object named `name` in parent's upper dir,
+    /// replacing a whiteout there atomically. New dirs over a whiteout are
+    /// made opaque. Returns nothing; the caller looks the entry up.
+    fn create_in_upper(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        is_dir: bool,
+        build: &mut dyn FnMut(BorrowedFd<'_>, &CStr) -> Result<()>,
+    ) -> Result<()> {
+        self.require_upper()?;
+        self.copy_up(parent)?;
+        let body = Self::dir_body(parent)?;
+        let upper = body.upper.clone().ok_or(Errno::EIO)?;
+        let ufd = bfd(&*upper.fd);
+        let cn = cname(name)?;
+        let _g = parent.dir_lock.lock();
+        let existing = match sys::fs::lstatat(ufd, &cn) {
+            Ok(st) => Some(st),
+            Err(e) if is_absent(e) => None,
+            Err(e) => return Err(e),
+        };
+        match existing {
+            None => {
+                build(ufd, &cn)?;
+                // A new dir whose name exists below (in a lower layer that
+                // the merge does not show, or behind an OCI whiteout) must
+                // not merge it in.
+                if is_dir && self.lower_has(&body, name)? {
+                    self.fmt.set_opaque(ufd, &cn)?;
+                }
+                Ok(())
+            }
+            Some(st) if self.fmt.classify(ufd, &cn, &st, upper.xwh) == EntryKind::Whiteout => {
+                let stage = self.stage_dir(ufd);
+                let tmp = self.tmp_name();
+                build(stage, &tmp)?;
+                let r = if is_dir {
+                    self.fmt
+                        .set_opaque(stage, &tmp)
+                        .and_then(|_| {
+                            sys::fs::renameat2(stage, &tmp, ufd, &cn, libc::RENAME_EXCHANGE)
+                        })
+                        .map(|_| {
+                            // The whiteout now sits at the temporary name.
+                            let _ = sys::fs::unlinkat(stage, &tmp, 0);
+                        })
+                } else {
+                    sys::fs::renameat2(stage, &tmp, ufd, &cn, 0)
+                };
+                if r.is_err() {
+                    self.discard_staged(stage, &tmp);
+                }
+                r
+            }
+            Some(_) => Err(Errno::EEXIST),
+        }
+    }
+
+    /// Gives a freshly created upper object to the caller: owner, and the
+    /// group of a setgid parent.
+    fn own_new(
+        &self,
+        parent: &Node,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        c: Caller,
+        mode: u32,
+    ) -> Result<()> {
+        let pst = self.attr_of(parent)?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            c.gid
+        };
+        let euid = sys::proc::geteuid();
+        if c.uid != euid || gid != sys::proc::getegid() {
+            sys::fs::fchownat(dir, name, c.uid, gid, libc::AT_SYMLINK_NOFOLLOW)?;
+            // chown clears setuid/setgid: put them back.
+            if mode & (libc::S_ISUID | libc::S_ISGID) != 0 && mode & libc::S_IFMT != libc::S_IFLNK {
+                sys::fs::fchmodat(dir, name, mode & 0o7777)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn make_node(
+        &self,
+        parent_ino: u64,
+        name: &OsStr,
+        c: Caller,
+        mode: u32,
+        make: &dyn Fn(BorrowedFd<'_>, &CStr) -> Result<()>,
+    ) -> Result<Entry> {
+        let parent = self.node(parent_ino)?;
+        let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
+        let parent2 = parent.clone();
+        self.create_in_upper(&parent, name, is_dir, &mut |dir, n| {
+            make(dir, n)?;
+            if let Err(e) = self.own_new(&parent2, dir, n, c, mode) {
+                self.discard_staged(dir, n);
+                return Err(e);
+            }
+            Ok(())
+        })?;
+        self.lookup(parent_ino, name)
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, c: Caller) -> Result<Entry> {
+        let perm = mode & 0o7777;
+        self.make_node(parent, name, c, libc::S_IFDIR | perm, &|d, n| {
+            sys::fs::mkdirat(d, n, perm)
+        })
+    }
+
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        c: Caller,
+    ) -> Result<Entry> {
+        let fmt = mode & libc::S_IFMT;
+        if fmt == libc::S_IFDIR || fmt == libc::S_IFLNK {
+            return Err(Errno::EINVAL);
+        }
+        if fmt == libc::S_IFCHR && rdev == 0 {
+            // Would read back as a whiteout; the kernel refuses it too.
+            return Err(Errno::EPERM);
+        }
+        self.make_node(parent, name, c, mode, &|d, n| {
+            sys::fs::mknodat(d, n, mode, rdev)
+        })
+    }
+
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, c: Caller) -> Result<Entry> {
+        let t = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(target))
+            .map_err(|_| Errno::EINVAL)?;
+        self.make_node(parent, name, c, libc::S_IFLNK | 0o777, &|d, n| {
+            sys::fs::symlinkat(&t, d, n)
+        })
+    }
+
+    /// Creates and opens a regular file.
+    pub fn create(
+        &self,
+        parent_ino: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        c: Caller,
+    ) -> Result<(Entry, u64)> {
+        let parent = self.node(parent_ino)?;
+        let perm = mode & 0o7777;
+        let mut opened: Option<OwnedFd> = None;
+        let open_flags = (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC))
+            | libc::O_CREAT
+            | libc::O_EXCL
+            | libc::O_NOFOLLOW;
+        let parent2 = parent.clone();
+        self.create_in_upper(&parent, name, false, &mut |dir, n| {
+            let fd = sys::fs::openat(dir, n, open_flags, perm)?;
+            if let Err(e) = self.own_new(&parent2, dir, n, c, libc::S_IFREG | perm) {
+                self.discard_staged(dir, n);
+                return Err(e);
+            }
+            opened = Some(fd);
+            Ok(())
+        })?;
+        let fd = opened.ok_or(Errno::EIO)?;
+        let entry = self.lookup(parent_ino, name)?;
+        let fh = self.add_file_handle(&entry.node, fd, flags, true);
+        Ok((entry, fh))
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Entry> {
+        let node = self.node(ino)?;
+        if node.is_dir() {
+            return Err(Errno::EPERM);
+        }
+        let np = self.node(newparent)?;
+        self.copy_up(&node)?;
+        let (src_dir, src_name) = self.upper_loc(&node)?;
+        self.create_in_upper(&np, newname, false, &mut |dir, n| {
+            sys::fs::linkat(bfd(&*src_dir), &src_name, dir, n, 0)
+        })?;
+        self.lookup(newparent, newname)
+    }
+
+    // ----- removing entries ----------------------------------------------------
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent_ino: u64, name: &OsStr, want_dir: bool) -> Result<()> {
+        self.require_upper()?;
+        let parent = self.node(parent_ino)?;
+        let body = Self::dir_body(&parent)?;
+        let r = self.resolve(&body, name)?.ok_or(Errno::ENOENT)?;
+        let is_dir = r.kind == libc::S_IFDIR;
+        if want_dir && !is_dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if !want_dir && is_dir {
+            return Err(Errno::EISDIR);
+        }
+        if let Body::Dir(d) = &r.body {
+            if !self.merged_is_empty(d)? {
+                return Err(Errno::ENOTEMPTY);
+            }
+        }
+        self.copy_up(&parent)?;
+        let body = Self::dir_body(&parent)?;
+        let upper = body.upper.clone().ok_or(Errno::EIO)?;
+        let ufd = bfd(&*upper.fd);
+        let cn = cname(name)?;
+        let needs_whiteout = r.lower_present
+            || matches!(&r.body, Body::Leaf(l) if l.upper.is_none())
+            || self.lower_has(&body, name)?;
+        {
+            let _g = parent.dir_lock.lock();
+            let in_upper = match sys::fs::lstatat(ufd, &cn) {
+                Ok(_) => true,
+                Err(e) if is_absent(e) => false,
+                Err(e) => return Err(e),
+            };
+            match (in_upper, needs_whiteout) {
+                (false, true) => Format::make_whiteout(ufd, &cn)?,
+                (false, false) => return Err(Errno::ENOENT),
+                (true, false) => {
+                    if is_dir {
+                        self.clear_whiteouts_at(ufd, &cn)?;
+                        sys::fs::unlinkat(ufd, &cn, libc::AT_REMOVEDIR)?;
+                    } else {
+                        sys::fs::unlinkat(ufd, &cn, 0)?;
+                    }
+                }
+                (true, true) => {
+                    let stage = self.stage_dir(ufd);
+                    let tmp = self.tmp_name();
+                    Format::make_whiteout(stage, &tmp)?;
+                    let flags = if is_dir { libc::RENAME_EXCHANGE } else { 0 };
+                    if let Err(e) = sys::fs::renameat2(stage, &tmp, ufd, &cn, flags) {
+                        let _ = sys::fs::unlinkat(stage, &tmp, 0);
+                        return Err(e);
+                    }
+                    if is_dir {
+                        // The removed dir now sits at the temporary name.
+                        self.discard_staged(stage, &tmp);
+                    }
+                }
+            }
+        }
+        self.forget_name(&parent, &cn, r.ino);
+        Ok(())
+    }
+
+    /// Drops `parent/name` from the node that carried it.
+    fn forget_name(&self, parent: &Arc<Node>, name: &CStr, ino: u64) {
+        let Some(node) = self.nodes.get(ino) else {
+            return;
+        };
+        let mut st = node.state.write();
+        st.aliases
+            .retain(|(p, n)| !(Arc::ptr_eq(p, parent) && n.as_c_str() == name));
+        let primary = st.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent))
+            && st.name.as_c_str() == name;
+        if primary {
+            if let Some((p, n)) = st.aliases.pop() {
+                // Another name of the same object takes over.
+                if let (Body::Leaf(l), Some(pb)) = (&mut st.body, p.dir_body()) {
+                    l.upper = pb.upper.as_ref().map(|u| u.fd.clone());
+                }
+                st.parent = Some(p);
+                st.name = n;
+            }
+        }
+    }
+
+    /// Whether a merged directory shows no entries.
+    pub(crate) fn merged_is_empty(&self, d: &DirBody) -> Result<bool> {
+        Ok(self.merged_entries(d, true)?.is_empty())
+    }
+
+    // ----- rename ----------------------------------------------------------------
+
+    pub fn rename(
+        &self,
+        parent_ino: u64,
+        name: &OsStr,
+        newparent_ino: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        self.require_upper()?;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let parent = self.node(parent_ino)?;
+        let newparent = self.node(newparent_ino)?;
+        let pbody = Self::dir_body(&parent)?;
+        let nbody = Self::dir_body(&newparent)?;
+        let src = self.resolve(&pbody, name)?.ok_or(Errno::ENOENT)?;
+        let dst = self.resolve(&nbody, newname)?;
+        if flags & libc::RENAME_NOREPLACE != 0 && dst.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if exchange && dst.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        let src_dir = src.kind == libc::S_IFDIR;
+        if src_dir && self.dir_has_lower(&src) {
+            return Err(Errno::EXDEV);
+        }
+        if let Some(d) = &dst {
+            if d.ino == src.ino && !exchange {
+                // Two names of one object: POSIX says do nothing.
+                return Ok(());
+            }
+            let dst_dir = d.kind == libc::S_IFDIR;
+            if exchange {
+                if dst_dir && self.dir_has_lower(d) {
+                    return Err(Errno::EXDEV);
+                }
+            } else {
+                if dst_dir && !src_dir {
+                    return Err(Errno::EISDIR);
+                }
+                if !dst_dir && src_dir {
+                    return Err(Errno::ENOTDIR);
+                }
+                if let Body::Dir(db) = &d.body {
+                    if !self.merged_is_empty(db)? {
+                        return Err(Errno::ENOTEMPTY);
+                    }
+                }
+            }
+        }
+        // Copy-ups first, before any dir lock.
+        let src_node = self.install_transient(&parent, name, &src)?;
+        self.copy_up(&src_node)?;
+        let dst_node = match &dst {
+            Some(d) if exchange => {
+                let n = self.install_transient(&newparent, newname, d)?;
+                self.copy_up(&n)?;
+                Some(n)
+            }
+            _ => None,
+        };
+        self.copy_up(&parent)?;
+        self.copy_up(&newparent)?;
+        let pu = Self::dir_body(&parent)?.upper.ok_or(Errno::EIO)?;
+        let nu = Self::dir_body(&newparent)?.upper.ok_or(Errno::EIO)?;
+        let (pfd, nfd) = (bfd(&*pu.fd), bfd(&*nu.fd));
+        let (cold, cnew) = (cname(name)?, cname(newname)?);
+        let pbody = Self::dir_body(&parent)?;
+        let nbody = Self::dir_body(&newparent)?;
+
+        let same = Arc::ptr_eq(&parent, &newparent);
+        let (_g1, _g2) = if same {
+            (Some(parent.dir_lock.lock()), None)
+        } else if parent.ino < newparent.ino {
+            let a = parent.dir_lock.lock();
+            (Some(a), Some(newparent.dir_lock.lock()))
+        } else {
+            let b = newparent.dir_lock.lock();
+            (Some(parent.dir_lock.lock()), Some(b))
+        };
+
+        if exchange {
+            sys::fs::renameat2(pfd, &cold, nfd, &cnew, libc::RENAME_EXCHANGE)?;
+        } else {
+            let old_needs_whiteout = self.lower_has(&pbody, name)?;
+            let dst_upper = match sys::fs::lstatat(nfd, &cnew) {
+                Ok(st) => Some(st),
+                Err(e) if is_absent(e) => None,
+                Err(e) => return Err(e),
+            };
+            let dst_is_whiteout = dst_upper
+                .as_ref()
+                .is_some_and(|st| self.fmt.classify(nfd, &cnew, st, nu.xwh) == EntryKind::Whiteout);
+            let new_has_lower = self.lower_has(&nbody, newname)?;
+            if src_dir {
+                // A moved dir must not merge with lower dirs at its new path.
+                if new_has_lower || dst_is_whiteout || !nbody.lowers.is_empty() {
+                    self.fmt.set_opaque(pfd, &cold)?;
+                }
+                if let Some(st) = &dst_upper {
+                    if kind_of(st) == libc::S_IFDIR {
+                        self.clear_whiteouts_at(nfd, &cnew)?;
+                    }
+                }
+            }
+            if src_dir && dst_is_whiteout {
+                // A dir cannot replace a non-dir: swap, then deal with the
+                // whiteout that landed at the old name.
+                sys::fs::renameat2(pfd, &cold, nfd, &cnew, libc::RENAME_EXCHANGE)?;
+                if !old_needs_whiteout {
+                    sys::fs::unlinkat(pfd, &cold, 0)?;
+                }
+            } else if old_needs_whiteout {
+                match sys::fs::renameat2(pfd, &cold, nfd, &cnew, libc::RENAME_WHITEOUT) {
+                    Ok(()) => {}
+                    Err(e) if e == Errno::EPERM || e == Errno::EINVAL => {
+                        sys::fs::renameat2(pfd, &cold, nfd, &cnew, 0)?;
+                        Format::make_whiteout(pfd, &cold)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                sys::fs::renameat2(pfd, &cold, nfd, &cnew, 0)?;
+            }
+        }
+        drop((_g1, _g2));
+
+        // Bring the in-memory nodes in line with the new names.
+        if let Some(d) = &dst {
+            if !exchange {
+                self.forget_name(&newparent, &cnew, d.ino);
+            }
+        }
+        self.move_node(&src_node, &parent, &cold, &newparent, &cnew, &nu);
+        if let Some(dn) = dst_node {
+            self.move_node(&dn, &newparent, &cnew, &parent, &cold, &pu);
+        }
+        Ok(())
+    }
+
+    fn dir_has_lower(&self, r: &Resolved) -> bool {
+        matches!(&r.body, Body::Dir(d) if !d.lowers.is_empty())
+    }
+
+    /// The node for a resolved name without counting a kernel lookup.
+    fn install_transient(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        r: &Resolved,
+    ) -> Result<Arc<Node>> {
+        let e = self.install(parent, name, r.clone())?;
+        self.nodes.drop_lookup(&e.node);
+        Ok(e.node)
+    }
+
+    fn move_node(
+        &self,
+        node: &Arc<Node>,
+        from: &Arc<Node>,
+        from_name: &CStr,
+        to: &Arc<Node>,
+        to_name: &CStr,
+        to_upper: &LayerDir,
+    ) {
+        let mut st = node.state.write();
+        let primary = st.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, from))
+            && st.name.as_c_str() == from_name;
+        if primary {
+            st.parent = Some(to.clone());
+            st.name = to_name.to_owned();
+            if let Body::Leaf(l) = &mut st.body {
+                l.upper = Some(to_upper.fd.clone());
+            }
+        } else {
+            for (p, n) in st.aliases.iter_mut() {
+                if Arc::ptr_eq(p, from) && n.as_c_str() == from_name {
+                    *p = to.clone();
+                    *n = to_name.to_owned();
+                }
+            }
+        }
+    }
+
+    // ----- xattrs ------------------------------------------------------------------
+
+    /// (dir fd, name) addressing a node's top object for the xattr calls.
+    fn xattr_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString)> {
+        match node.dir_body() {
+            Some(d) => Ok((Self::dir_top(&d)?, CString::default())),
+            None => self.leaf_loc(node),
+        }
+    }
+
+    pub fn getxattr(&self, ino: u64, key: &OsStr) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        let (fd, name) = self.xattr_loc(&node)?;
+        let real = self
+            .fmt
+            .real_xattr(std::os::unix::ffi::OsStrExt::as_bytes(key));
+        let k = CString::new(real).map_err(|_| Errno::EINVAL)?;
+        sys::xattr::get(bfd(&*fd), &name, &k)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        let (fd, name) = self.xattr_loc(&node)?;
+        let mut out = Vec::new();
+        for k in sys::xattr::list(bfd(&*fd), &name)? {
+            if let Some(v) = self.fmt.visible_xattr(&k) {
+                out.extend_from_slice(&v);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn setxattr(&self, ino: u64, key: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.require_upper()?;
+        let node = self.node(ino)?;
+        self.copy_up(&node)?;
+        let (fd, name) = self.upper_loc(&node)?;
+        let real = self
+            .fmt
+            .real_xattr(std::os::unix::ffi::OsStrExt::as_bytes(key));
+        let k = CString::new(real).map_err(|_| Errno::EINVAL)?;
+        sys::xattr::set(bfd(&*fd), &name, &k, value, flags)
+    }
+
+    pub fn removexattr(&self, ino: u64, key: &OsStr) -> Result<()> {
+        self.require_upper()?;
+        let node = self.node(ino)?;
+        let real = self
+            .fmt
+            .real_xattr(std::os::unix::ffi::OsStrExt::as_bytes(key));
+        let k = CString::new(real).map_err(|_| Errno::EINVAL)?;
+        // Removing an absent xattr must not copy up.
+        let (fd, name) = self.xattr_loc(&node)?;
+        sys::xattr::get(bfd(&*fd), &name, &k)?;
+        self.copy_up(&node)?;
+        let (fd, name) = self.upper_loc(&node)?;
+        sys::xattr::remove(bfd(&*fd), &name, &k)
+    }
+}
