@@ -73,10 +73,15 @@ impl Union {
             }
             Body::Leaf(l) => {
                 let (layer, lfd) = l.lower.clone().ok_or(Errno::EIO)?;
-                self.copy_up_leaf(pfd, &st.name, bfd(&*lfd), layer)?;
-                let mut w = node.state.write();
-                if let Body::Leaf(l) = &mut w.body {
-                    l.upper = Some(pu.fd.clone());
+                let lst = self.copy_up_leaf(pfd, &st.name, bfd(&*lfd), layer)?;
+                {
+                    let mut w = node.state.write();
+                    if let Body::Leaf(l) = &mut w.body {
+                        l.upper = Some(pu.fd.clone());
+                    }
+                }
+                if lst.st_nlink > 1 {
+                    self.link_other_names(layer, lst.st_ino, &pu.fd, &st.name);
                 }
             }
         }
@@ -111,7 +116,7 @@ impl Union {
         name: &CStr,
         ldir: BorrowedFd<'_>,
         layer: usize,
-    ) -> Result<()> {
+    ) -> Result<libc::stat> {
         let lst = sys::fs::lstatat(ldir, name)?;
         let kind = lst.st_mode & libc::S_IFMT;
         let stage = self.stage_dir(pfd);
@@ -122,13 +127,9 @@ impl Union {
             match sys::fs::openat(pfd, c".", libc::O_TMPFILE | libc::O_WRONLY, 0o600) {
                 Ok(dst) => {
                     self.fill_regular(ldir, name, &dst, &lst, layer)?;
-                    return sys::fs::link_tmpfile(dst.as_fd(), pfd, name).map_err(|e| {
-                        if e == Errno::EEXIST {
-                            Errno::ENOENT
-                        } else {
-                            e
-                        }
-                    });
+                    return sys::fs::link_tmpfile(dst.as_fd(), pfd, name)
+                        .map(|_| lst)
+                        .map_err(|e| if e == Errno::EEXIST { Errno::ENOENT } else { e });
                 }
                 Err(e) if e == Errno::ENOTSUP || e == Errno::EINVAL || e == Errno::EISDIR => {}
                 Err(e) => return Err(e),
@@ -158,7 +159,7 @@ impl Union {
             let _ = sys::fs::unlinkat(stage, &tmp, 0);
             return Err(if e == Errno::EEXIST { Errno::ENOENT } else { e });
         }
-        Ok(())
+        Ok(lst)
     }
 
     /// Data, metadata and origin of a regular file into the open `dst`.

@@ -23,6 +23,7 @@ pub mod copy_up;
 pub mod errno;
 pub mod format;
 pub mod handles;
+pub mod hardlinks;
 pub mod layers;
 pub mod node;
 pub mod options;

@@ -77,6 +77,9 @@ pub struct Union {
     next_fh: AtomicU64,
     tmp_counter: AtomicU64,
     root: Arc<Node>,
+    /// Per lower layer: multiply-linked inodes and their names (lazy).
+    pub(crate) link_maps:
+        parking_lot::Mutex<std::collections::HashMap<usize, Arc<crate::hardlinks::LinkMap>>>,
 }
 
 fn kind_of(st: &libc::stat) -> u32 {
@@ -132,6 +135,7 @@ impl Union {
             next_fh: AtomicU64::new(1),
             tmp_counter: AtomicU64::new(0),
             root,
+            link_maps: parking_lot::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -1012,7 +1016,7 @@ impl Union {
     }
 
     /// The node for a resolved name without counting a kernel lookup.
-    fn install_transient(
+    pub(crate) fn install_transient(
         &self,
         parent: &Arc<Node>,
         name: &OsStr,

@@ -1,0 +1,154 @@
+//! Hard links to multiply-linked lower files: after a copy-up, every visible
+//! name of the lower inode is linked to the upper copy, so all names show the
+//! new data, on this mount, after a remount, and under kernel overlayfs
+//! (`index=on` semantics without an index dir).
+
+use std::collections::HashMap;
+use std::ffi::{CStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::errno::{Errno, Result};
+use crate::format::cname;
+use crate::node::{Body, Node};
+use crate::sys;
+use crate::sys::fs::bfd;
+use crate::union::Union;
+
+/// Lower inode number -> the paths (as components) of its names in a layer.
+pub type LinkMap = HashMap<u64, Vec<Vec<OsString>>>;
+
+/// Walks one layer and records every non-dir with more than one link.
+pub(crate) fn scan_layer(root: &OwnedFd) -> LinkMap {
+    let mut map = LinkMap::new();
+    // Pending dirs: (their parent fd, name, path). Fds are opened when popped.
+    let mut stack: Vec<(Arc<OwnedFd>, OsString, Vec<OsString>)> = Vec::new();
+    let root_fd = match sys::fs::openat(root.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+        Ok(fd) => Arc::new(fd),
+        Err(_) => return map,
+    };
+    scan_dir(&root_fd, &[], &mut map, &mut stack);
+    while let Some((parent, name, path)) = stack.pop() {
+        let Ok(c) = cname(&name) else { continue };
+        let Ok(fd) = sys::fs::openat(
+            bfd(&*parent),
+            &c,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ) else {
+            continue;
+        };
+        scan_dir(&Arc::new(fd), &path, &mut map, &mut stack);
+    }
+    map
+}
+
+fn scan_dir(
+    dir: &Arc<OwnedFd>,
+    path: &[OsString],
+    map: &mut LinkMap,
+    stack: &mut Vec<(Arc<OwnedFd>, OsString, Vec<OsString>)>,
+) {
+    let Ok(entries) = sys::dir::read_all(dir.as_fd()) else {
+        return;
+    };
+    for e in entries {
+        let mut p = path.to_vec();
+        p.push(e.name.clone());
+        if e.d_type == libc::DT_DIR {
+            stack.push((dir.clone(), e.name, p));
+            continue;
+        }
+        let Ok(c) = cname(&e.name) else { continue };
+        let Ok(st) = sys::fs::lstatat(dir.as_fd(), &c) else {
+            continue;
+        };
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            stack.push((dir.clone(), e.name, p));
+        } else if st.st_nlink > 1 {
+            map.entry(st.st_ino).or_default().push(p);
+        }
+    }
+}
+
+impl Union {
+    /// The names of lower inode `ino` in `layer` (scanned once per layer).
+    fn link_names(&self, layer: usize, ino: u64) -> Vec<Vec<OsString>> {
+        let map = {
+            let mut cache = self.link_maps.lock();
+            if let Some(m) = cache.get(&layer) {
+                m.clone()
+            } else {
+                let Some(l) = self.layers.list.get(layer) else {
+                    return Vec::new();
+                };
+                let m = Arc::new(scan_layer(&l.fd));
+                cache.insert(layer, m.clone());
+                m
+            }
+        };
+        map.get(&ino).cloned().unwrap_or_default()
+    }
+
+    /// Walks `path` from the root through the merged view; returns the parent
+    /// node of the last component.
+    fn walk_to_parent(&self, path: &[OsString]) -> Result<Arc<Node>> {
+        let mut node = self.node(crate::union::ROOT_INO)?;
+        for comp in path.iter().take(path.len().saturating_sub(1)) {
+            let body = node.dir_body().ok_or(Errno::ENOTDIR)?;
+            let r = self.resolve(&body, comp)?.ok_or(Errno::ENOENT)?;
+            if r.kind != libc::S_IFDIR {
+                return Err(Errno::ENOTDIR);
+            }
+            node = self.install_transient(&node, comp, &r)?;
+        }
+        Ok(node)
+    }
+
+    /// After copying up a lower file with several links, links the copy at
+    /// each other visible name of the same lower inode.
+    pub(crate) fn link_other_names(
+        &self,
+        layer: usize,
+        lower_ino: u64,
+        src_dir: &OwnedFd,
+        src_name: &CStr,
+    ) {
+        for path in self.link_names(layer, lower_ino) {
+            let Some(last) = path.last() else { continue };
+            if let Err(e) = self.link_one(&path, last, layer, lower_ino, src_dir, src_name) {
+                if e != Errno::ENOENT && e != Errno::EEXIST {
+                    log::warn!("hard link {:?} not joined after copy-up: {e}", path);
+                }
+            }
+        }
+    }
+
+    fn link_one(
+        &self,
+        path: &[OsString],
+        last: &OsString,
+        layer: usize,
+        lower_ino: u64,
+        src_dir: &OwnedFd,
+        src_name: &CStr,
+    ) -> Result<()> {
+        let parent = self.walk_to_parent(path)?;
+        let body = parent.dir_body().ok_or(Errno::ENOTDIR)?;
+        let r = self.resolve(&body, last)?.ok_or(Errno::ENOENT)?;
+        // Only a name that still shows this very lower inode is joined.
+        match &r.body {
+            Body::Leaf(l)
+                if l.upper.is_none() && l.lower.as_ref().is_some_and(|(li, _)| *li == layer) => {}
+            _ => return Err(Errno::EEXIST),
+        }
+        if r.st.st_ino != lower_ino {
+            return Err(Errno::EEXIST);
+        }
+        self.copy_up(&parent)?;
+        let pu = parent.dir_body().and_then(|d| d.upper).ok_or(Errno::EIO)?;
+        let cn = cname(last)?;
+        let _g = parent.dir_lock.lock();
+        sys::fs::linkat(bfd(src_dir), src_name, bfd(&*pu.fd), &cn, 0)
+    }
+}
