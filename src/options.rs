@@ -356,7 +356,7 @@ pub fn validate(mut c: MountConfig) -> Result<MountConfig, String> {
                 ));
             }
         }
-        if inside(&merged, u) {
+        if inside(&merged, u) || merged == *u {
             return Err(format!(
                 "mount point {} is inside the upper dir",
                 merged.display()
