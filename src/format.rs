@@ -189,6 +189,19 @@ impl Format {
         Some(v)
     }
 
+    /// Splits a stored origin value into (handle type, fid).
+    pub fn decode_origin(stored: &[u8]) -> Option<(i32, &[u8])> {
+        if stored.len() > 21
+            && stored[0] == 0
+            && stored[1] == 0xfb
+            && stored[2] as usize == stored.len()
+        {
+            Some((stored[4] as i32, &stored[21..]))
+        } else {
+            None
+        }
+    }
+
     /// Whether a stored origin value names this (type, fid), ignoring the uuid.
     pub fn origin_matches(stored: &[u8], handle_type: i32, fid: &[u8]) -> bool {
         stored.len() == 21 + fid.len()

@@ -13,6 +13,8 @@ use crate::sys;
 #[derive(Debug)]
 pub struct Layer {
     pub fd: Arc<OwnedFd>,
+    /// A readable fd of the layer root: open_by_handle_at refuses O_PATH fds.
+    pub mount_fd: Option<OwnedFd>,
     pub dev: u64,
     pub uuid: [u8; 16],
 }
@@ -44,12 +46,15 @@ impl Layers {
         let mut list = Vec::new();
         for fd in upper.into_iter().chain(lowers) {
             let st = sys::fs::fstat(fd.as_fd())?;
-            let uuid = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
-                .ok()
+            let mount_fd =
+                sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0).ok();
+            let uuid = mount_fd
+                .as_ref()
                 .and_then(|d| sys::fs::fs_uuid(d.as_fd()))
                 .unwrap_or([0; 16]);
             list.push(Layer {
                 fd: Arc::new(fd),
+                mount_fd,
                 dev: st.st_dev,
                 uuid,
             });

@@ -287,6 +287,7 @@ impl Union {
         let mut ino = self.layers.map_ino(st.st_dev, st.st_ino);
         let mut lower = None;
         let mut lower_present = false;
+        let origin = sys::xattr::get(bfd(&*u.fd), cn, &self.fmt.origin_key()).ok();
         for l in &parent.lowers {
             match sys::fs::lstatat(bfd(&*l.fd), cn) {
                 Ok(lst) => {
@@ -295,10 +296,9 @@ impl Union {
                     }
                     lower_present = true;
                     if kind_of(&lst) == kind_of(&st) {
-                        if let Ok(stored) = sys::xattr::get(bfd(&*u.fd), cn, &self.fmt.origin_key())
-                        {
+                        if let Some(stored) = &origin {
                             if let Ok((t, fid)) = sys::fs::name_to_handle(bfd(&*l.fd), cn, 0) {
-                                if Format::origin_matches(&stored, t, &fid) {
+                                if Format::origin_matches(stored, t, &fid) {
                                     ino = self.layers.map_ino(lst.st_dev, lst.st_ino);
                                     lower = Some((l.layer, l.fd.clone()));
                                 }
@@ -315,6 +315,12 @@ impl Union {
                 Err(e) => return Err(e),
             }
         }
+        if lower.is_none() {
+            if let Some(i) = origin.as_deref().and_then(|o| self.origin_ino(o)) {
+                // Moved since its copy-up: the origin still names its number.
+                ino = i;
+            }
+        }
         Ok(Resolved {
             kind: kind_of(&st),
             st,
@@ -325,6 +331,20 @@ impl Union {
             }),
             lower_present,
         })
+    }
+
+    /// The inode number of the lower object an origin xattr names, found by
+    /// file handle (needs CAP_DAC_READ_SEARCH; None otherwise).
+    fn origin_ino(&self, stored: &[u8]) -> Option<u64> {
+        let (t, fid) = Format::decode_origin(stored)?;
+        for l in self.layers.list.iter().skip(self.layers.first_lower()) {
+            let Some(mfd) = &l.mount_fd else { continue };
+            if let Ok(fd) = sys::fs::open_by_handle(mfd.as_fd(), t, fid, libc::O_PATH) {
+                let st = sys::fs::fstat(fd.as_fd()).ok()?;
+                return Some(self.layers.map_ino(st.st_dev, st.st_ino));
+            }
+        }
+        None
     }
 
     /// Whether `name` exists in a lower layer of `parent` (so deleting or

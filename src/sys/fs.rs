@@ -430,3 +430,36 @@ pub fn cwd() -> BorrowedFd<'static> {
     // SAFETY: AT_FDCWD is a valid dirfd for the lifetime of the process.
     unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }
 }
+
+/// open_by_handle_at(2): the object a file handle names on `mount_fd`'s
+/// filesystem. Needs CAP_DAC_READ_SEARCH.
+pub fn open_by_handle(
+    mount_fd: BorrowedFd<'_>,
+    handle_type: i32,
+    fid: &[u8],
+    flags: i32,
+) -> Result<OwnedFd> {
+    const MAX: usize = 128;
+    if fid.len() > MAX {
+        return Err(Errno::EINVAL);
+    }
+    let mut buf = [0u32; 2 + MAX / 4];
+    buf[0] = fid.len() as u32;
+    buf[1] = handle_type as u32;
+    for (i, chunk) in fid.chunks(4).enumerate() {
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        buf[2 + i] = u32::from_ne_bytes(w);
+    }
+    // SAFETY: buf is a properly aligned struct file_handle holding fid.len() bytes.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            flags | libc::O_CLOEXEC,
+        )
+    } as i32)?;
+    // SAFETY: fd was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
