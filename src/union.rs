@@ -367,6 +367,24 @@ impl Union {
         Ok(false)
     }
 
+    /// Whether any lower layer of `parent` has an entry (object or whiteout)
+    /// at `name`.
+    fn lower_any(&self, parent: &DirBody, name: &OsStr) -> Result<bool> {
+        let cn = cname(name)?;
+        for l in &parent.lowers {
+            match sys::fs::lstatat(bfd(&*l.fd), &cn) {
+                Ok(_) => return Ok(true),
+                Err(e) if is_absent(e) => {
+                    if self.fmt.has_oci_whiteout(bfd(&*l.fd), name) {
+                        return Ok(true);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
     /// Builds or refreshes the node for a resolved name, counting one lookup.
     pub(crate) fn install(&self, parent: &Arc<Node>, name: &OsStr, r: Resolved) -> Result<Entry> {
         let cn = cname(name)?;
@@ -621,10 +639,9 @@ impl Union {
         match existing {
             None => {
                 build(ufd, &cn)?;
-                // A new dir whose name exists below (in a lower layer that
-                // the merge does not show, or behind an OCI whiteout) must
-                // not merge it in.
-                if is_dir && self.lower_has(&body, name)? {
+                // A new dir whose name is whited out or hidden below must not
+                // merge what is there (the kernel marks it opaque too).
+                if is_dir && self.lower_any(&body, name)? {
                     self.fmt.set_opaque(ufd, &cn)?;
                 }
                 Ok(())
@@ -973,6 +990,15 @@ impl Union {
         };
 
         if exchange {
+            // A pure-upper dir moving into a merged dir must not merge with
+            // what lies below its new path (the kernel marks it opaque).
+            if src_dir && !nbody.lowers.is_empty() {
+                self.fmt.set_opaque(pfd, &cold)?;
+            }
+            let dst_dir = dst.as_ref().is_some_and(|d| d.kind == libc::S_IFDIR);
+            if dst_dir && !pbody.lowers.is_empty() {
+                self.fmt.set_opaque(nfd, &cnew)?;
+            }
             sys::fs::renameat2(pfd, &cold, nfd, &cnew, libc::RENAME_EXCHANGE)?;
         } else {
             let old_needs_whiteout = self.lower_has(&pbody, name)?;
