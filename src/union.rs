@@ -367,24 +367,6 @@ impl Union {
         Ok(false)
     }
 
-    /// Whether any lower layer of `parent` has an entry (object or whiteout)
-    /// at `name`.
-    fn lower_any(&self, parent: &DirBody, name: &OsStr) -> Result<bool> {
-        let cn = cname(name)?;
-        for l in &parent.lowers {
-            match sys::fs::lstatat(bfd(&*l.fd), &cn) {
-                Ok(_) => return Ok(true),
-                Err(e) if is_absent(e) => {
-                    if self.fmt.has_oci_whiteout(bfd(&*l.fd), name) {
-                        return Ok(true);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(false)
-    }
-
     /// Builds or refreshes the node for a resolved name, counting one lookup.
     pub(crate) fn install(&self, parent: &Arc<Node>, name: &OsStr, r: Resolved) -> Result<Entry> {
         let cn = cname(name)?;
@@ -639,9 +621,9 @@ impl Union {
         match existing {
             None => {
                 build(ufd, &cn)?;
-                // A new dir whose name is whited out or hidden below must not
-                // merge what is there (the kernel marks it opaque too).
-                if is_dir && self.lower_any(&body, name)? {
+                // Only an upper whiteout makes a new dir opaque (a lower
+                // whiteout keeps hiding what is below it, as in the kernel).
+                if is_dir && self.lower_has(&body, name)? {
                     self.fmt.set_opaque(ufd, &cn)?;
                 }
                 Ok(())
