@@ -60,7 +60,7 @@ impl Union {
         match &st.body {
             Body::Dir(d) => {
                 let lower = d.lowers.first().ok_or(Errno::EIO)?;
-                self.copy_up_dir(pfd, &st.name, bfd(&*lower.fd))?;
+                self.copy_up_dir(pfd, &st.name, bfd(&*lower.fd), lower.layer)?;
                 let fd = sys::fs::open_dir_path(pfd, &st.name)?;
                 let mut w = node.state.write();
                 if let Body::Dir(d) = &mut w.body {
@@ -86,6 +86,7 @@ impl Union {
             }
         }
         node.copied_up.store(true, Ordering::Release);
+        let _ = self.fmt.set_impure(pfd, c"");
         // Linking into the parent changed its times; the kernel restores them.
         let _ = sys::fs::futimens_any(
             pfd,
@@ -95,13 +96,20 @@ impl Union {
         Ok(())
     }
 
-    fn copy_up_dir(&self, pfd: BorrowedFd<'_>, name: &CStr, lower: BorrowedFd<'_>) -> Result<()> {
+    fn copy_up_dir(
+        &self,
+        pfd: BorrowedFd<'_>,
+        name: &CStr,
+        lower: BorrowedFd<'_>,
+        layer: usize,
+    ) -> Result<()> {
         let lst = sys::fs::fstat(lower)?;
         let stage = self.stage_dir(pfd);
         let tmp = self.tmp_name();
         sys::fs::mkdirat(stage, &tmp, 0o700)?;
         let r = self
             .copy_meta(lower, c"", stage, &tmp, &lst)
+            .and_then(|_| self.set_origin(lower, c"", stage, &tmp, layer))
             .and_then(|_| sys::fs::renameat2(stage, &tmp, pfd, name, libc::RENAME_NOREPLACE));
         if let Err(e) = r {
             let _ = sys::fs::unlinkat(stage, &tmp, libc::AT_REMOVEDIR);
@@ -246,7 +254,12 @@ impl Union {
         dname: &CStr,
         layer: usize,
     ) -> Result<()> {
-        let Ok((t, fid)) = sys::fs::name_to_handle(ldir, lname, 0) else {
+        let flags = if lname.to_bytes().is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        };
+        let Ok((t, fid)) = sys::fs::name_to_handle(ldir, lname, flags) else {
             return Ok(());
         };
         let uuid = self

@@ -168,6 +168,26 @@ impl Format {
         }
     }
 
+    /// Whether an upper object carries an origin (it is a copy-up).
+    pub fn has_origin(&self, dir: BorrowedFd<'_>, name: &CStr) -> bool {
+        sys::xattr::get(dir, name, &self.key("origin")).is_ok()
+    }
+
+    /// Whether upper dir `name` is marked impure: it holds copied-up or
+    /// moved entries whose inode numbers come from their origin.
+    pub fn is_impure(&self, dir: BorrowedFd<'_>, name: &CStr) -> bool {
+        matches!(sys::xattr::get(dir, name, &self.key("impure")), Ok(v) if v.as_slice() == b"y")
+    }
+
+    /// Marks upper dir `name` impure (as the kernel does after a copy-up or
+    /// a move into it).
+    pub fn set_impure(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+        if self.is_impure(dir, name) {
+            return Ok(());
+        }
+        sys::xattr::set(dir, name, &self.key("impure"), b"y", 0)
+    }
+
     /// The key of the origin xattr.
     pub fn origin_key(&self) -> CString {
         self.key("origin")

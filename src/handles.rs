@@ -236,12 +236,12 @@ impl Union {
                 DirEntry {
                     name: ".".into(),
                     kind: libc::S_IFDIR,
-                    ino: h.node.ino,
+                    ino: self.shown_ino(h.node.ino),
                 },
                 DirEntry {
                     name: "..".into(),
                     kind: libc::S_IFDIR,
-                    ino: parent_ino,
+                    ino: self.shown_ino(parent_ino),
                 },
             ];
             v.extend(self.merged_entries(&body, false)?);
@@ -260,6 +260,12 @@ impl Union {
     /// visible entry (an emptiness test).
     pub(crate) fn merged_entries(&self, d: &DirBody, first_only: bool) -> Result<Vec<DirEntry>> {
         let first_lower = self.layers.first_lower();
+        // Upper entries of merged or impure dirs may be copy-ups whose number
+        // comes from their origin: look those up so d_ino == st_ino.
+        let fix_upper_ino = !first_only
+            && d.upper
+                .as_ref()
+                .is_some_and(|u| !d.lowers.is_empty() || self.fmt.is_impure(bfd(&*u.fd), c""));
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
         for ld in d.upper.iter().chain(d.lowers.iter()) {
@@ -296,10 +302,16 @@ impl Union {
                     kind = st.st_mode & libc::S_IFMT;
                 }
                 seen.insert(e.name.clone());
+                let mut ino = self.layers.map_ino(dev, e.ino);
+                if fix_upper_ino && !is_lower {
+                    if let Ok(Some(r)) = self.resolve(d, &e.name) {
+                        ino = r.ino;
+                    }
+                }
                 out.push(DirEntry {
                     name: e.name,
                     kind,
-                    ino: self.layers.map_ino(dev, e.ino),
+                    ino,
                 });
                 if first_only {
                     return Ok(out);

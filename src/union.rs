@@ -77,6 +77,7 @@ pub struct Union {
     next_fh: AtomicU64,
     tmp_counter: AtomicU64,
     root: Arc<Node>,
+    root_ino: u64,
     /// Per lower layer: multiply-linked inodes and their names (lazy).
     pub(crate) link_maps:
         parking_lot::Mutex<std::collections::HashMap<usize, Arc<crate::hardlinks::LinkMap>>>,
@@ -121,9 +122,10 @@ impl Union {
                 parent: None,
                 name: CString::default(),
                 aliases: Vec::new(),
-                body: Body::Dir(body),
+                body: Body::Dir(body.clone()),
             },
         ));
+        let root_body = body;
         nodes.insert_root(root.clone());
         Ok(Union {
             layers,
@@ -135,7 +137,14 @@ impl Union {
             next_fh: AtomicU64::new(1),
             tmp_counter: AtomicU64::new(0),
             root,
+            root_ino: ROOT_INO,
             link_maps: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        })
+        .map(|mut u| {
+            if let Ok(st) = Self::dir_top(&root_body).and_then(|fd| sys::fs::fstat(bfd(&*fd))) {
+                u.root_ino = u.dir_ino(&root_body, &st);
+            }
+            u
         })
     }
 
@@ -257,20 +266,41 @@ impl Union {
     }
 
     fn resolved_dir(&self, d: DirBody, top: libc::stat, lower_present: bool) -> Resolved {
-        // A dir keeps the number of its topmost lower dir, so copy-up and
-        // remount never change it.
-        let st_src = d
-            .lowers
-            .first()
-            .and_then(|l| sys::fs::fstat(bfd(&*l.fd)).ok())
-            .unwrap_or(top);
-        let ino = self.layers.map_ino(st_src.st_dev, st_src.st_ino);
+        let ino = self.dir_ino(&d, &top);
         Resolved {
             kind: libc::S_IFDIR,
             st: top,
             ino,
             body: Body::Dir(d),
             lower_present,
+        }
+    }
+
+    /// A dir's number, as the kernel picks it: the topmost lower dir's when
+    /// there is no upper dir or the upper dir is a copy-up (has an origin),
+    /// else the upper dir's. Copy-up and remount therefore never change it.
+    pub(crate) fn dir_ino(&self, d: &DirBody, top: &libc::stat) -> u64 {
+        let from_lower = match &d.upper {
+            None => true,
+            Some(u) => !d.lowers.is_empty() && self.fmt.has_origin(bfd(&*u.fd), c""),
+        };
+        let st = if from_lower {
+            d.lowers
+                .first()
+                .and_then(|l| sys::fs::fstat(bfd(&*l.fd)).ok())
+                .unwrap_or(*top)
+        } else {
+            *top
+        };
+        self.layers.map_ino(st.st_dev, st.st_ino)
+    }
+
+    /// The st_ino a node shows (the root's is its real dir's, not FUSE's 1).
+    pub fn shown_ino(&self, ino: u64) -> u64 {
+        if ino == ROOT_INO {
+            self.root_ino
+        } else {
+            ino
         }
     }
 
@@ -379,16 +409,13 @@ impl Union {
                 let mut st = n.state.write();
                 let primary =
                     st.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && st.name == cn;
+                // An upper part found on disk that the node does not know yet.
                 match (&mut st.body, &body) {
-                    (Body::Dir(cur), Body::Dir(new)) => {
-                        if cur.upper.is_none() {
-                            cur.upper = new.upper.clone();
-                        }
+                    (Body::Dir(cur), Body::Dir(new)) if cur.upper.is_none() => {
+                        cur.upper = new.upper.clone();
                     }
-                    (Body::Leaf(cur), Body::Leaf(new)) => {
-                        if cur.upper.is_none() && primary {
-                            cur.upper = new.upper.clone();
-                        }
+                    (Body::Leaf(cur), Body::Leaf(new)) if cur.upper.is_none() && primary => {
+                        cur.upper = new.upper.clone();
                     }
                     _ => {}
                 }
@@ -481,7 +508,7 @@ impl Union {
                 sys::fs::lstatat(bfd(&*fd), &name)?
             }
         };
-        st.st_ino = node.ino;
+        st.st_ino = self.shown_ino(node.ino);
         Ok(st)
     }
 
@@ -1022,6 +1049,13 @@ impl Union {
                 }
             } else {
                 sys::fs::renameat2(pfd, &cold, nfd, &cnew, 0)?;
+            }
+        }
+        // Entries whose number comes from an origin make the dir impure.
+        if self.fmt.has_origin(nfd, &cnew) || (exchange && self.fmt.has_origin(pfd, &cold)) {
+            let _ = self.fmt.set_impure(nfd, c"");
+            if exchange {
+                let _ = self.fmt.set_impure(pfd, c"");
             }
         }
         drop((_g1, _g2));
