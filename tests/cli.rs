@@ -1,0 +1,382 @@
+//! The binary's CLI contract (our binary only): bad invocations exit
+//! non-zero with a message and mount nothing; a good mount shows up as a
+//! fuse mount with default_permissions,allow_other,suid,dev; SIGTERM and an
+//! external umount end the daemon with status 0; without -f it daemonises.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Runs our binary with `args` (adding -f), expecting a prompt failure.
+#[track_caller]
+fn assert_rejected(fx: &Fixture, args: &[&Path], extra: &[&str], what: &str) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg("-f")
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn unionfs-fuse");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            for mp in mounts_below(fx.root()) {
+                let _ = sys::umount2(&mp, libc::MNT_DETACH);
+            }
+            panic!("{what}: unionfs-fuse {args:?} {extra:?} did not exit (it mounted?)");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let left = mounts_below(fx.root());
+    for mp in &left {
+        let _ = sys::umount2(mp, libc::MNT_DETACH);
+    }
+    assert!(!status.success(), "{what}: exited 0 for {args:?} {extra:?}");
+    assert!(
+        !stderr.trim().is_empty(),
+        "{what}: failed without a message on stderr"
+    );
+    assert!(left.is_empty(), "{what}: left mounts behind: {left:?}");
+}
+
+fn work_opt(fx: &Fixture) -> String {
+    format!("workdir={}", fx.work().display())
+}
+
+#[test]
+fn missing_lower_path_is_rejected() {
+    let Some(fx) = Fixture::new() else { return };
+    if only_for_ours() {
+        return;
+    }
+    let l0 = fx.lower(0).root;
+    let missing = fx.root().join("does-not-exist");
+    let lowers = PathBuf::from(format!("{}:{}", l0.display(), missing.display()));
+    let (u, m) = (fx.upper().root, fx.merged());
+    assert_rejected(
+        &fx,
+        &[&lowers, &u, &m],
+        &["-o", &work_opt(&fx)],
+        "missing lower",
+    );
+}
+
+#[test]
+fn non_directory_upper_is_rejected() {
+    let Some(fx) = Fixture::new() else { return };
+    if only_for_ours() {
+        return;
+    }
+    let l0 = fx.lower(0).root;
+    let file = fx.root().join("upper-file");
+    fs::write(&file, b"").unwrap();
+    let m = fx.merged();
+    assert_rejected(
+        &fx,
+        &[&l0, &file, &m],
+        &["-o", &work_opt(&fx)],
+        "file as upper",
+    );
+}
+
+#[test]
+fn upper_inside_a_lower_is_rejected() {
+    let Some(fx) = Fixture::new() else { return };
+    if only_for_ours() {
+        return;
+    }
+    let l = fx.lower(0);
+    l.dir("nested-upper");
+    let m = fx.merged();
+    assert_rejected(
+        &fx,
+        &[&l.root, &l.path("nested-upper"), &m],
+        &["-o", &work_opt(&fx)],
+        "upper inside lower",
+    );
+}
+
+#[test]
+fn lower_inside_upper_is_rejected() {
+    let Some(fx) = Fixture::new() else { return };
+    if only_for_ours() {
+        return;
+    }
+    let u = fx.upper();
+    u.dir("lower-in-upper");
+    let m = fx.merged();
+    assert_rejected(
+        &fx,
+        &[&u.path("lower-in-upper"), &u.root, &m],
+        &["-o", &work_opt(&fx)],
+        "lower inside upper",
+    );
+}
+
+#[test]
+fn merged_inside_upper_is_rejected() {
+    let Some(fx) = Fixture::new() else { return };
+    if only_for_ours() {
+        return;
+    }
+    let l0 = fx.lower(0).root;
+    let u = fx.upper();
+    u.dir("mnt");
+    assert_rejected(
+        &fx,
+        &[&l0, &u.root, &u.path("mnt")],
+        &["-o", &work_opt(&fx)],
+        "merged inside upper",
+    );
+}
+
+#[test]
+fn same_dir_twice_is_rejected() {
+    let Some(fx) = Fixture::new() else { return };
+    if only_for_ours() {
+        return;
+    }
+    let l0 = fx.lower(0).root;
+    let twice = PathBuf::from(format!("{}:{}", l0.display(), l0.display()));
+    let (u, m) = (fx.upper().root, fx.merged());
+    assert_rejected(
+        &fx,
+        &[&twice, &u, &m],
+        &["-o", &work_opt(&fx)],
+        "lower twice",
+    );
+    assert_rejected(
+        &fx,
+        &[&l0, &l0, &m],
+        &["-o", &work_opt(&fx)],
+        "upper == lower",
+    );
+    let w = format!("workdir={}", u.display());
+    assert_rejected(&fx, &[&l0, &u, &m], &["-o", &w], "workdir == upper");
+}
+
+#[test]
+fn unknown_mount_option_is_rejected() {
+    let Some(fx) = Fixture::new() else { return };
+    if only_for_ours() {
+        return;
+    }
+    let (l0, u, m) = (fx.lower(0).root, fx.upper().root, fx.merged());
+    let opts = format!("{},no_such_option=1", work_opt(&fx));
+    assert_rejected(&fx, &[&l0, &u, &m], &["-o", &opts], "unknown -o option");
+}
+
+fn super_and_mount_opts(path: &Path) -> (String, String) {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = path.to_str().unwrap();
+    for line in text.lines().rev() {
+        let (left, right) = line.split_once(" - ").unwrap();
+        let l: Vec<&str> = left.split(' ').collect();
+        if l[4] == want {
+            let r: Vec<&str> = right.split(' ').collect();
+            return (r[2].to_string(), l[5].to_string());
+        }
+    }
+    panic!("{} not in mountinfo", path.display());
+}
+
+#[test]
+fn root_mount_uses_default_permissions_allow_other_suid_dev() {
+    let Some(fx) = Fixture::new() else { return };
+    if only_for_ours() {
+        return;
+    }
+    fx.lower(0).file("f", b"");
+    let m = fx.mount();
+    assert!(mount_type(&m.merged).unwrap().starts_with("fuse"));
+    let (sup, mnt) = super_and_mount_opts(&m.merged);
+    let sup: Vec<&str> = sup.split(',').collect();
+    let mnt: Vec<&str> = mnt.split(',').collect();
+    assert!(
+        sup.contains(&"default_permissions"),
+        "super options {sup:?}"
+    );
+    assert!(sup.contains(&"allow_other"), "super options {sup:?}");
+    assert!(!mnt.contains(&"nosuid"), "mount options {mnt:?}");
+    assert!(!mnt.contains(&"nodev"), "mount options {mnt:?}");
+}
+
+#[test]
+fn sigterm_unmounts_and_exits_zero() {
+    let Some(fx) = Fixture::new() else { return };
+    if only_for_ours() {
+        return;
+    }
+    fx.lower(0).file("f", b"x");
+    let mut m = fx.mount();
+    assert_eq!(read(&m.p("f")), "x");
+    sys::kill(m.pid().unwrap(), libc::SIGTERM).unwrap();
+    let st = m.forget_and_wait(Duration::from_secs(10));
+    let left = mount_type(&m.merged);
+    if left.is_some() {
+        let _ = sys::umount2(&m.merged, libc::MNT_DETACH);
+    }
+    assert!(st.is_some(), "daemon did not exit on SIGTERM");
+    assert!(st.unwrap().success(), "exit status after SIGTERM: {st:?}");
+    assert_eq!(left, None, "SIGTERM left the mount behind");
+}
+
+#[test]
+fn external_umount_exits_zero() {
+    let Some(fx) = Fixture::new() else { return };
+    if only_for_ours() {
+        return;
+    }
+    fx.lower(0).file("f", b"x");
+    let mut m = fx.mount();
+    run_ok(Command::new("umount").arg(&m.merged));
+    let st = m.forget_and_wait(Duration::from_secs(10));
+    assert!(st.is_some(), "daemon did not exit after umount");
+    assert!(st.unwrap().success(), "exit status after umount: {st:?}");
+}
+
+/// PIDs of processes whose command line mentions `needle` (our daemons).
+fn pids_mentioning(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn without_f_daemonises_and_exits_zero_once_mounted() {
+    let Some(fx) = Fixture::new() else { return };
+    if only_for_ours() {
+        return;
+    }
+    fx.lower(0).file("f", b"daemon");
+    let (l0, u, m, w) = (fx.lower(0).root, fx.upper().root, fx.merged(), fx.work());
+    let mut child = Command::new(BIN)
+        .arg(&l0)
+        .arg(&u)
+        .arg(&m)
+        .arg("-o")
+        .arg(format!("workdir={}", w.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = sys::umount2(&m, libc::MNT_DETACH);
+            panic!("launcher did not exit within 15s");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let mounted = mount_type(&m);
+    let readable = fs::read_to_string(m.join("f")).ok();
+    let _ = sys::umount2(&m, 0).or_else(|_| sys::umount2(&m, libc::MNT_DETACH));
+    // The daemon must go away after the unmount.
+    let needle = m.to_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut left = pids_mentioning(&needle);
+    while !left.is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+        left = pids_mentioning(&needle);
+    }
+    for pid in &left {
+        let _ = sys::kill(*pid, libc::SIGKILL);
+    }
+    assert!(status.success(), "launcher exit status {status}");
+    assert!(
+        mounted.as_deref().is_some_and(|t| t.starts_with("fuse")),
+        "not mounted when the launcher exited: {mounted:?}"
+    );
+    assert_eq!(readable.as_deref(), Some("daemon"));
+    assert!(
+        left.is_empty(),
+        "daemon {left:?} still running after umount"
+    );
+}
+
+fn nofile_limits(pid: u32) -> (String, String) {
+    let text = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files line");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[3].to_string(), f[4].to_string())
+}
+
+#[test]
+fn daemon_raises_nofile_soft_limit_to_hard_limit() {
+    let Some(fx) = Fixture::new() else { return };
+    if only_for_ours() {
+        return;
+    }
+    fx.lower(0).file("f", b"");
+    let (l0, u, m, w) = (fx.lower(0).root, fx.upper().root, fx.merged(), fx.work());
+    // prlimit execs our binary, so the child pid is the daemon's.
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=256:4096")
+        .arg("--")
+        .arg(BIN)
+        .arg(&l0)
+        .arg(&u)
+        .arg(&m)
+        .arg("-f")
+        .arg("-o")
+        .arg(format!("workdir={}", w.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn prlimit");
+    let start = Instant::now();
+    while !mount_type(&m).is_some_and(|t| t.starts_with("fuse")) {
+        if child.try_wait().unwrap().is_some() || start.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("daemon under prlimit did not mount");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let limits = nofile_limits(child.id());
+    let _ = sys::umount2(&m, 0).or_else(|_| sys::umount2(&m, libc::MNT_DETACH));
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        limits,
+        ("4096".to_string(), "4096".to_string()),
+        "RLIMIT_NOFILE (soft, hard) of the daemon"
+    );
+}

@@ -1,0 +1,247 @@
+//! Lookup and merge rules (overlay-semantics.md 1.2, 1.3): the topmost object
+//! wins unless all are directories, which merge; opaque dirs and whiteouts
+//! (classic and xattr form) stop the merge. Lookups never write to the upper.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+#[test]
+fn upper_file_hides_lower_file() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("f", b"lower0");
+    fx.lower(1).file("f", b"lower1");
+    fx.upper().file("f", b"upper");
+    let before = snapshot(&fx.upper().root, SnapOpts::with_times());
+    let m = fx.mount();
+    assert_eq!(read(&m.p("f")), "upper");
+    assert_eq!(lstat(&m.p("f")).len(), 5);
+    drop(m);
+    assert_same(
+        &before,
+        &snapshot(&fx.upper().root, SnapOpts::with_times()),
+        "upper after lookup",
+    );
+}
+
+#[test]
+fn top_lower_hides_lower_below() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0)
+        .file("f", b"top")
+        .file_mode("g", b"top-g", 0o600);
+    fx.lower(1)
+        .file("f", b"bottom-bottom")
+        .file_mode("g", b"bottom", 0o666);
+    let m = fx.mount();
+    assert_eq!(read(&m.p("f")), "top");
+    assert_eq!(lstat(&m.p("f")).len(), 3);
+    assert_eq!(lstat(&m.p("g")).mode() & 0o7777, 0o600);
+    assert_eq!(ls(&m.up("")), Vec::<String>::new(), "lookup wrote to upper");
+}
+
+#[test]
+fn non_dir_hides_dir_below() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(1).file("d/x", b"x").file("e", b"file below dir");
+    fx.lower(0).file("d", b"file above dir").file("e/y", b"y");
+    let m = fx.mount();
+    let md = lstat(&m.p("d"));
+    assert!(md.is_file(), "d must be the top lower's regular file");
+    assert_eq!(read(&m.p("d")), "file above dir");
+    assert_errno(fs::metadata(m.p("d/x")), libc::ENOTDIR, "stat d/x");
+    // The dir on top hides the file below; it is not merged with anything.
+    assert!(lstat(&m.p("e")).is_dir());
+    assert_eq!(ls(&m.p("e")), ["y"]);
+    assert_eq!(ls(&m.up("")), Vec::<String>::new(), "lookup wrote to upper");
+}
+
+#[test]
+fn upper_symlink_hides_lower_dir() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("d/x", b"x").file("t/y", b"y");
+    fx.upper().symlink("d", "t");
+    let m = fx.mount();
+    assert!(lstat(&m.p("d")).file_type().is_symlink());
+    // Following the symlink leads to t, not to the lower dir d.
+    assert_eq!(ls(&m.p("d")), ["y"]);
+    assert!(!exists(&m.p("d/x")));
+}
+
+#[test]
+fn dirs_merge_across_layers() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(1)
+        .file("d/a", b"a1")
+        .file("d/both", b"from lower1");
+    fx.lower(0)
+        .file("d/b", b"b0")
+        .file("d/both", b"from lower0");
+    fx.upper().file("d/c", b"cu");
+    let m = fx.mount();
+    assert_eq!(ls(&m.p("d")), ["a", "b", "both", "c"]);
+    assert_eq!(read(&m.p("d/a")), "a1");
+    assert_eq!(read(&m.p("d/b")), "b0");
+    assert_eq!(read(&m.p("d/both")), "from lower0");
+    assert_eq!(read(&m.p("d/c")), "cu");
+    assert_eq!(ls(&m.up("d")), ["c"], "lookup wrote to upper");
+}
+
+#[test]
+fn merged_dir_metadata_comes_from_topmost_dir() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(1)
+        .dir_mode("d", 0o755)
+        .file("d/a", b"a")
+        .xattr("d", "user.bottom", b"1")
+        .times("d", Ts(1_000_000_000, 0), Ts(1_000_000_000, 0));
+    fx.lower(0)
+        .dir_mode("d", 0o750)
+        .file("d/b", b"b")
+        .chown("d", 7, 8)
+        .xattr("d", "user.top", b"2")
+        .times("d", Ts(1_200_000_000, 5), Ts(1_100_000_000, 123_456_789));
+    let m = fx.mount();
+    let md = lstat(&m.p("d"));
+    assert_eq!(md.mode() & 0o7777, 0o750);
+    assert_eq!((md.uid(), md.gid()), (7, 8));
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_100_000_000, 123_456_789));
+    let names = sys::llistxattr(&m.p("d")).expect("listxattr");
+    assert!(names.contains(&"user.top".to_string()), "{names:?}");
+    assert!(!names.contains(&"user.bottom".to_string()), "{names:?}");
+    assert_errno(
+        sys::lgetxattr(&m.p("d"), "user.bottom"),
+        libc::ENODATA,
+        "getxattr of a lower dir's xattr",
+    );
+    assert_eq!(ls(&m.p("d")), ["a", "b"]);
+}
+
+#[test]
+fn opaque_dir_stops_merge() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(2).file("d/deep", b"2");
+    fx.lower(1).file("d/a", b"1").file("e/hidden", b"1");
+    fx.lower(0).opaque("d").file("d/b", b"0");
+    fx.upper().opaque("e").file("e/c", b"u");
+    let m = fx.mount();
+    assert_eq!(
+        ls(&m.p("d")),
+        ["b"],
+        "opaque lower0 dir hides lower1/lower2"
+    );
+    assert!(!exists(&m.p("d/a")));
+    assert!(!exists(&m.p("d/deep")));
+    assert_eq!(ls(&m.p("e")), ["c"], "opaque upper dir hides lower1");
+    assert!(!exists(&m.p("e/hidden")));
+    // The private xattr itself is not visible through the union.
+    let names = sys::llistxattr(&m.p("d")).expect("listxattr");
+    assert!(
+        names.iter().all(|n| !n.starts_with("trusted.overlay.")),
+        "{names:?}"
+    );
+    assert!(is_opaque(&m.up("e")));
+    assert_eq!(ls(&m.up("e")), ["c"]);
+}
+
+#[test]
+fn whiteout_hides_name() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(1)
+        .file("f", b"f")
+        .file("d/x", b"x")
+        .file("g", b"g")
+        .file("keep", b"k");
+    fx.lower(0).whiteout("f").whiteout("d");
+    fx.upper().whiteout("g");
+    let m = fx.mount();
+    for name in ["f", "d", "g"] {
+        assert_errno(fs::symlink_metadata(m.p(name)), libc::ENOENT, name);
+    }
+    assert_errno(fs::metadata(m.p("d/x")), libc::ENOENT, "d/x");
+    assert_eq!(ls(&m.p("")), ["keep"]);
+    assert_whiteout(&m.up("g"));
+    assert_eq!(ls(&m.up("")), ["g"]);
+}
+
+#[test]
+fn whiteout_with_any_mode_and_nlink_hides_name() {
+    // The kernel shares one whiteout inode (mode 0000, nlink > 1).
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("a", b"a").file("b", b"b").file("c", b"c");
+    let up = fx.upper();
+    up.whiteout("a").chmod("a", 0).hardlink("a", "b");
+    up.whiteout("c").chmod("c", 0o644);
+    assert_eq!(lstat(&up.path("a")).nlink(), 2);
+    let m = fx.mount();
+    assert_eq!(ls(&m.p("")), Vec::<String>::new());
+    for n in ["a", "b", "c"] {
+        assert!(!exists(&m.p(n)), "{n} visible despite whiteout");
+    }
+}
+
+#[test]
+fn xattr_whiteout_in_lower_hides_name_below() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(1)
+        .file("d/x", b"x below")
+        .file("d/y", b"y below")
+        .file("d/z", b"z below");
+    // d in lower0 is marked opaque=x ("contains xattr whiteouts"), not opaque.
+    fx.lower(0).xattr_whiteout("d/x").file("d/w", b"w");
+    let m = fx.mount();
+    assert_eq!(ls(&m.p("d")), ["w", "y", "z"]);
+    assert_errno(fs::symlink_metadata(m.p("d/x")), libc::ENOENT, "d/x");
+    assert_eq!(read(&m.p("d/y")), "y below");
+    assert_eq!(ls(&m.up("")), Vec::<String>::new());
+}
+
+#[test]
+fn oci_wh_files_are_ordinary_files() {
+    // The kernel does not interpret OCI `.wh.` names; neither may we by default.
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(1).file("f", b"f").file("d/a", b"a");
+    fx.lower(0)
+        .file(".wh.f", b"")
+        .file("d/.wh..wh..opq", b"")
+        .file("d/b", b"b");
+    let m = fx.mount();
+    assert_eq!(ls(&m.p("")), [".wh.f", "d", "f"]);
+    assert_eq!(ls(&m.p("d")), [".wh..wh..opq", "a", "b"]);
+}
+
+#[test]
+fn read_only_union_without_upper() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(1).file("d/a", b"a").file("f", b"bottom");
+    fx.lower(0)
+        .file("d/b", b"b")
+        .file("f", b"top")
+        .whiteout("gone");
+    fx.lower(1).file("gone", b"x");
+    let m = fx.mount_ro();
+    assert_eq!(ls(&m.p("")), ["d", "f"]);
+    assert_eq!(ls(&m.p("d")), ["a", "b"]);
+    assert_eq!(read(&m.p("f")), "top");
+    assert_errno(fs::write(m.p("new"), b"x"), libc::EROFS, "create");
+    assert_errno(
+        fs::OpenOptions::new().write(true).open(m.p("f")),
+        libc::EROFS,
+        "open for write",
+    );
+    assert_errno(fs::remove_file(m.p("f")), libc::EROFS, "unlink");
+    assert_errno(fs::create_dir(m.p("nd")), libc::EROFS, "mkdir");
+    assert_errno(
+        fs::set_permissions(m.p("f"), fs::Permissions::from_mode(0o600)),
+        libc::EROFS,
+        "chmod",
+    );
+    let st = sys::statvfs(&m.p("")).expect("statvfs");
+    assert_ne!(
+        st.f_flag & libc::ST_RDONLY,
+        0,
+        "statvfs must report ST_RDONLY"
+    );
+}

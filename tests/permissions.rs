@@ -1,0 +1,208 @@
+//! Permission rules (overlay-semantics.md 1.11): objects created by a caller
+//! belong to that caller and honour its umask; setgid dirs pass on their
+//! group; DAC is checked against the union's attributes for the caller, and a
+//! refused operation copies nothing up. Unprivileged callers run through
+//! `setpriv --reuid=1000 --regid=1000 --clear-groups`.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+const UID: u32 = 1000;
+const GID: u32 = 1000;
+
+#[track_caller]
+fn assert_sh_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "unprivileged command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[track_caller]
+fn assert_sh_fails_with(out: &std::process::Output, msg: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(msg),
+        "expected failure with {msg:?}; status {} stderr {err:?}",
+        out.status
+    );
+}
+
+#[test]
+fn files_created_by_caller_belong_to_caller_and_honour_umask() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).dir_mode("pub", 0o777);
+    let m = fx.mount();
+    let out = run_as(
+        UID,
+        GID,
+        &m.p("pub"),
+        "umask 027 && echo x > f && mkdir d && mkfifo p && ln -s f s && \
+         umask 077 && echo y > g",
+    );
+    assert_sh_ok(&out);
+    for base in [m.p("pub"), m.up("pub")] {
+        for (name, mode) in [("f", 0o640), ("d", 0o750), ("p", 0o640), ("g", 0o600)] {
+            let md = lstat(&base.join(name));
+            assert_eq!(
+                (md.uid(), md.gid(), md.mode() & 0o7777),
+                (UID, GID, mode),
+                "{}",
+                base.join(name).display()
+            );
+        }
+        let s = lstat(&base.join("s"));
+        assert_eq!((s.uid(), s.gid()), (UID, GID), "symlink owner");
+    }
+    // The copied-up parent keeps its lower owner and mode.
+    let d = lstat(&m.up("pub"));
+    assert_eq!((d.uid(), d.mode() & 0o7777), (0, 0o777));
+}
+
+#[test]
+fn setgid_dir_passes_group_to_new_entries() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0)
+        .dir("sg")
+        .chown("sg", 0, 1234)
+        .chmod("sg", 0o2777);
+    let m = fx.mount();
+    write(&m.p("sg/root_file"), b"");
+    fs::create_dir(m.p("sg/root_dir")).unwrap();
+    let out = run_as(
+        UID,
+        GID,
+        &m.p("sg"),
+        "umask 022 && touch user_file && mkdir user_dir",
+    );
+    assert_sh_ok(&out);
+    for base in [m.p("sg"), m.up("sg")] {
+        for (name, uid) in [("root_file", 0), ("user_file", UID)] {
+            let md = lstat(&base.join(name));
+            assert_eq!((md.uid(), md.gid()), (uid, 1234), "{name}");
+            assert_eq!(md.mode() & 0o2000, 0, "{name}: file must not get setgid");
+        }
+        for (name, uid) in [("root_dir", 0), ("user_dir", UID)] {
+            let md = lstat(&base.join(name));
+            assert_eq!((md.uid(), md.gid()), (uid, 1234), "{name}");
+            assert_ne!(md.mode() & 0o2000, 0, "{name}: subdir must inherit setgid");
+        }
+    }
+}
+
+#[test]
+fn unprivileged_read_of_0600_root_file_is_eacces() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0)
+        .file_mode("secret", b"s", 0o600)
+        .file("open", b"o");
+    let m = fx.mount();
+    assert_sh_fails_with(
+        &run_as(UID, GID, &m.p(""), "cat secret"),
+        "Permission denied",
+    );
+    assert_sh_fails_with(
+        &run_as(UID, GID, &m.p(""), "echo x >> secret"),
+        "Permission denied",
+    );
+    assert_sh_fails_with(
+        &run_as(UID, GID, &m.p(""), "echo x >> open"),
+        "Permission denied",
+    );
+    assert_sh_ok(&run_as(UID, GID, &m.p(""), "cat open"));
+    assert_eq!(
+        ls(&m.up("")),
+        Vec::<String>::new(),
+        "a refused open copied up"
+    );
+}
+
+#[test]
+fn unprivileged_chmod_and_chown_of_root_file_are_eperm() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("f", b"");
+    let m = fx.mount();
+    assert_sh_fails_with(
+        &run_as(UID, GID, &m.p(""), "chmod 777 f"),
+        "Operation not permitted",
+    );
+    assert_sh_fails_with(
+        &run_as(UID, GID, &m.p(""), "chown 1000 f"),
+        "Operation not permitted",
+    );
+    assert_sh_fails_with(
+        &run_as(UID, GID, &m.p(""), "touch -h -d @1 f"),
+        "Operation not permitted",
+    );
+    assert_eq!(
+        ls(&m.up("")),
+        Vec::<String>::new(),
+        "a refused setattr copied up"
+    );
+}
+
+#[test]
+fn unprivileged_create_in_root_dir_is_eacces() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).dir_mode("d", 0o755).file("d/f", b"");
+    let m = fx.mount();
+    assert_sh_fails_with(
+        &run_as(UID, GID, &m.p("d"), "touch new"),
+        "Permission denied",
+    );
+    assert_sh_fails_with(&run_as(UID, GID, &m.p("d"), "rm -f f"), "Permission denied");
+    assert_sh_fails_with(&run_as(UID, GID, &m.p("d"), "mkdir x"), "Permission denied");
+    assert_eq!(
+        ls(&m.up("")),
+        Vec::<String>::new(),
+        "a refused create copied up"
+    );
+    assert_eq!(ls(&m.p("d")), ["f"]);
+}
+
+#[test]
+fn owner_can_modify_own_lower_file() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0)
+        .dir_mode("home", 0o755)
+        .chown("home", UID, GID)
+        .file_mode("home/mine", b"a", 0o600)
+        .chown("home/mine", UID, GID);
+    let m = fx.mount();
+    let out = run_as(
+        UID,
+        GID,
+        &m.p("home"),
+        "echo b >> mine && chmod 640 mine && mv mine moved && rm -f moved && touch x",
+    );
+    assert_sh_ok(&out);
+    assert!(!exists(&m.p("home/mine")));
+    assert_whiteout(&m.up("home/mine"));
+    let md = lstat(&m.up("home"));
+    assert_eq!((md.uid(), md.gid()), (UID, GID));
+    assert_eq!(lstat(&m.up("home/x")).uid(), UID);
+}
+
+#[test]
+fn sticky_dir_protects_other_users_files() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0)
+        .dir("tmp")
+        .chmod("tmp", 0o1777)
+        .file("tmp/roots", b"");
+    let m = fx.mount();
+    assert_sh_fails_with(
+        &run_as(UID, GID, &m.p("tmp"), "rm -f roots"),
+        "Operation not permitted",
+    );
+    assert_sh_ok(&run_as(UID, GID, &m.p("tmp"), "touch own && rm own"));
+    assert_eq!(ls(&m.p("tmp")), ["roots"]);
+    assert!(
+        !exists(&m.up("tmp/roots")),
+        "a refused unlink left a whiteout"
+    );
+}
