@@ -121,6 +121,22 @@ impl Union {
         Ok(h.fd())
     }
 
+    /// fstat through an open file of `node`: `fh` if it is one, else any.
+    pub(crate) fn open_file_stat(&self, node: &Arc<Node>, fh: Option<u64>) -> Result<libc::stat> {
+        let h = fh
+            .and_then(|f| self.files.get(&f).map(|h| h.clone()))
+            .filter(|h| Arc::ptr_eq(&h.node, node))
+            .or_else(|| {
+                self.files
+                    .iter()
+                    .find(|h| Arc::ptr_eq(&h.node, node))
+                    .map(|h| h.clone())
+            })
+            .ok_or(Errno::ENOENT)?;
+        let fd = self.current_fd(&h)?;
+        sys::fs::fstat(fd.as_fd())
+    }
+
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let h = self.file(fh)?;
         let fd = self.current_fd(&h)?;

@@ -512,9 +512,24 @@ impl Union {
         Ok(st)
     }
 
-    pub fn getattr(&self, ino: u64) -> Result<libc::stat> {
+    /// Attributes, from the open file `fh` when given (it stays valid after
+    /// the last name is gone).
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<libc::stat> {
         let node = self.node(ino)?;
-        self.attr_of(&node)
+        match self.attr_of(&node) {
+            Err(Errno::ENOENT) if !node.is_dir() => {
+                let mut st = self.open_file_stat(&node, fh)?;
+                st.st_ino = self.shown_ino(node.ino);
+                Ok(st)
+            }
+            r => r,
+        }
+    }
+
+    /// The attributes of the root dir (its number included).
+    pub fn root_stat(&self) -> libc::stat {
+        self.attr_of(&self.root)
+            .unwrap_or_else(|_| sys::fs::zeroed_stat())
     }
 
     pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<libc::stat> {

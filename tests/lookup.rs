@@ -199,17 +199,46 @@ fn xattr_whiteout_in_lower_hides_name_below() {
 }
 
 #[test]
-fn oci_wh_files_are_ordinary_files() {
-    // The kernel does not interpret OCI `.wh.` names; neither may we by default.
+fn oci_wh_files_are_ordinary_files_with_oci_whiteouts_off() {
+    // The kernel does not interpret OCI `.wh.` names; ours with the option off
+    // shows them the same way.
     let Some(fx) = Fixture::new() else { return };
+    oci_layers(&fx);
+    let m = Mounted::mount_ours_opts(
+        fx.kind,
+        &fx.lowers(),
+        Some(&fx.upper().root),
+        Some(&fx.work()),
+        &fx.merged(),
+        "oci_whiteouts=off",
+    );
+    assert_eq!(ls(&m.p("")), [".wh.f", "d", "f"]);
+    assert_eq!(ls(&m.p("d")), [".wh..wh..opq", "a", "b"]);
+}
+
+#[test]
+fn oci_whiteouts_in_lowers_hide_names_by_default() {
+    // Ours only: containers store layers with OCI whiteouts, so they are
+    // honoured by default; the markers themselves are never shown.
+    let Some(fx) = Fixture::for_impl(Impl::Ours) else {
+        return;
+    };
+    oci_layers(&fx);
+    let m = fx.mount();
+    assert_eq!(ls(&m.p("")), ["d"]);
+    assert_eq!(ls(&m.p("d")), ["b"]);
+    assert!(!exists(&m.p(".wh.f")), "lookup of a .wh. name is ENOENT");
+    fs::create_dir(m.p("f")).expect("mkdir over OCI whiteout");
+    assert_eq!(ls(&m.p("f")), Vec::<String>::new());
+    assert_eq!(ls(&m.up("")), ["f"], "no marker files are written");
+}
+
+fn oci_layers(fx: &Fixture) {
     fx.lower(1).file("f", b"f").file("d/a", b"a");
     fx.lower(0)
         .file(".wh.f", b"")
         .file("d/.wh..wh..opq", b"")
         .file("d/b", b"b");
-    let m = fx.mount();
-    assert_eq!(ls(&m.p("")), [".wh.f", "d", "f"]);
-    assert_eq!(ls(&m.p("d")), [".wh..wh..opq", "a", "b"]);
 }
 
 #[test]

@@ -149,7 +149,14 @@ impl Adapter {
 
 impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_ATOMIC_O_TRUNC;
+        // Layers never change under the mount and every change goes through
+        // this server, so the kernel may cache entries, attributes, symlinks
+        // and listings; readdirplus saves a lookup per listed entry.
+        let wanted = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_CACHE_SYMLINKS;
         for flag in wanted.iter() {
             let _ = config.add_capabilities(flag);
         }
@@ -158,8 +165,14 @@ impl Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        guarded("lookup", || {
-            self.entry(reply, self.fs.lookup(parent.0, name))
+        guarded("lookup", || match self.fs.lookup(parent.0, name) {
+            // Node 0 is a negative entry: the kernel caches the absence too.
+            Err(Errno::ENOENT) => {
+                let mut attr = to_attr(&self.fs.root_stat());
+                attr.ino = INodeNo(0);
+                reply.entry(&self.ttl, &attr, Generation(0))
+            }
+            r => self.entry(reply, r),
         });
     }
 
@@ -167,10 +180,12 @@ impl Filesystem for Adapter {
         guarded("forget", || self.fs.forget(ino.0, nlookup));
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        guarded("getattr", || match self.fs.getattr(ino.0) {
-            Ok(st) => reply.attr(&self.ttl, &to_attr(&st)),
-            Err(e) => reply.error(ferr(e)),
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        guarded("getattr", || {
+            match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
+                Ok(st) => reply.attr(&self.ttl, &to_attr(&st)),
+                Err(e) => reply.error(ferr(e)),
+            }
         });
     }
 
@@ -309,7 +324,7 @@ impl Filesystem for Adapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guarded("open", || match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(ferr(e)),
         });
     }
@@ -391,7 +406,10 @@ impl Filesystem for Adapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         guarded("opendir", || match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(ferr(e)),
         });
     }
@@ -430,7 +448,11 @@ impl Filesystem for Adapter {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
                     let dots = e.name == "." || e.name == "..";
                     let looked = if dots {
-                        self.fs.getattr(e.ino).map(|st| (st, 0u64))
+                        // The kernel takes no reference for these; any attrs do.
+                        self.fs.getattr(ino.0, None).map(|mut st| {
+                            st.st_ino = e.ino;
+                            (st, 0u64)
+                        })
                     } else {
                         self.fs
                             .lookup_entry(ino.0, e)
@@ -535,7 +557,7 @@ impl Filesystem for Adapter {
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         guarded("access", || {
-            Self::empty(reply, self.fs.getattr(ino.0).map(|_| ()))
+            Self::empty(reply, self.fs.getattr(ino.0, None).map(|_| ()))
         });
     }
 
@@ -556,7 +578,7 @@ impl Filesystem for Adapter {
                     &to_attr(&e.attr),
                     Generation(e.generation),
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    FopenFlags::FOPEN_KEEP_CACHE,
                 ),
                 Err(e) => reply.error(ferr(e)),
             }

@@ -463,3 +463,9 @@ pub fn open_by_handle(
     // SAFETY: fd was just returned by the kernel and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// An all-zero `stat`, for replies that need a placeholder.
+pub fn zeroed_stat() -> libc::stat {
+    // SAFETY: libc::stat is plain old data; all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}

@@ -36,8 +36,10 @@ fn at_flags(name: &CStr) -> libc::c_uint {
 }
 
 /// Runs an `*xattrat` call; None means "not supported, use the fallback".
-fn try_at(f: impl FnOnce() -> libc::c_long) -> Option<Result<usize>> {
-    if !HAVE_AT.load(Ordering::Relaxed) {
+/// With an empty name the call would need a non-O_PATH fd (EBADF), so the
+/// object itself always goes through /proc.
+fn try_at(name: &CStr, f: impl FnOnce() -> libc::c_long) -> Option<Result<usize>> {
+    if name.to_bytes().is_empty() || !HAVE_AT.load(Ordering::Relaxed) {
         return None;
     }
     match check(f()) {
@@ -55,7 +57,7 @@ fn get_into(dir: BorrowedFd<'_>, name: &CStr, key: &CStr, buf: &mut [u8]) -> Res
         size: buf.len() as u32,
         flags: 0,
     };
-    let at = try_at(|| {
+    let at = try_at(name, || {
         // SAFETY: args describes a writable buffer; strings are NUL-terminated.
         unsafe {
             libc::syscall(
@@ -79,7 +81,14 @@ fn get_into(dir: BorrowedFd<'_>, name: &CStr, key: &CStr, buf: &mut [u8]) -> Res
         libc::lgetxattr
     };
     // SAFETY: path/key are NUL-terminated; buf is writable for its length.
-    let r = unsafe { get(path.as_ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let r = unsafe {
+        get(
+            path.as_ptr(),
+            key.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     check(r).map(|n| n as usize)
 }
 
@@ -107,7 +116,7 @@ pub fn set(dir: BorrowedFd<'_>, name: &CStr, key: &CStr, value: &[u8], flags: i3
         size: value.len() as u32,
         flags: flags as u32,
     };
-    let at = try_at(|| {
+    let at = try_at(name, || {
         // SAFETY: args describes a readable buffer; strings are NUL-terminated.
         unsafe {
             libc::syscall(
@@ -144,7 +153,7 @@ pub fn set(dir: BorrowedFd<'_>, name: &CStr, key: &CStr, value: &[u8], flags: i3
 }
 
 pub fn remove(dir: BorrowedFd<'_>, name: &CStr, key: &CStr) -> Result<()> {
-    let at = try_at(|| {
+    let at = try_at(name, || {
         // SAFETY: strings are NUL-terminated.
         unsafe {
             libc::syscall(
@@ -171,7 +180,7 @@ pub fn remove(dir: BorrowedFd<'_>, name: &CStr, key: &CStr) -> Result<()> {
 }
 
 fn list_into(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> Result<usize> {
-    let at = try_at(|| {
+    let at = try_at(name, || {
         // SAFETY: buf is writable for its length; name is NUL-terminated.
         unsafe {
             libc::syscall(

@@ -555,6 +555,8 @@ pub struct Mounted {
     pub work: Option<PathBuf>,
     /// Extra `-o` options for kernel mounts only (e.g. `index=on`).
     pub kernel_opts: Option<String>,
+    /// Extra `-o` options for our binary (ignored for the kernel).
+    pub ours_opts: Option<String>,
     child: Option<Child>,
     watchdog: Option<Watchdog>,
     log: PathBuf,
@@ -613,7 +615,36 @@ impl Mounted {
         Mounted::mount_full(kind, lowers, upper, work, merged, Some(kernel_opts))
     }
 
+    /// As [`Mounted::mount`], adding `ours_opts` to the `-o` of our binary
+    /// (ignored for the kernel).
+    pub fn mount_ours_opts(
+        kind: Impl,
+        lowers: &[PathBuf],
+        upper: Option<&Path>,
+        work: Option<&Path>,
+        merged: &Path,
+        ours_opts: &str,
+    ) -> Mounted {
+        let mut m = Mounted::new_unmounted(kind, lowers, upper, work, merged, None);
+        m.ours_opts = Some(ours_opts.to_string());
+        m.do_mount();
+        m
+    }
+
     fn mount_full(
+        kind: Impl,
+        lowers: &[PathBuf],
+        upper: Option<&Path>,
+        work: Option<&Path>,
+        merged: &Path,
+        kernel_opts: Option<&str>,
+    ) -> Mounted {
+        let mut m = Mounted::new_unmounted(kind, lowers, upper, work, merged, kernel_opts);
+        m.do_mount();
+        m
+    }
+
+    fn new_unmounted(
         kind: Impl,
         lowers: &[PathBuf],
         upper: Option<&Path>,
@@ -625,20 +656,19 @@ impl Mounted {
             "{}.log",
             merged.file_name().unwrap_or_default().to_string_lossy()
         ));
-        let mut m = Mounted {
+        Mounted {
             kind,
             merged: merged.to_path_buf(),
             lowers: lowers.to_vec(),
             upper: upper.map(Path::to_path_buf),
             work: work.map(Path::to_path_buf),
             kernel_opts: kernel_opts.map(str::to_string),
+            ours_opts: None,
             child: None,
             watchdog: None,
             log,
             mounted: false,
-        };
-        m.do_mount();
-        m
+        }
     }
 
     fn do_mount(&mut self) {
@@ -684,6 +714,10 @@ impl Mounted {
         match &self.work {
             Some(w) => args.push(format!("workdir={}", w.display())),
             None => args.push("ro".to_string()),
+        }
+        if let Some(extra) = &self.ours_opts {
+            args.push("-o".to_string());
+            args.push(extra.clone());
         }
         args
     }
