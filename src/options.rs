@@ -30,7 +30,7 @@ OPTIONS (-o, comma separated, repeatable; named like kernel overlayfs):
   volatile            skip fsync of the upper (as overlayfs volatile)
   oci_whiteouts=on|off  honour OCI .wh.NAME / .wh..wh..opq files in lower
                       layers (default on)
-  timeout=SECS        kernel attribute/entry cache time (default 1)
+  timeout=SECS        kernel attribute/entry cache time (default 30)
   threads=N           FUSE worker threads (default: number of CPUs, max 8)
   allow_other, default_permissions, dev, nodev, suid, nosuid, exec, noexec,
   atime, noatime      as for any FUSE mount. As root the default is
@@ -163,7 +163,7 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
         redirect_dir: false,
         volatile: false,
         oci_whiteouts: true,
-        timeout: 1.0,
+        timeout: 30.0,
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
