@@ -11,7 +11,7 @@
 //! - OCI layer whiteouts (`.wh.NAME`, `.wh..wh..opq`) in lower layers are read
 //!   when enabled; they are never written.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 
@@ -37,6 +37,57 @@ pub enum Opacity {
 pub enum EntryKind {
     Whiteout,
     Object,
+}
+
+/// Where a renamed dir's lower dirs are (`overlay.redirect`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Redirect {
+    /// The same parent's lower dirs, under this name.
+    Relative(OsString),
+    /// This path from each lower layer's root.
+    Absolute(Vec<OsString>),
+}
+
+impl Redirect {
+    /// Parses an `overlay.redirect` value; None if malformed.
+    pub fn parse(v: &[u8]) -> Option<Redirect> {
+        if v.is_empty() || v.contains(&0) {
+            return None;
+        }
+        if v[0] == b'/' {
+            let comps: Vec<OsString> = v
+                .split(|c| *c == b'/')
+                .filter(|c| !c.is_empty())
+                .map(|c| OsStr::from_bytes(c).to_os_string())
+                .collect();
+            if comps.iter().any(|c| c == ".." || c == ".") {
+                return None;
+            }
+            Some(Redirect::Absolute(comps))
+        } else if v.contains(&b'/') || v == b"." || v == b".." {
+            None
+        } else {
+            Some(Redirect::Relative(OsStr::from_bytes(v).to_os_string()))
+        }
+    }
+
+    /// The value as the kernel writes it.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Redirect::Relative(n) => n.as_bytes().to_vec(),
+            Redirect::Absolute(comps) => {
+                let mut v = Vec::new();
+                for c in comps {
+                    v.push(b'/');
+                    v.extend_from_slice(c.as_bytes());
+                }
+                if v.is_empty() {
+                    v.push(b'/');
+                }
+                v
+            }
+        }
+    }
 }
 
 /// The overlay xattr namespace in use plus the OCI switch.
@@ -166,6 +217,16 @@ impl Format {
             Ok(c) => sys::fs::lstatat(dir, &c).is_ok(),
             Err(_) => false,
         }
+    }
+
+    /// The redirect of dir `name`, if it has a valid one.
+    pub fn redirect(&self, dir: BorrowedFd<'_>, name: &CStr) -> Option<Redirect> {
+        let v = sys::xattr::get(dir, name, &self.key("redirect")).ok()?;
+        Redirect::parse(&v)
+    }
+
+    pub fn set_redirect(&self, dir: BorrowedFd<'_>, name: &CStr, r: &Redirect) -> Result<()> {
+        sys::xattr::set(dir, name, &self.key("redirect"), &r.encode(), 0)
     }
 
     /// Whether an upper object carries an origin (it is a copy-up).
@@ -301,6 +362,16 @@ mod tests {
         assert_eq!(f.real_xattr(b"user.foo"), b"user.foo");
         assert!(f.is_private_xattr(b"trusted.overlay.origin"));
         assert!(!f.is_private_xattr(b"trusted.overlay.overlay.origin"));
+    }
+
+    #[test]
+    fn redirect_values() {
+        assert_eq!(Redirect::parse(b"g"), Some(Redirect::Relative("g".into())));
+        let abs = Redirect::parse(b"/a/b").unwrap_or(Redirect::Relative("x".into()));
+        assert_eq!(abs, Redirect::Absolute(vec!["a".into(), "b".into()]));
+        assert_eq!(abs.encode(), b"/a/b");
+        assert_eq!(Redirect::parse(b"a/b"), None);
+        assert_eq!(Redirect::parse(b"/a/../b"), None);
     }
 
     #[test]

@@ -27,6 +27,8 @@ OPTIONS (-o, comma separated, repeatable; named like kernel overlayfs):
   userxattr           store overlay xattrs as user.overlay.* (automatic when
                       running in a user namespace)
   redirect_dir=off    renaming a lower or merged dir gives EXDEV (default)
+  redirect_dir=on     such a rename works: the dir is copied up and records
+                      its lower path in overlay.redirect, as the kernel does
   volatile            skip fsync of the upper (as overlayfs volatile)
   oci_whiteouts=on|off  honour OCI .wh.NAME / .wh..wh..opq files in lower
                       layers (default on)
@@ -200,14 +202,10 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
             "userxattr" => c.userxattr = true,
             "redirect_dir" => match v.as_deref() {
                 Some("off") | Some("nofollow") | Some("follow") => c.redirect_dir = false,
-                Some("on") => {
-                    return Err(
-                        "option redirect_dir=on is not supported yet; use redirect_dir=off".into(),
-                    )
-                }
+                Some("on") => c.redirect_dir = true,
                 _ => {
                     return Err(format!(
-                        "option redirect_dir={}: expected off",
+                        "option redirect_dir={}: expected on or off",
                         v.unwrap_or_default()
                     ))
                 }
@@ -284,6 +282,9 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
     if c.ro {
         c.upper = None;
         c.work = None;
+    }
+    if c.redirect_dir && c.userxattr {
+        return Err("redirect_dir=on cannot be used with userxattr (as in overlayfs)".into());
     }
     if c.upper.is_none() && c.work.is_some() {
         return Err("workdir= needs upperdir=".into());

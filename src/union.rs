@@ -1,15 +1,16 @@
 //! The union filesystem's operations, with no FUSE types: lookup across
 //! layers, attributes, and every change to the namespace.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
 use crate::errno::{Errno, Result};
-use crate::format::{cname, EntryKind, Format, Opacity};
+use crate::format::{cname, EntryKind, Format, Opacity, Redirect};
 use crate::handles::{DirHandle, FileHandle};
 use crate::layers::Layers;
 use crate::node::{Body, DirBody, LayerDir, LeafBody, Node, NodeTable, State};
@@ -214,10 +215,29 @@ impl Union {
             }
         }
         let mut lower_present = false;
-        for l in &parent.lowers {
-            match sys::fs::lstatat(bfd(&*l.fd), &cn) {
+        // A renamed upper dir finds its lower dirs where its redirect says.
+        let redirected = match (&dir, &parent.upper) {
+            (Some(_), Some(u)) => self
+                .fmt
+                .redirect(bfd(&*u.fd), &cn)
+                .map(|r| self.redirect_targets(parent, &r)),
+            _ => None,
+        };
+        // Lower dirs found through a redirect are not this name's own.
+        let follows_redirect = redirected.is_some();
+        let targets: Vec<(LayerDir, CString, OsString)> = match redirected {
+            Some(t) => t,
+            None => parent
+                .lowers
+                .iter()
+                .map(|l| (l.clone(), cn.clone(), name.to_os_string()))
+                .collect(),
+        };
+        for (l, cn, name) in &targets {
+            let (cn, name) = (cn.as_c_str(), name.as_os_str());
+            match sys::fs::lstatat(bfd(&*l.fd), cn) {
                 Ok(st) => {
-                    if self.fmt.classify(bfd(&*l.fd), &cn, &st, l.xwh) == EntryKind::Whiteout {
+                    if self.fmt.classify(bfd(&*l.fd), cn, &st, l.xwh) == EntryKind::Whiteout {
                         break;
                     }
                     if kind_of(&st) != libc::S_IFDIR {
@@ -236,15 +256,15 @@ impl Union {
                             lower_present: false,
                         }));
                     }
-                    let fd = sys::fs::open_dir_path(bfd(&*l.fd), &cn)?;
-                    let opacity = self.fmt.opacity(bfd(&*l.fd), &cn, true);
+                    let fd = sys::fs::open_dir_path(bfd(&*l.fd), cn)?;
+                    let opacity = self.fmt.opacity(bfd(&*l.fd), cn, true);
                     let d = dir.get_or_insert_with(DirBody::default);
                     d.lowers.push(LayerDir {
                         layer: l.layer,
                         fd: Arc::new(fd),
                         xwh: opacity == Opacity::XattrWhiteouts,
                     });
-                    lower_present = true;
+                    lower_present = !follows_redirect;
                     if top.is_none() {
                         top = Some(st);
                     }
@@ -262,6 +282,59 @@ impl Union {
         match (dir, top) {
             (Some(d), Some(st)) => Ok(Some(self.resolved_dir(d, st, lower_present))),
             _ => Ok(None),
+        }
+    }
+
+    /// The lower dirs (parent level) and name a redirect points at.
+    fn redirect_targets(
+        &self,
+        parent: &DirBody,
+        r: &Redirect,
+    ) -> Vec<(LayerDir, CString, OsString)> {
+        match r {
+            Redirect::Relative(n) => match cname(n) {
+                Ok(c) => parent
+                    .lowers
+                    .iter()
+                    .map(|l| (l.clone(), c.clone(), n.clone()))
+                    .collect(),
+                Err(_) => Vec::new(),
+            },
+            Redirect::Absolute(comps) => {
+                let Some((last, dirs)) = comps.split_last() else {
+                    return Vec::new();
+                };
+                let Ok(clast) = cname(last) else {
+                    return Vec::new();
+                };
+                let mut out = Vec::new();
+                'layers: for (i, layer) in self
+                    .layers
+                    .list
+                    .iter()
+                    .enumerate()
+                    .skip(self.layers.first_lower())
+                {
+                    let mut fd = layer.fd.clone();
+                    for c in dirs {
+                        let Ok(cc) = cname(c) else { continue 'layers };
+                        match sys::fs::open_dir_path(bfd(&*fd), &cc) {
+                            Ok(next) => fd = Arc::new(next),
+                            Err(_) => continue 'layers,
+                        }
+                    }
+                    out.push((
+                        LayerDir {
+                            layer: i,
+                            fd,
+                            xwh: false,
+                        },
+                        clast.clone(),
+                        last.clone(),
+                    ));
+                }
+                out
+            }
         }
     }
 
@@ -955,9 +1028,13 @@ impl Union {
             return Err(Errno::ENOENT);
         }
         let src_dir = src.kind == libc::S_IFDIR;
-        if src_dir && self.dir_has_lower(&src) {
+        // Without redirect_dir a lower or merged dir cannot move (the kernel's
+        // EXDEV; mv then copies). With it, the moved dir records its origin.
+        let src_redirect = src_dir && self.dir_has_lower(&src);
+        if src_redirect && !self.opts.redirect_dir {
             return Err(Errno::EXDEV);
         }
+        let mut dst_redirect = false;
         if let Some(d) = &dst {
             if d.ino == src.ino && !exchange {
                 // Two names of one object: POSIX says do nothing.
@@ -965,7 +1042,8 @@ impl Union {
             }
             let dst_dir = d.kind == libc::S_IFDIR;
             if exchange {
-                if dst_dir && self.dir_has_lower(d) {
+                dst_redirect = dst_dir && self.dir_has_lower(d);
+                if dst_redirect && !self.opts.redirect_dir {
                     return Err(Errno::EXDEV);
                 }
             } else {
@@ -1001,8 +1079,17 @@ impl Union {
         let (cold, cnew) = (cname(name)?, cname(newname)?);
         let pbody = Self::dir_body(&parent)?;
         let nbody = Self::dir_body(&newparent)?;
-
         let same = Arc::ptr_eq(&parent, &newparent);
+        let src_target = if src_redirect {
+            Some(self.redirect_for(&src_node, same)?)
+        } else {
+            None
+        };
+        let dst_target = match &dst_node {
+            Some(n) if dst_redirect => Some(self.redirect_for(n, same)?),
+            _ => None,
+        };
+
         let (_g1, _g2) = if same {
             (Some(parent.dir_lock.lock()), None)
         } else if parent.ino < newparent.ino {
@@ -1013,14 +1100,20 @@ impl Union {
             (Some(parent.dir_lock.lock()), Some(b))
         };
 
+        if let Some(r) = &src_target {
+            self.fmt.set_redirect(pfd, &cold, r)?;
+        }
+        if let Some(r) = &dst_target {
+            self.fmt.set_redirect(nfd, &cnew, r)?;
+        }
         if exchange {
             // A pure-upper dir moving into a merged dir must not merge with
             // what lies below its new path (the kernel marks it opaque).
-            if src_dir && !nbody.lowers.is_empty() {
+            if src_dir && !src_redirect && !nbody.lowers.is_empty() {
                 self.fmt.set_opaque(pfd, &cold)?;
             }
             let dst_dir = dst.as_ref().is_some_and(|d| d.kind == libc::S_IFDIR);
-            if dst_dir && !pbody.lowers.is_empty() {
+            if dst_dir && !dst_redirect && !pbody.lowers.is_empty() {
                 self.fmt.set_opaque(nfd, &cnew)?;
             }
             sys::fs::renameat2(pfd, &cold, nfd, &cnew, libc::RENAME_EXCHANGE)?;
@@ -1036,8 +1129,9 @@ impl Union {
                 .is_some_and(|st| self.fmt.classify(nfd, &cnew, st, nu.xwh) == EntryKind::Whiteout);
             let new_has_lower = self.lower_has(&nbody, newname)?;
             if src_dir {
-                // A moved dir must not merge with lower dirs at its new path.
-                if new_has_lower || dst_is_whiteout || !nbody.lowers.is_empty() {
+                // A moved pure-upper dir must not merge with lower dirs at its
+                // new path; a redirected one merges with its own.
+                if !src_redirect && (new_has_lower || dst_is_whiteout || !nbody.lowers.is_empty()) {
                     self.fmt.set_opaque(pfd, &cold)?;
                 }
                 if let Some(st) = &dst_upper {
@@ -1086,6 +1180,55 @@ impl Union {
             self.move_node(&dn, &newparent, &cnew, &parent, &cold, &pu);
         }
         Ok(())
+    }
+
+    /// The redirect a lower or merged dir gets when it moves: its name when
+    /// it stays in the same parent (or what it already has), else the
+    /// absolute path of its lower dirs. Too long a path gives EXDEV, as the
+    /// kernel's `redirect_max`.
+    fn redirect_for(&self, node: &Arc<Node>, samedir: bool) -> Result<Redirect> {
+        let st = node.snapshot();
+        let parent = st.parent.clone().ok_or(Errno::EXDEV)?;
+        let pu = parent.dir_body().and_then(|d| d.upper).ok_or(Errno::EIO)?;
+        let existing = self.fmt.redirect(bfd(&*pu.fd), &st.name);
+        let r = match (samedir, existing) {
+            (true, Some(r)) => r,
+            (true, None) => {
+                Redirect::Relative(OsStr::from_bytes(st.name.to_bytes()).to_os_string())
+            }
+            (false, _) => Redirect::Absolute(self.lower_path(node)?),
+        };
+        if r.encode().len() > 256 {
+            return Err(Errno::EXDEV);
+        }
+        Ok(r)
+    }
+
+    /// The path (from the lower layers' root) where a dir's lower dirs are,
+    /// following the redirects of it and its ancestors.
+    fn lower_path(&self, node: &Arc<Node>) -> Result<Vec<OsString>> {
+        let mut rev: Vec<OsString> = Vec::new();
+        let mut cur = node.clone();
+        while let Some(parent) = cur.parent() {
+            let name = cur.snapshot().name;
+            let redirect = parent
+                .dir_body()
+                .and_then(|d| d.upper)
+                .and_then(|u| self.fmt.redirect(bfd(&*u.fd), &name));
+            match redirect {
+                Some(Redirect::Absolute(p)) => {
+                    rev.reverse();
+                    let mut out = p;
+                    out.extend(rev);
+                    return Ok(out);
+                }
+                Some(Redirect::Relative(n)) => rev.push(n),
+                None => rev.push(OsStr::from_bytes(name.to_bytes()).to_os_string()),
+            }
+            cur = parent;
+        }
+        rev.reverse();
+        Ok(rev)
     }
 
     fn dir_has_lower(&self, r: &Resolved) -> bool {

@@ -86,8 +86,14 @@ fn build_union(c: &MountConfig) -> Result<Union, String> {
         None => None,
     };
     let layers = Layers::new(upper, lowers, work).map_err(|e| format!("layers: {e}"))?;
+    let userxattr = c.userxattr || in_user_namespace() || sys::proc::geteuid() != 0;
+    if userxattr && c.redirect_dir {
+        return Err(
+            "redirect_dir=on needs trusted.* xattrs: not available without privilege".into(),
+        );
+    }
     let opts = Options {
-        userxattr: c.userxattr || in_user_namespace(),
+        userxattr,
         oci_whiteouts: c.oci_whiteouts,
         volatile: c.volatile,
         redirect_dir: c.redirect_dir,
