@@ -24,6 +24,7 @@ pub mod errno;
 pub mod format;
 pub mod handles;
 pub mod hardlinks;
+pub mod idmap;
 pub mod layers;
 pub mod node;
 pub mod options;

@@ -32,6 +32,9 @@ OPTIONS (-o, comma separated, repeatable; named like kernel overlayfs):
   volatile            skip fsync of the upper (as overlayfs volatile)
   oci_whiteouts=on|off  honour OCI .wh.NAME / .wh..wh..opq files in lower
                       layers (default on)
+  uidmapping=I:O:N[:I:O:N...], gidmapping=...
+                      show stored id O as I (N ids), store ids callers set
+                      the other way (as fuse-overlayfs); others show as 65534
   timeout=SECS        kernel attribute/entry cache time (default 30)
   threads=N           FUSE worker threads (default: number of CPUs, max 8)
   allow_other, default_permissions, dev, nodev, suid, nosuid, exec, noexec,
@@ -89,6 +92,8 @@ pub struct MountConfig {
     pub suid: Option<bool>,
     pub exec: bool,
     pub noatime: bool,
+    pub uid_map: crate::idmap::IdMap,
+    pub gid_map: crate::idmap::IdMap,
 }
 
 /// Splits a lowerdir list on unescaped colons (`\:` is a literal colon).
@@ -176,6 +181,8 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
         suid: None,
         exec: true,
         noatime: false,
+        uid_map: Default::default(),
+        gid_map: Default::default(),
     };
     let mut lowerdir_opt: Option<Vec<PathBuf>> = None;
     for item in cli.opts.iter().flat_map(|o| split_opts(o)) {
@@ -211,6 +218,8 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
                 }
             },
             "volatile" => c.volatile = true,
+            "uidmapping" => c.uid_map = crate::idmap::IdMap::parse(&need(&v)?)?,
+            "gidmapping" => c.gid_map = crate::idmap::IdMap::parse(&need(&v)?)?,
             "oci_whiteouts" => c.oci_whiteouts = on_off(&k, &need(&v)?)?,
             "timeout" => {
                 c.timeout = need(&v)?

@@ -27,6 +27,8 @@ pub struct Options {
     pub oci_whiteouts: bool,
     pub volatile: bool,
     pub redirect_dir: bool,
+    pub uid_map: crate::idmap::IdMap,
+    pub gid_map: crate::idmap::IdMap,
 }
 
 /// Who is asking: the caller's fsuid/fsgid as FUSE reports them.
@@ -515,7 +517,7 @@ impl Union {
                 )
             },
         );
-        let attr = self.attr_of(&node).unwrap_or(r.st);
+        let attr = self.present(self.attr_of(&node).unwrap_or(r.st));
         Ok(Entry {
             ino: node.ino,
             generation: node.generation,
@@ -593,10 +595,17 @@ impl Union {
             Err(Errno::ENOENT) if !node.is_dir() => {
                 let mut st = self.open_file_stat(&node, fh)?;
                 st.st_ino = self.shown_ino(node.ino);
-                Ok(st)
+                Ok(self.present(st))
             }
-            r => r,
+            r => r.map(|st| self.present(st)),
         }
+    }
+
+    /// Attributes as callers see them (owners through the id maps).
+    fn present(&self, mut st: libc::stat) -> libc::stat {
+        st.st_uid = self.opts.uid_map.to_inside(st.st_uid);
+        st.st_gid = self.opts.gid_map.to_inside(st.st_gid);
+        st
     }
 
     /// The attributes of the root dir (its number included).
@@ -625,8 +634,12 @@ impl Union {
             sys::fs::fchownat(
                 dfd,
                 &name,
-                a.uid.unwrap_or(u32::MAX),
-                a.gid.unwrap_or(u32::MAX),
+                a.uid
+                    .map(|u| self.opts.uid_map.to_outside(u))
+                    .unwrap_or(u32::MAX),
+                a.gid
+                    .map(|g| self.opts.gid_map.to_outside(g))
+                    .unwrap_or(u32::MAX),
                 libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH,
             )?;
         }
@@ -641,7 +654,7 @@ impl Union {
                 a.mtime.unwrap_or(Time::Omit),
             )?;
         }
-        self.attr_of(&node)
+        self.attr_of(&node).map(|st| self.present(st))
     }
 
     /// The upper location of a node that is in the upper layer: for a dir,
@@ -783,7 +796,11 @@ impl Union {
         let gid = if pst.st_mode & libc::S_ISGID != 0 {
             pst.st_gid
         } else {
-            c.gid
+            self.opts.gid_map.to_outside(c.gid)
+        };
+        let c = Caller {
+            uid: self.opts.uid_map.to_outside(c.uid),
+            gid,
         };
         let euid = sys::proc::geteuid();
         if c.uid != euid || gid != sys::proc::getegid() {

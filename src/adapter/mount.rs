@@ -97,6 +97,8 @@ fn build_union(c: &MountConfig) -> Result<Union, String> {
         oci_whiteouts: c.oci_whiteouts,
         volatile: c.volatile,
         redirect_dir: c.redirect_dir,
+        uid_map: c.uid_map.clone(),
+        gid_map: c.gid_map.clone(),
     };
     Union::new(layers, opts).map_err(|e| format!("root: {e}"))
 }
