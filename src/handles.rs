@@ -86,6 +86,12 @@ impl Union {
         fh
     }
 
+    /// An open file's fd and whether it is the upper copy (for passthrough).
+    pub fn file_backing(&self, fh: u64) -> Option<(Arc<OwnedFd>, bool)> {
+        let h = self.files.get(&fh).map(|h| h.clone())?;
+        Some((h.fd(), h.upper.load(Ordering::Acquire)))
+    }
+
     fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {
         self.files.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)
     }

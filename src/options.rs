@@ -35,6 +35,10 @@ OPTIONS (-o, comma separated, repeatable; named like kernel overlayfs):
   uidmapping=I:O:N[:I:O:N...], gidmapping=...
                       show stored id O as I (N ids), store ids callers set
                       the other way (as fuse-overlayfs); others show as 65534
+  passthrough=on|off|all  FUSE passthrough as root (kernel 6.9+): on (default)
+                      for upper files and read-only unions; all also for
+                      lower files (an fd opened before a copy-up then keeps
+                      reading the old data)
   timeout=SECS        kernel attribute/entry cache time (default 30)
   threads=N           FUSE worker threads (default: number of CPUs, max 8)
   allow_other, default_permissions, dev, nodev, suid, nosuid, exec, noexec,
@@ -69,6 +73,16 @@ struct Cli {
     args: Vec<PathBuf>,
 }
 
+/// Which files use FUSE passthrough (reads and writes bypass the server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassthroughMode {
+    Off,
+    /// Upper files, and files of a read-only union: no copy-up can follow.
+    Safe,
+    /// Lower files too (an fd opened before a copy-up keeps the old data).
+    All,
+}
+
 /// Everything a mount needs, from any of the invocation forms.
 #[derive(Debug, Clone)]
 pub struct MountConfig {
@@ -94,6 +108,7 @@ pub struct MountConfig {
     pub noatime: bool,
     pub uid_map: crate::idmap::IdMap,
     pub gid_map: crate::idmap::IdMap,
+    pub passthrough: PassthroughMode,
 }
 
 /// Splits a lowerdir list on unescaped colons (`\:` is a literal colon).
@@ -183,6 +198,7 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
         noatime: false,
         uid_map: Default::default(),
         gid_map: Default::default(),
+        passthrough: PassthroughMode::Safe,
     };
     let mut lowerdir_opt: Option<Vec<PathBuf>> = None;
     for item in cli.opts.iter().flat_map(|o| split_opts(o)) {
@@ -218,6 +234,16 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
                 }
             },
             "volatile" => c.volatile = true,
+            "passthrough" => {
+                c.passthrough = match v.as_deref() {
+                    None | Some("on") => PassthroughMode::Safe,
+                    Some("off") => PassthroughMode::Off,
+                    Some("all") => PassthroughMode::All,
+                    Some(x) => {
+                        return Err(format!("option passthrough={x}: expected on, off or all"))
+                    }
+                }
+            }
             "uidmapping" => c.uid_map = crate::idmap::IdMap::parse(&need(&v)?)?,
             "gidmapping" => c.gid_map = crate::idmap::IdMap::parse(&need(&v)?)?,
             "oci_whiteouts" => c.oci_whiteouts = on_off(&k, &need(&v)?)?,

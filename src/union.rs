@@ -151,6 +151,18 @@ impl Union {
         })
     }
 
+    /// Whether a layer sits on overlayfs or FUSE (FUSE passthrough then
+    /// needs stack depth 2).
+    pub fn layers_on_stacking_fs(&self) -> bool {
+        const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+        const FUSE_MAGIC: i64 = 0x6573_5546;
+        self.layers.list.iter().any(|l| {
+            sys::fs::fstatfs(bfd(&*l.fd))
+                .map(|s| s.f_type as i64 == OVERLAYFS_MAGIC || s.f_type as i64 == FUSE_MAGIC)
+                .unwrap_or(false)
+        })
+    }
+
     pub fn has_upper(&self) -> bool {
         self.layers.has_upper
     }

@@ -3,6 +3,7 @@
 //! answered with EIO so the server keeps serving.
 
 use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
@@ -20,15 +21,51 @@ use crate::sys::fs::Time;
 use crate::union::{Caller, Entry, SetAttr, Union};
 
 pub mod mount;
+pub mod passthrough;
+
+use passthrough::{Open, Passthrough};
 
 pub struct Adapter {
     fs: Arc<Union>,
     ttl: Duration,
+    pt: Passthrough,
+    stack_depth: u32,
 }
 
 impl Adapter {
-    pub fn new(fs: Arc<Union>, ttl: Duration) -> Adapter {
-        Adapter { fs, ttl }
+    pub fn new(fs: Arc<Union>, ttl: Duration, pt: passthrough::Mode, stack_depth: u32) -> Adapter {
+        Adapter {
+            fs,
+            ttl,
+            pt: Passthrough::new(pt),
+            stack_depth,
+        }
+    }
+
+    /// Whether open file `fh` may pass through, and its fd.
+    fn backing_of(&self, fh: u64) -> (Option<Arc<std::os::fd::OwnedFd>>, bool) {
+        match self.fs.file_backing(fh) {
+            Some((fd, upper)) => {
+                let ok = upper || !self.fs.has_upper() || self.pt.mode() == passthrough::Mode::All;
+                (Some(fd), ok)
+            }
+            None => (None, false),
+        }
+    }
+
+    /// Passthrough or cached I/O for a new open file.
+    fn open_mode(
+        &self,
+        ino: u64,
+        fh: u64,
+        backing: impl FnOnce(&std::os::fd::OwnedFd) -> std::io::Result<fuser::BackingId>,
+    ) -> Open {
+        let (fd, eligible) = self.backing_of(fh);
+        self.pt
+            .open(ino, fh, eligible && fd.is_some(), || match &fd {
+                Some(fd) => backing(fd),
+                None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+            })
     }
 }
 
@@ -161,6 +198,12 @@ impl Filesystem for Adapter {
             let _ = config.add_capabilities(flag);
         }
         let _ = config.set_max_write(1 << 20);
+        if self.pt.mode() != passthrough::Mode::Off
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(self.stack_depth).is_ok()
+        {
+            self.pt.enable();
+        }
         Ok(())
     }
 
@@ -324,7 +367,13 @@ impl Filesystem for Adapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guarded("open", || match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => match self.open_mode(ino.0, fh, |fd| reply.open_backing(fd.as_fd())) {
+                Open::Passthrough(id) => {
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+                }
+                // Data changes only through this mount: keep the page cache.
+                Open::Cached => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            },
             Err(e) => reply.error(ferr(e)),
         });
     }
@@ -386,6 +435,7 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         guarded("release", || {
+            self.pt.release(fh.0);
             self.fs.release(fh.0);
             reply.ok()
         });
@@ -573,13 +623,26 @@ impl Filesystem for Adapter {
     ) {
         guarded("create", || {
             match self.fs.create(parent.0, name, mode, flags, caller(req)) {
-                Ok((e, fh)) => reply.created(
-                    &self.ttl,
-                    &to_attr(&e.attr),
-                    Generation(e.generation),
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                ),
+                Ok((e, fh)) => {
+                    let (attr, generation) = (to_attr(&e.attr), Generation(e.generation));
+                    match self.open_mode(e.ino, fh, |fd| reply.open_backing(fd.as_fd())) {
+                        Open::Passthrough(id) => reply.created_passthrough(
+                            &self.ttl,
+                            &attr,
+                            generation,
+                            FileHandle(fh),
+                            FopenFlags::empty(),
+                            &id,
+                        ),
+                        Open::Cached => reply.created(
+                            &self.ttl,
+                            &attr,
+                            generation,
+                            FileHandle(fh),
+                            FopenFlags::FOPEN_KEEP_CACHE,
+                        ),
+                    }
+                }
                 Err(e) => reply.error(ferr(e)),
             }
         });

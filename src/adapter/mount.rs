@@ -262,7 +262,14 @@ fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
     let root = sys::proc::geteuid() == 0;
     let allow_other = c.allow_other.unwrap_or(root);
     let default_perms = c.default_permissions.unwrap_or(true);
-    let adapter = Adapter::new(fs, Duration::from_secs_f64(c.timeout));
+    // Backing files on a stacking filesystem need one more level.
+    let stack_depth = if fs.layers_on_stacking_fs() { 2 } else { 1 };
+    let adapter = Adapter::new(
+        fs,
+        Duration::from_secs_f64(c.timeout),
+        c.passthrough,
+        stack_depth,
+    );
     let cfg = fuser_config(c, allow_other, default_perms);
 
     let session = match mount_fuse(c, allow_other, default_perms) {
