@@ -158,7 +158,7 @@ impl Union {
         const FUSE_MAGIC: i64 = 0x6573_5546;
         self.layers.list.iter().any(|l| {
             sys::fs::fstatfs(bfd(&*l.fd))
-                .map(|s| s.f_type as i64 == OVERLAYFS_MAGIC || s.f_type as i64 == FUSE_MAGIC)
+                .map(|s| s.f_type == OVERLAYFS_MAGIC || s.f_type == FUSE_MAGIC)
                 .unwrap_or(false)
         })
     }
