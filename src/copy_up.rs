@@ -64,11 +64,7 @@ impl Union {
                 let fd = sys::fs::open_dir_path(pfd, &st.name)?;
                 let mut w = node.state.write();
                 if let Body::Dir(d) = &mut w.body {
-                    d.upper = Some(LayerDir {
-                        layer: 0,
-                        fd: Arc::new(fd),
-                        xwh: false,
-                    });
+                    d.upper = Some(LayerDir::new(0, Arc::new(fd), false));
                 }
             }
             Body::Leaf(l) => {

@@ -202,21 +202,23 @@ impl Format {
         Some(OsStr::from_bytes(rest))
     }
 
-    /// Whether layer dir `dir` holds an OCI whiteout for `name`. A derived
-    /// name that is too long simply does not exist.
-    pub fn has_oci_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    /// The names that OCI `.wh.NAME` entries of layer dir `dir` hide.
+    pub fn oci_whiteouts_in(&self, dir: BorrowedFd<'_>) -> std::collections::HashSet<OsString> {
+        let mut out = std::collections::HashSet::new();
         if !self.oci {
-            return false;
+            return out;
         }
-        let mut wh = OCI_PREFIX.to_vec();
-        wh.extend_from_slice(name.as_bytes());
-        if wh.len() > 255 {
-            return false;
+        let Ok(rfd) = sys::fs::openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) else {
+            return out;
+        };
+        if let Ok(entries) = sys::dir::read_all(std::os::fd::AsFd::as_fd(&rfd)) {
+            for e in entries {
+                if let Some(t) = self.oci_target(&e.name) {
+                    out.insert(t.to_os_string());
+                }
+            }
         }
-        match CString::new(wh) {
-            Ok(c) => sys::fs::lstatat(dir, &c).is_ok(),
-            Err(_) => false,
-        }
+        out
     }
 
     /// The redirect of dir `name`, if it has a valid one.

@@ -26,6 +26,19 @@ pub struct LayerDir {
     pub fd: Arc<OwnedFd>,
     /// The dir is `opaque=x`: zero-size files in it may be xattr whiteouts.
     pub xwh: bool,
+    /// Names hidden by OCI `.wh.NAME` entries in this dir, read once.
+    pub oci: Arc<std::sync::OnceLock<std::collections::HashSet<std::ffi::OsString>>>,
+}
+
+impl LayerDir {
+    pub fn new(layer: usize, fd: Arc<OwnedFd>, xwh: bool) -> LayerDir {
+        LayerDir {
+            layer,
+            fd,
+            xwh,
+            oci: Arc::default(),
+        }
+    }
 }
 
 /// Where a directory's parts live.

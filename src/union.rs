@@ -105,11 +105,7 @@ impl Union {
                 break;
             }
             let opacity = fmt.opacity(bfd(&*l.fd), c".", i >= layers.first_lower());
-            let ld = LayerDir {
-                layer: i,
-                fd: l.fd.clone(),
-                xwh: opacity == Opacity::XattrWhiteouts,
-            };
+            let ld = LayerDir::new(i, l.fd.clone(), opacity == Opacity::XattrWhiteouts);
             if layers.has_upper && i == 0 {
                 body.upper = Some(ld);
             } else {
@@ -192,7 +188,9 @@ impl Union {
 
     // ----- resolving names -------------------------------------------------
 
-    /// Resolves `name` inside a merged dir, top layer first.
+    /// Resolves `name` inside a merged dir, top layer first. A lookup treats
+    /// an xattr whiteout in a lower layer as a whiteout even outside an
+    /// `opaque=x` dir (readdir lists it there), exactly as the kernel does.
     pub(crate) fn resolve(&self, parent: &DirBody, name: &OsStr) -> Result<Option<Resolved>> {
         if self.fmt.is_oci_name(name) {
             return Ok(None);
@@ -212,11 +210,11 @@ impl Union {
                     let fd = sys::fs::open_dir_path(bfd(&*u.fd), &cn)?;
                     let opacity = self.fmt.opacity(bfd(&*u.fd), &cn, false);
                     dir = Some(DirBody {
-                        upper: Some(LayerDir {
-                            layer: u.layer,
-                            fd: Arc::new(fd),
-                            xwh: opacity == Opacity::XattrWhiteouts,
-                        }),
+                        upper: Some(LayerDir::new(
+                            u.layer,
+                            Arc::new(fd),
+                            opacity == Opacity::XattrWhiteouts,
+                        )),
                         lowers: Vec::new(),
                     });
                     top = Some(st);
@@ -251,7 +249,7 @@ impl Union {
             let (cn, name) = (cn.as_c_str(), name.as_os_str());
             match sys::fs::lstatat(bfd(&*l.fd), cn) {
                 Ok(st) => {
-                    if self.fmt.classify(bfd(&*l.fd), cn, &st, l.xwh) == EntryKind::Whiteout {
+                    if self.fmt.classify(bfd(&*l.fd), cn, &st, true) == EntryKind::Whiteout {
                         break;
                     }
                     if kind_of(&st) != libc::S_IFDIR {
@@ -273,11 +271,11 @@ impl Union {
                     let fd = sys::fs::open_dir_path(bfd(&*l.fd), cn)?;
                     let opacity = self.fmt.opacity(bfd(&*l.fd), cn, true);
                     let d = dir.get_or_insert_with(DirBody::default);
-                    d.lowers.push(LayerDir {
-                        layer: l.layer,
-                        fd: Arc::new(fd),
-                        xwh: opacity == Opacity::XattrWhiteouts,
-                    });
+                    d.lowers.push(LayerDir::new(
+                        l.layer,
+                        Arc::new(fd),
+                        opacity == Opacity::XattrWhiteouts,
+                    ));
                     lower_present = !follows_redirect;
                     if top.is_none() {
                         top = Some(st);
@@ -289,7 +287,7 @@ impl Union {
                 Err(e) if is_absent(e) => {}
                 Err(e) => return Err(e),
             }
-            if self.fmt.has_oci_whiteout(bfd(&*l.fd), name) {
+            if self.oci_hides(l, name) {
                 break;
             }
         }
@@ -337,15 +335,7 @@ impl Union {
                             Err(_) => continue 'layers,
                         }
                     }
-                    out.push((
-                        LayerDir {
-                            layer: i,
-                            fd,
-                            xwh: false,
-                        },
-                        clast.clone(),
-                        last.clone(),
-                    ));
+                    out.push((LayerDir::new(i, fd, false), clast.clone(), last.clone()));
                 }
                 out
             }
@@ -408,7 +398,7 @@ impl Union {
         for l in &parent.lowers {
             match sys::fs::lstatat(bfd(&*l.fd), cn) {
                 Ok(lst) => {
-                    if self.fmt.classify(bfd(&*l.fd), cn, &lst, l.xwh) == EntryKind::Whiteout {
+                    if self.fmt.classify(bfd(&*l.fd), cn, &lst, true) == EntryKind::Whiteout {
                         break;
                     }
                     lower_present = true;
@@ -425,7 +415,7 @@ impl Union {
                     break;
                 }
                 Err(e) if is_absent(e) => {
-                    if self.fmt.has_oci_whiteout(bfd(&*l.fd), name) {
+                    if self.oci_hides(l, name) {
                         break;
                     }
                 }
@@ -464,6 +454,15 @@ impl Union {
         None
     }
 
+    /// Whether an OCI `.wh.NAME` entry in lower dir `l` hides `name`. The
+    /// dir's markers are read once, instead of probing every name.
+    fn oci_hides(&self, l: &LayerDir, name: &OsStr) -> bool {
+        self.fmt.oci()
+            && l.oci
+                .get_or_init(|| self.fmt.oci_whiteouts_in(bfd(&*l.fd)))
+                .contains(name)
+    }
+
     /// Whether `name` exists in a lower layer of `parent` (so deleting or
     /// moving it needs a whiteout).
     pub(crate) fn lower_has(&self, parent: &DirBody, name: &OsStr) -> Result<bool> {
@@ -471,10 +470,10 @@ impl Union {
         for l in &parent.lowers {
             match sys::fs::lstatat(bfd(&*l.fd), &cn) {
                 Ok(st) => {
-                    return Ok(self.fmt.classify(bfd(&*l.fd), &cn, &st, l.xwh) == EntryKind::Object)
+                    return Ok(self.fmt.classify(bfd(&*l.fd), &cn, &st, true) == EntryKind::Object)
                 }
                 Err(e) if is_absent(e) => {
-                    if self.fmt.has_oci_whiteout(bfd(&*l.fd), name) {
+                    if self.oci_hides(l, name) {
                         return Ok(false);
                     }
                 }

@@ -193,7 +193,10 @@ impl Filesystem for Adapter {
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // The kernel then checks ACLs and caches them (also their
+            // absence), which saves a getxattr round trip per `ls -l` entry.
+            | InitFlags::FUSE_POSIX_ACL;
         for flag in wanted.iter() {
             let _ = config.add_capabilities(flag);
         }
@@ -411,17 +414,6 @@ impl Filesystem for Adapter {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(ferr(e)),
         });
-    }
-
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        reply.ok();
     }
 
     fn release(
