@@ -294,6 +294,9 @@ impl Union {
             let rfd = sys::fs::openat(bfd(&*ld.fd), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
             let dev = self.layers.list.get(ld.layer).map(|l| l.dev).unwrap_or(0);
             let is_lower = ld.layer >= first_lower;
+            // The kernel's emptiness check (rmdir, rename over a dir) does
+            // not recognise xattr whiteouts: such a dir is not empty.
+            let xwh = ld.xwh && !first_only;
             let mut hidden_below: Vec<OsString> = Vec::new();
             for e in sys::dir::read_all(rfd.as_fd())? {
                 if seen.contains(&e.name) {
@@ -310,14 +313,14 @@ impl Union {
                 }
                 let mut kind = dtype_kind(e.d_type);
                 let need_stat =
-                    kind == 0 || kind == libc::S_IFCHR || (ld.xwh && kind == libc::S_IFREG);
+                    kind == 0 || kind == libc::S_IFCHR || (xwh && kind == libc::S_IFREG);
                 if need_stat {
                     let Ok(cn) = cname(&e.name) else { continue };
                     let st = match sys::fs::lstatat(rfd.as_fd(), &cn) {
                         Ok(st) => st,
                         Err(_) => continue,
                     };
-                    if self.fmt.classify(rfd.as_fd(), &cn, &st, ld.xwh) == EntryKind::Whiteout {
+                    if self.fmt.classify(rfd.as_fd(), &cn, &st, xwh) == EntryKind::Whiteout {
                         seen.insert(e.name);
                         continue;
                     }
