@@ -25,6 +25,7 @@ pub mod format;
 pub mod handles;
 pub mod hardlinks;
 pub mod idmap;
+pub mod launcher;
 pub mod layers;
 pub mod node;
 pub mod options;

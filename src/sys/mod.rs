@@ -6,6 +6,7 @@
 
 pub mod dir;
 pub mod fs;
+pub mod ns;
 pub mod proc;
 pub mod xattr;
 

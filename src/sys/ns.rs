@@ -192,6 +192,16 @@ pub fn block_signals(signals: &[i32]) -> Result<()> {
     sigmask(libc::SIG_BLOCK, signals)
 }
 
+/// Puts `sig`'s disposition back to the default. Rust starts programs with
+/// SIGPIPE ignored, and an ignored signal stays ignored across exec.
+pub fn default_disposition(sig: i32) -> Result<()> {
+    // SAFETY: installing SIG_DFL runs no handler code in this process.
+    if unsafe { libc::signal(sig, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
 /// Empties the signal mask (exec keeps the mask, so a child must clear it).
 pub fn unblock_all_signals() -> Result<()> {
     sigmask(libc::SIG_SETMASK, &[])

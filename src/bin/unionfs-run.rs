@@ -1,0 +1,36 @@
+//! `unionfs-run`: run a command in a layered rootfs mounted with unionfs-fuse
+//! (see `unionfs::launcher` for the steps).
+
+use std::io::Write;
+
+use clap::Parser;
+use unionfs::launcher::{self, Cli};
+
+fn main() {
+    // Nothing here may start a thread: the launcher may enter a user
+    // namespace, which only a single-threaded process can.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Usage errors exit 125 like other launcher failures, not 2,
+            // which a command could return.
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 125 } else { 0 });
+        }
+    };
+    let level = if cli.verbose { "debug" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format(|buf, rec| {
+            let level = rec.level().as_str().to_ascii_lowercase();
+            writeln!(buf, "unionfs-run: {level}: {}", rec.args())
+        })
+        .init();
+    let code = match launcher::run(&cli.into_config()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("unionfs-run: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,163 @@
+//! A recording [`Sys`] for unit tests: every call that changes something is
+//! appended to `calls` as one line; queries answer from a few fields.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::seam::{clone_names, Entry, Mount, Sys};
+use super::userns::IdMapping;
+use crate::errno::{Errno, Result};
+
+#[derive(Debug, Default)]
+pub struct FakeSys {
+    pub calls: Vec<String>,
+    /// A call whose line starts with the prefix fails with the errno.
+    pub failures: Vec<(String, Errno)>,
+    /// Paths that `entry` reports missing (all others are dirs).
+    pub missing: Vec<PathBuf>,
+    /// `is_mount_point` answers false this many times first.
+    pub not_mounted_polls: usize,
+    /// What `server_exited` answers.
+    pub server_status: Option<i32>,
+    pub flags_of_mounts: u64,
+}
+
+impl FakeSys {
+    fn record(&mut self, line: String) -> Result<()> {
+        let failure = self
+            .failures
+            .iter()
+            .find(|(prefix, _)| line.starts_with(prefix.as_str()))
+            .map(|(_, e)| *e);
+        self.calls.push(line);
+        failure.map_or(Ok(()), Err)
+    }
+
+    pub fn fail(mut self, prefix: &str, errno: Errno) -> FakeSys {
+        self.failures.push((prefix.into(), errno));
+        self
+    }
+}
+
+fn show(argv: &[OsString]) -> String {
+    let words: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into()).collect();
+    words.join(" ")
+}
+
+impl Sys for FakeSys {
+    fn canonical_dir(&mut self, path: &Path) -> Result<PathBuf> {
+        if self.missing.iter().any(|m| m == path) {
+            return Err(Errno::ENOENT);
+        }
+        Ok(path.to_path_buf())
+    }
+
+    fn entry(&mut self, path: &Path) -> Entry {
+        if self.missing.iter().any(|m| m == path) {
+            Entry::Missing
+        } else {
+            Entry::Dir
+        }
+    }
+
+    fn mkdir(&mut self, path: &Path, mode: u32) -> Result<()> {
+        self.record(format!("mkdir({}, {mode:o})", path.display()))
+    }
+
+    fn create_file(&mut self, path: &Path) -> Result<()> {
+        self.record(format!("create({})", path.display()))
+    }
+
+    fn symlink(&mut self, target: &str, link: &Path) -> Result<()> {
+        self.record(format!("symlink({target}, {})", link.display()))
+    }
+
+    fn write_file(&mut self, path: &Path, data: &str) -> Result<()> {
+        self.record(format!("write({}, {})", path.display(), data.trim_end()))
+    }
+
+    fn access_rw(&mut self, path: &Path) -> Result<()> {
+        self.record(format!("access_rw({})", path.display()))
+    }
+
+    fn unshare(&mut self, flags: i32) -> Result<()> {
+        self.record(format!("unshare({})", clone_names(flags)))
+    }
+
+    fn start_id_helper(&mut self, _mapping: &IdMapping) -> Result<()> {
+        self.record("start_id_helper".into())
+    }
+
+    fn finish_id_helper(&mut self) -> Result<()> {
+        self.record("finish_id_helper".into())
+    }
+
+    fn mount(&mut self, m: &Mount<'_>) -> Result<()> {
+        self.record(m.describe())
+    }
+
+    fn mount_flags(&mut self, _path: &Path) -> Result<u64> {
+        Ok(self.flags_of_mounts)
+    }
+
+    fn umount(&mut self, target: &Path, flags: i32) -> Result<()> {
+        let how = if flags & libc::MNT_DETACH != 0 {
+            "DETACH"
+        } else {
+            "0"
+        };
+        self.record(format!("umount({}, {how})", target.display()))
+    }
+
+    fn spawn_server(&mut self, argv: &[OsString]) -> Result<i32> {
+        self.record(format!("spawn({})", show(argv)))?;
+        Ok(4242)
+    }
+
+    fn server_exited(&mut self) -> Option<i32> {
+        self.server_status
+    }
+
+    fn stop_server(&mut self, _grace: Duration) {
+        self.calls.push("stop_server".into());
+    }
+
+    fn is_mount_point(&mut self, _path: &Path) -> bool {
+        if self.not_mounted_polls > 0 {
+            self.not_mounted_polls -= 1;
+            return false;
+        }
+        true
+    }
+
+    fn pivot_root(&mut self, new_root: &Path) -> Result<()> {
+        self.record(format!("pivot_root({})", new_root.display()))
+    }
+
+    fn chroot(&mut self, new_root: &Path) -> Result<()> {
+        self.record(format!("chroot({})", new_root.display()))
+    }
+
+    fn set_no_new_privs(&mut self) -> Result<()> {
+        self.record("no_new_privs".into())
+    }
+
+    fn exec(&mut self, argv: &[OsString]) -> Errno {
+        // A real exec does not return; the fake reports ENOEXEC to end the run.
+        match self.record(format!("exec({})", show(argv))) {
+            Err(e) => e,
+            Ok(()) => Errno(libc::ENOEXEC),
+        }
+    }
+
+    fn remove_dir(&mut self, path: &Path) -> Result<()> {
+        self.record(format!("rmdir({})", path.display()))
+    }
+
+    fn remove_tree(&mut self, path: &Path) -> Result<()> {
+        self.record(format!("rm -r({})", path.display()))
+    }
+
+    fn sleep(&mut self, _d: Duration) {}
+}

@@ -1,0 +1,363 @@
+//! Step order, checked on the recording fake (no root needed).
+
+use super::fake::FakeSys;
+use super::userns::IdRange;
+use super::*;
+
+fn host(mode: Mode) -> Host {
+    Host {
+        mode,
+        pid: 7,
+        tmpdir: PathBuf::from("/t"),
+        server: PathBuf::from("/bin/unionfs-fuse"),
+    }
+}
+
+fn config(upper: Option<&str>) -> Config {
+    Config {
+        lowers: vec![PathBuf::from("/img/a"), PathBuf::from("/img/b")],
+        upper: upper.map(PathBuf::from),
+        ..Config::default()
+    }
+}
+
+fn plan_for(sys: &mut FakeSys, mode: Mode, upper: Option<&str>) -> Plan {
+    let plan = prepare(sys, &config(upper), &host(mode)).unwrap_or_else(|e| panic!("{e}"));
+    sys.calls.clear();
+    plan
+}
+
+fn single() -> Mode {
+    Mode::Rootless(IdMapping::Single {
+        uid: 1000,
+        gid: 1001,
+    })
+}
+
+/// What the command process does on a root run with an image that has
+/// /proc, /dev and /sys.
+const ROOTFS_CALLS: [&str; 28] = [
+    "unshare(NEWNS)",
+    "mount(-, /, -, REC|PRIVATE, -)",
+    "mount(proc, /t/unionfs-run.7/merged/proc, proc, NOSUID|NODEV|NOEXEC, -)",
+    "mount(tmpfs, /t/unionfs-run.7/merged/dev, tmpfs, NOSUID|STRICTATIME, mode=0755)",
+    "create(/t/unionfs-run.7/merged/dev/null)",
+    "mount(/dev/null, /t/unionfs-run.7/merged/dev/null, -, BIND, -)",
+    "create(/t/unionfs-run.7/merged/dev/zero)",
+    "mount(/dev/zero, /t/unionfs-run.7/merged/dev/zero, -, BIND, -)",
+    "create(/t/unionfs-run.7/merged/dev/full)",
+    "mount(/dev/full, /t/unionfs-run.7/merged/dev/full, -, BIND, -)",
+    "create(/t/unionfs-run.7/merged/dev/random)",
+    "mount(/dev/random, /t/unionfs-run.7/merged/dev/random, -, BIND, -)",
+    "create(/t/unionfs-run.7/merged/dev/urandom)",
+    "mount(/dev/urandom, /t/unionfs-run.7/merged/dev/urandom, -, BIND, -)",
+    "create(/t/unionfs-run.7/merged/dev/tty)",
+    "mount(/dev/tty, /t/unionfs-run.7/merged/dev/tty, -, BIND, -)",
+    "mkdir(/t/unionfs-run.7/merged/dev/pts, 755)",
+    "mount(devpts, /t/unionfs-run.7/merged/dev/pts, devpts, NOSUID|NOEXEC, newinstance,ptmxmode=0666,mode=0620,gid=5)",
+    "mkdir(/t/unionfs-run.7/merged/dev/shm, 755)",
+    "mount(shm, /t/unionfs-run.7/merged/dev/shm, tmpfs, NOSUID|NODEV|NOEXEC, mode=1777)",
+    "symlink(pts/ptmx, /t/unionfs-run.7/merged/dev/ptmx)",
+    "symlink(/proc/self/fd, /t/unionfs-run.7/merged/dev/fd)",
+    "symlink(/proc/self/fd/0, /t/unionfs-run.7/merged/dev/stdin)",
+    "symlink(/proc/self/fd/1, /t/unionfs-run.7/merged/dev/stdout)",
+    "symlink(/proc/self/fd/2, /t/unionfs-run.7/merged/dev/stderr)",
+    "mount(sysfs, /t/unionfs-run.7/merged/sys, sysfs, RDONLY|NOSUID|NODEV|NOEXEC, -)",
+    "pivot_root(/t/unionfs-run.7/merged)",
+    "no_new_privs",
+];
+
+#[test]
+fn root_run_follows_the_steps_in_order() {
+    let mut sys = FakeSys::default();
+    let plan =
+        prepare(&mut sys, &config(None), &host(Mode::Root)).unwrap_or_else(|e| panic!("{e}"));
+    enter_namespaces(&mut sys, &plan).unwrap_or_else(|e| panic!("{e}"));
+    start_union(&mut sys, &plan).unwrap_or_else(|e| panic!("{e}"));
+    let err = rootfs::command_process(&mut sys, &plan);
+    assert_eq!(
+        err.to_string(),
+        Error::Exec("/bin/sh".into(), Errno(libc::ENOEXEC)).to_string()
+    );
+    stop_union(&mut sys, &plan);
+    remove_scratch(&mut sys, &plan);
+
+    let mut want = vec![
+        "mkdir(/t/unionfs-run.7, 700)",
+        "mkdir(/t/unionfs-run.7/merged, 755)",
+        "mkdir(/t/unionfs-run.7/upper, 755)",
+        "mkdir(/t/unionfs-run.7/work, 700)",
+        "unshare(NEWNS)",
+        "mount(-, /, -, REC|SLAVE, -)",
+        "spawn(/bin/unionfs-fuse -f -o workdir=/t/unionfs-run.7/work /img/a:/img/b \
+         /t/unionfs-run.7/upper /t/unionfs-run.7/merged)",
+    ];
+    want.extend(ROOTFS_CALLS);
+    want.extend([
+        "exec(/bin/sh)",
+        "stop_server",
+        "umount(/t/unionfs-run.7/merged, DETACH)",
+        "rmdir(/t/unionfs-run.7/merged)",
+        "rm -r(/t/unionfs-run.7/upper)",
+        "rm -r(/t/unionfs-run.7/work)",
+        "rmdir(/t/unionfs-run.7)",
+    ]);
+    assert_eq!(sys.calls, want);
+}
+
+#[test]
+fn a_given_upper_is_kept() {
+    let mut sys = FakeSys::default();
+    let plan =
+        prepare(&mut sys, &config(Some("/u")), &host(Mode::Root)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        sys.calls,
+        [
+            "mkdir(/t/unionfs-run.7, 700)",
+            "mkdir(/t/unionfs-run.7/merged, 755)"
+        ]
+    );
+    assert!(!plan.throwaway);
+    assert_eq!(
+        plan.server_argv,
+        [
+            "/bin/unionfs-fuse",
+            "-f",
+            "/img/a:/img/b",
+            "/u",
+            "/t/unionfs-run.7/merged"
+        ]
+    );
+    sys.calls.clear();
+    stop_union(&mut sys, &plan);
+    remove_scratch(&mut sys, &plan);
+    assert_eq!(
+        sys.calls,
+        [
+            "stop_server",
+            "umount(/t/unionfs-run.7/merged, DETACH)",
+            "rmdir(/t/unionfs-run.7/merged)",
+            "rmdir(/t/unionfs-run.7)",
+        ]
+    );
+}
+
+#[test]
+fn a_scratch_dir_that_still_is_a_mount_point_is_left_alone() {
+    let mut sys = FakeSys::default().fail("rmdir(/t/unionfs-run.7/merged)", Errno(libc::EBUSY));
+    let plan = plan_for(&mut sys, Mode::Root, None);
+    stop_union(&mut sys, &plan);
+    remove_scratch(&mut sys, &plan);
+    assert_eq!(
+        sys.calls.last().map(String::as_str),
+        Some("rmdir(/t/unionfs-run.7/merged)")
+    );
+}
+
+#[test]
+fn a_taken_scratch_name_gets_a_suffix() {
+    let mut sys = FakeSys::default().fail("mkdir(/t/unionfs-run.7,", Errno::EEXIST);
+    let plan =
+        prepare(&mut sys, &config(Some("/u")), &host(Mode::Root)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.scratch, PathBuf::from("/t/unionfs-run.7.1"));
+}
+
+#[test]
+fn a_missing_layer_fails_before_anything_is_created() {
+    let mut sys = FakeSys {
+        missing: vec![PathBuf::from("/img/b")],
+        ..FakeSys::default()
+    };
+    let err = prepare(&mut sys, &config(None), &host(Mode::Root)).err();
+    assert_eq!(err.map(|e| e.step()), Some("check layers"));
+    assert!(sys.calls.is_empty());
+}
+
+#[test]
+fn rootless_single_map_writes_setgroups_before_gid_map() {
+    let mut sys = FakeSys::default();
+    let plan = plan_for(&mut sys, single(), None);
+    enter_namespaces(&mut sys, &plan).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        sys.calls,
+        [
+            "access_rw(/dev/fuse)",
+            "unshare(NEWUSER|NEWNS)",
+            "write(/proc/self/setgroups, deny)",
+            "write(/proc/self/uid_map, 0 1000 1)",
+            "write(/proc/self/gid_map, 0 1001 1)",
+            "mount(-, /, -, REC|SLAVE, -)",
+        ]
+    );
+}
+
+#[test]
+fn rootless_subordinate_map_forks_the_helper_before_unshare() {
+    let range = IdRange {
+        start: 100000,
+        count: 65536,
+    };
+    let mode = Mode::Rootless(IdMapping::Subordinate {
+        uid: 1000,
+        gid: 1000,
+        uids: range,
+        gids: range,
+        newuidmap: PathBuf::from("/usr/bin/newuidmap"),
+        newgidmap: PathBuf::from("/usr/bin/newgidmap"),
+    });
+    let mut sys = FakeSys::default();
+    let plan = plan_for(&mut sys, mode, None);
+    enter_namespaces(&mut sys, &plan).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        sys.calls,
+        [
+            "access_rw(/dev/fuse)",
+            "start_id_helper",
+            "unshare(NEWUSER|NEWNS)",
+            "finish_id_helper",
+            "mount(-, /, -, REC|SLAVE, -)",
+        ]
+    );
+}
+
+#[test]
+fn an_unusable_dev_fuse_stops_a_rootless_run_first() {
+    let mut sys = FakeSys::default().fail("access_rw", Errno::EACCES);
+    let plan = plan_for(&mut sys, single(), None);
+    let err = enter_namespaces(&mut sys, &plan).err();
+    assert_eq!(err.map(|e| e.step()), Some("open /dev/fuse"));
+    assert_eq!(sys.calls, ["access_rw(/dev/fuse)"]);
+}
+
+#[test]
+fn rootless_rootfs_binds_proc_and_sys_when_it_may_not_mount_them() {
+    let mut sys = FakeSys {
+        flags_of_mounts: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RELATIME,
+        ..FakeSys::default()
+    }
+    .fail("mount(proc,", Errno::EPERM)
+    .fail("mount(sysfs,", Errno::EPERM);
+    let plan = plan_for(&mut sys, single(), None);
+    let err = rootfs::command_process(&mut sys, &plan);
+    assert_eq!(err.step(), "exec");
+    let m = "/t/unionfs-run.7/merged";
+    let wanted = [
+        format!("mount(proc, {m}/proc, proc, NOSUID|NODEV|NOEXEC, -)"),
+        format!("mount(/proc, {m}/proc, -, BIND|REC, -)"),
+        format!("mount(devpts, {m}/dev/pts, devpts, NOSUID|NOEXEC, newinstance,ptmxmode=0666,mode=0620)"),
+        format!("mount(sysfs, {m}/sys, sysfs, RDONLY|NOSUID|NODEV|NOEXEC, -)"),
+        format!("mount(/sys, {m}/sys, -, BIND|REC, -)"),
+        format!("mount(-, {m}/sys, -, RDONLY|NOSUID|NODEV|NOEXEC|REMOUNT|BIND|RELATIME, -)"),
+        format!("pivot_root({m})"),
+    ];
+    let seen: Vec<&String> = sys.calls.iter().filter(|c| wanted.contains(c)).collect();
+    assert_eq!(seen, wanted.iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn missing_special_dirs_are_created_through_the_union() {
+    let m = PathBuf::from("/t/unionfs-run.7/merged");
+    let mut sys = FakeSys {
+        missing: vec![m.join("proc"), m.join("sys")],
+        ..FakeSys::default()
+    };
+    let plan = plan_for(&mut sys, Mode::Root, None);
+    let _ = rootfs::command_process(&mut sys, &plan);
+    assert_eq!(sys.calls[2], "mkdir(/t/unionfs-run.7/merged/proc, 555)");
+    assert!(sys
+        .calls
+        .contains(&"mkdir(/t/unionfs-run.7/merged/sys, 555)".to_string()));
+    assert!(!sys
+        .calls
+        .iter()
+        .any(|c| c.starts_with("mkdir(/t/unionfs-run.7/merged/dev,")));
+}
+
+#[test]
+fn pivot_root_falls_back_to_chroot_only_on_einval() {
+    let mut sys = FakeSys::default().fail("pivot_root", Errno::EINVAL);
+    let plan = plan_for(&mut sys, Mode::Root, None);
+    assert_eq!(rootfs::command_process(&mut sys, &plan).step(), "exec");
+    let tail: Vec<&str> = sys
+        .calls
+        .iter()
+        .rev()
+        .take(4)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            "pivot_root(/t/unionfs-run.7/merged)",
+            "chroot(/t/unionfs-run.7/merged)",
+            "no_new_privs",
+            "exec(/bin/sh)"
+        ]
+    );
+
+    let mut sys = FakeSys::default().fail("pivot_root", Errno::EPERM);
+    let plan = plan_for(&mut sys, Mode::Root, None);
+    assert_eq!(
+        rootfs::command_process(&mut sys, &plan).step(),
+        "pivot_root"
+    );
+    assert!(!sys.calls.iter().any(|c| c.starts_with("chroot")));
+}
+
+#[test]
+fn chroot_option_skips_pivot_root() {
+    let mut sys = FakeSys::default();
+    let mut plan = plan_for(&mut sys, Mode::Root, None);
+    plan.chroot = true;
+    let _ = rootfs::command_process(&mut sys, &plan);
+    assert!(sys
+        .calls
+        .contains(&"chroot(/t/unionfs-run.7/merged)".to_string()));
+    assert!(!sys.calls.iter().any(|c| c.starts_with("pivot_root")));
+}
+
+#[test]
+fn a_failing_step_stops_the_command_process_there() {
+    let mut sys = FakeSys::default().fail("mount(tmpfs,", Errno(libc::ENOSPC));
+    let plan = plan_for(&mut sys, Mode::Root, None);
+    let err = rootfs::command_process(&mut sys, &plan);
+    assert_eq!(err.step(), "mount /dev");
+    assert_eq!(err.errno(), Errno(libc::ENOSPC));
+    assert!(sys
+        .calls
+        .last()
+        .is_some_and(|c| c.starts_with("mount(tmpfs,")));
+}
+
+#[test]
+fn a_server_that_dies_before_mounting_is_reported() {
+    let mut sys = FakeSys {
+        not_mounted_polls: 3,
+        server_status: Some(1 << 8),
+        ..FakeSys::default()
+    };
+    let plan = plan_for(&mut sys, Mode::Root, None);
+    let err = start_union(&mut sys, &plan).err();
+    assert_eq!(err.as_ref().map(|e| e.step()), Some("wait for union mount"));
+    assert!(err.is_some_and(|e| e.detail().contains("status 1")));
+}
+
+#[test]
+fn lowers_are_escaped_for_unionfs_fuse() {
+    let joined = join_lowers(&[
+        PathBuf::from("/a:b"),
+        PathBuf::from("/c\\d"),
+        PathBuf::from("/e"),
+    ]);
+    assert_eq!(joined, "/a\\:b:/c\\\\d:/e");
+    let back = crate::options::split_lowers(&joined.to_string_lossy());
+    assert_eq!(
+        back,
+        [
+            PathBuf::from("/a:b"),
+            PathBuf::from("/c\\d"),
+            PathBuf::from("/e")
+        ]
+    );
+}

@@ -1,0 +1,702 @@
+//! End-to-end tests of `unionfs-run` against a tiny image made from the
+//! host's own /bin/sh, cat and ls plus the shared libraries `ldd` names (a
+//! few MB, copied per test, no network).
+//!
+//! They need root and /dev/fuse (and setpriv for the rootless one). Without
+//! them a test returns early with the reason, except under `CI=true`, where
+//! it fails.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+const RUN: &str = env!("CARGO_BIN_EXE_unionfs-run");
+const FUSE: &str = env!("CARGO_BIN_EXE_unionfs-fuse");
+
+/// The uid and gid the rootless test runs as.
+const USER: u32 = 1000;
+
+fn skip_or_fail(reason: &str) -> bool {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("launcher test cannot run under CI=true: {reason}");
+    }
+    eprintln!("skipping launcher test: {reason}");
+    false
+}
+
+/// Whether the launcher can be run as root here.
+fn environment_ok() -> bool {
+    let root = fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root {
+        return skip_or_fail("not running as root");
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return skip_or_fail("no /dev/fuse");
+    }
+    true
+}
+
+/// A fresh directory, removed (with everything in it) on drop.
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new() -> TestDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "unionfs-run-test.{}.{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let p = std::env::temp_dir().join(name);
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        TestDir(p)
+    }
+
+    fn mkdir(&self, name: &str) -> PathBuf {
+        let p = self.0.join(name);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Shared libraries of `bin`, from ldd's output.
+fn libraries(bin: &str) -> Vec<PathBuf> {
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .unwrap_or_else(|e| panic!("ldd {bin}: {e} (libc-bin is needed to build the test image)"));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn copy_in(root: &Path, host: &Path) {
+    let dest = root.join(host.strip_prefix("/").unwrap());
+    fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    fs::copy(host, &dest).unwrap_or_else(|e| panic!("copy {}: {e}", host.display()));
+}
+
+/// The image: sh, cat and ls with their libraries, /etc/hello, and the
+/// /proc /dev /sys /tmp dirs an image has.
+fn build_image(root: &Path) {
+    for bin in ["/bin/sh", "/bin/cat", "/bin/ls"] {
+        copy_in(root, Path::new(bin));
+        for lib in libraries(bin) {
+            copy_in(root, &lib);
+        }
+    }
+    for dir in ["etc", "proc", "dev", "sys", "tmp"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::write(root.join("etc/hello"), "hi\n").unwrap();
+}
+
+/// A test's dirs: `image` (lower), `upper`, and `tmp` (the launcher's
+/// TMPDIR, where its scratch dir and a throwaway upper go).
+struct Setup {
+    dir: TestDir,
+    image: PathBuf,
+    upper: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = TestDir::new();
+        let image = dir.mkdir("image");
+        build_image(&image);
+        let upper = dir.mkdir("upper");
+        let tmp = dir.mkdir("tmp");
+        Setup {
+            dir,
+            image,
+            upper,
+            tmp,
+        }
+    }
+
+    fn command(&self, args: &[&OsStr]) -> Command {
+        let mut cmd = Command::new(RUN);
+        cmd.args(args)
+            .env("TMPDIR", &self.tmp)
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    fn run(&self, args: &[&OsStr]) -> Output {
+        self.command(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{RUN}: {e}"))
+    }
+
+    /// Runs `sh -c SCRIPT` in the union of the image and the upper.
+    fn sh(&self, script: &str) -> Output {
+        self.run(&[
+            self.image.as_os_str(),
+            self.upper.as_os_str(),
+            "--".as_ref(),
+            "/bin/sh".as_ref(),
+            "-c".as_ref(),
+            script.as_ref(),
+        ])
+    }
+
+    /// The launcher's TMPDIR is empty again: scratch and throwaway removed.
+    fn assert_tmp_empty(&self) {
+        let left: Vec<_> = fs::read_dir(&self.tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn describe(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(o),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Lines of the host's mount table that mention `dir` (as mount point,
+/// root or source). Every mount of a run would be below the test's dir,
+/// since its scratch dir lives in the test's TMPDIR; other mounts may come
+/// and go while other suites run and are not ours to judge.
+fn host_mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(dir.as_ref()))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn exit_status_is_the_commands() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    let o = s.sh("exit 7");
+    assert_eq!(o.status.code(), Some(7), "{}", describe(&o));
+    let o = s.sh("cat /etc/hello");
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(stdout(&o), "hi\n");
+    s.assert_tmp_empty();
+}
+
+#[test]
+fn death_by_signal_gives_128_plus_n() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    let o = s.sh("kill -USR1 $$");
+    assert_eq!(o.status.code(), Some(128 + 10), "{}", describe(&o));
+}
+
+#[test]
+fn the_command_starts_with_sigpipe_at_its_default() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    // ls dies of SIGPIPE once the reader is gone, instead of reporting EPIPE.
+    let o = s.sh("ls -R / | read first_line; exit 0");
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("Broken pipe"),
+        "{}",
+        describe(&o)
+    );
+}
+
+#[test]
+fn sigterm_is_forwarded_to_the_command() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    let script = "echo ready; read line; echo not killed";
+    let mut child = s
+        .command(&[
+            s.image.as_os_str(),
+            s.upper.as_os_str(),
+            "--".as_ref(),
+            "/bin/sh".as_ref(),
+            "-c".as_ref(),
+            script.as_ref(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    // The shell's kill builtin: no dependency on procps.
+    let kill = Command::new("/bin/sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    drop(child.stdin.take());
+    assert_eq!(status.code(), Some(128 + 15));
+    assert!(lines.next().is_none(), "the command went on after SIGTERM");
+    s.assert_tmp_empty();
+}
+
+#[test]
+fn writes_land_in_the_upper_not_the_lowers() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    let top = s.dir.mkdir("top/etc");
+    fs::write(top.join("top"), "from the top layer\n").unwrap();
+    let lowers = format!("{}:{}", s.dir.0.join("top").display(), s.image.display());
+    let script = "echo new > /newfile; echo changed > /etc/hello; cat /etc/hello /etc/top";
+    let o = s.run(&[
+        lowers.as_ref(),
+        s.upper.as_os_str(),
+        "--".as_ref(),
+        "/bin/sh".as_ref(),
+        "-c".as_ref(),
+        script.as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(stdout(&o), "changed\nfrom the top layer\n");
+    assert_eq!(
+        fs::read_to_string(s.upper.join("newfile")).unwrap(),
+        "new\n"
+    );
+    assert_eq!(
+        fs::read_to_string(s.upper.join("etc/hello")).unwrap(),
+        "changed\n"
+    );
+    assert_eq!(
+        fs::read_to_string(s.image.join("etc/hello")).unwrap(),
+        "hi\n"
+    );
+    assert!(!s.image.join("newfile").exists());
+    assert!(!s.dir.0.join("top/newfile").exists());
+    // The special filesystems were mounted on top, not written through.
+    for special in ["proc", "dev", "sys"] {
+        assert!(
+            !s.upper.join(special).exists(),
+            "{special} reached the upper"
+        );
+    }
+}
+
+#[test]
+fn a_missing_sys_dir_is_created_in_the_upper() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    fs::remove_dir(s.image.join("sys")).unwrap();
+    let o = s.sh("test -d /sys/kernel");
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(s.upper.join("sys").is_dir());
+    assert_eq!(fs::read_dir(s.upper.join("sys")).unwrap().count(), 0);
+}
+
+#[test]
+fn a_throwaway_upper_is_removed() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    let o = s.run(&[
+        s.image.as_os_str(),
+        "--".as_ref(),
+        "/bin/sh".as_ref(),
+        "-c".as_ref(),
+        "echo x > /scribble && cat /scribble".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(stdout(&o), "x\n");
+    assert!(!s.image.join("scribble").exists());
+    s.assert_tmp_empty();
+}
+
+#[test]
+fn the_default_command_is_the_images_sh() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    let mut child = s
+        .command(&[s.image.as_os_str(), s.upper.as_os_str()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"cat /etc/hello; exit 4\n").unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", describe(&o));
+    assert_eq!(stdout(&o), "hi\n");
+}
+
+/// A shared bind mount of a dir onto itself, lazily unmounted on drop.
+struct SharedMount(PathBuf);
+
+impl SharedMount {
+    fn new(dir: &Path) -> SharedMount {
+        let mount = |args: &[&OsStr]| {
+            let st = Command::new("mount").args(args).status().unwrap();
+            assert!(st.success(), "mount {args:?}");
+        };
+        mount(&["--bind".as_ref(), dir.as_os_str(), dir.as_os_str()]);
+        let guard = SharedMount(dir.to_path_buf());
+        mount(&["--make-shared".as_ref(), dir.as_os_str()]);
+        guard
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn nothing_leaks_to_the_host_mount_table() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    // Make the test's dir a shared mount, as / is on most hosts: anything
+    // mounted below it in a namespace that did not cut propagation would
+    // show up on the host.
+    let shared = SharedMount::new(&s.dir.0);
+    let before = host_mounts_under(&s.dir.0);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let mut child = s
+        .command(&[
+            s.image.as_os_str(),
+            "--".as_ref(),
+            "/bin/sh".as_ref(),
+            "-c".as_ref(),
+            "echo ready; read line; exit 0".as_ref(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    // While the command runs, the union and its /proc, /dev, /sys exist only
+    // in the launcher's namespaces.
+    let during = host_mounts_under(&s.dir.0);
+    assert_eq!(during, before, "the host sees more");
+    drop(child.stdin.take());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(host_mounts_under(&s.dir.0), before);
+    drop(shared);
+    s.assert_tmp_empty();
+}
+
+/// Inside: a fresh /proc of our own, /dev with devices and a devpts, a
+/// read-only /sys, and no trace of the host's mounts (old root detached).
+const INSIDE_CHECKS: &str = "\
+test -r /proc/self/stat || exit 10
+test -d /proc/$$ || exit 11
+test -c /dev/null && echo discarded > /dev/null || exit 12
+test -c /dev/zero && test -c /dev/urandom || exit 13
+test -d /dev/pts && test -c /dev/pts/ptmx && test -L /dev/ptmx || exit 14
+test -d /dev/shm && test -L /dev/fd && test -L /dev/stdin || exit 15
+test -d /sys/kernel || exit 16
+(echo x > /sys/kernel/unionfs-run-test) 2>/dev/null && exit 17
+test -d /tmp || exit 18
+cat /proc/self/mountinfo";
+
+fn mount_points(mountinfo: &str) -> BTreeSet<String> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn proc_dev_and_sys_are_there_inside() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    let o = s.sh(INSIDE_CHECKS);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let mut want: BTreeSet<String> = ["/", "/proc", "/dev", "/dev/pts", "/dev/shm", "/sys"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for d in ["null", "zero", "full", "random", "urandom", "tty"] {
+        if Path::new("/dev").join(d).exists() {
+            want.insert(format!("/dev/{d}"));
+        }
+    }
+    assert_eq!(mount_points(&stdout(&o)), want, "{}", describe(&o));
+    let root_line = stdout(&o)
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .map(str::to_string);
+    assert!(root_line.is_some_and(|l| l.contains("fuse.unionfs-fuse")));
+}
+
+#[test]
+fn chroot_option_works() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    let o = s.run(&[
+        "--chroot".as_ref(),
+        s.image.as_os_str(),
+        s.upper.as_os_str(),
+        "--".as_ref(),
+        "/bin/sh".as_ref(),
+        "-c".as_ref(),
+        "test -r /proc/self/stat && test -c /dev/null && cat /etc/hello && exit 3".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", describe(&o));
+    assert_eq!(stdout(&o), "hi\n");
+    s.assert_tmp_empty();
+}
+
+#[test]
+fn pid_option_makes_the_command_pid_1() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    let o = s.run(&[
+        "--pid".as_ref(),
+        s.image.as_os_str(),
+        "--".as_ref(),
+        "/bin/sh".as_ref(),
+        "-c".as_ref(),
+        "echo $$; ls /proc | while read p; do case $p in [0-9]*) echo proc $p;; esac; done"
+            .as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(stdout(&o).lines().next(), Some("1"));
+    // Only the shell and ls (which lists itself) are in the new namespace.
+    let pids = stdout(&o)
+        .lines()
+        .filter(|l| l.starts_with("proc "))
+        .count();
+    assert!(pids <= 3, "{}", describe(&o));
+}
+
+#[test]
+fn failures_name_the_step_and_errno() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    let missing = s.dir.0.join("no-such-layer");
+    let o = s.run(&[missing.as_os_str(), "--".as_ref(), "/bin/sh".as_ref()]);
+    assert_eq!(o.status.code(), Some(125), "{}", describe(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("step `check layers` failed"), "{err}");
+    assert!(
+        err.contains("No such file or directory (os error 2)"),
+        "{err}"
+    );
+
+    let o = s.run(&[]);
+    assert_eq!(o.status.code(), Some(125), "usage error: {}", describe(&o));
+
+    let o = s.run(&[s.image.as_os_str(), "--".as_ref(), "/bin/nope".as_ref()]);
+    assert_eq!(o.status.code(), Some(127), "{}", describe(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("step `exec` failed: /bin/nope"));
+    s.assert_tmp_empty();
+}
+
+/// Makes /dev/fuse usable by everyone for as long as it lives, then puts
+/// its mode back (this VM ships it 0600).
+struct FuseDeviceOpen {
+    mode: u32,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl FuseDeviceOpen {
+    fn new() -> FuseDeviceOpen {
+        static SERIAL: Mutex<()> = Mutex::new(());
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let mode = fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
+        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+        FuseDeviceOpen {
+            mode,
+            _serial: serial,
+        }
+    }
+}
+
+impl Drop for FuseDeviceOpen {
+    fn drop(&mut self) {
+        let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(self.mode));
+    }
+}
+
+/// Whether `uid` gets a subordinate range (then the map is not single).
+fn has_subordinate_range(uid: u32) -> bool {
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+    });
+    let listed = |file: &str| {
+        fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                let who = l.split(':').next().unwrap_or("");
+                who == uid.to_string() || Some(who) == name.as_deref()
+            })
+    };
+    let tool = |t: &str| {
+        ["/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(t).exists())
+    };
+    listed("/etc/subuid") && listed("/etc/subgid") && tool("newuidmap") && tool("newgidmap")
+}
+
+/// As uid 1000. This VM has no subordinate range for it, so the map is the
+/// single-uid one; with a range, its first line is the same.
+#[test]
+fn rootless_run_with_a_single_uid_map() {
+    if !environment_ok() {
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        skip_or_fail("no setpriv (util-linux)");
+        return;
+    }
+    let s = Setup::new();
+    // The user needs to reach the binaries: copies in a world-readable dir,
+    // unionfs-fuse beside unionfs-run where the launcher looks first.
+    let bin = s.dir.mkdir("bin");
+    fs::copy(RUN, bin.join("unionfs-run")).unwrap();
+    fs::copy(FUSE, bin.join("unionfs-fuse")).unwrap();
+    for dir in [&s.upper, &s.tmp] {
+        chown(dir, Some(USER), Some(USER)).unwrap();
+    }
+    let _fuse = FuseDeviceOpen::new();
+    let rootless = |args: &[&OsStr]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={USER}"))
+            .arg(format!("--regid={USER}"))
+            .arg("--clear-groups")
+            .arg(bin.join("unionfs-run"))
+            .args(args)
+            .env("TMPDIR", &s.tmp)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd.output().unwrap()
+    };
+    let script = "\
+read inner outer count < /proc/self/uid_map; echo map $inner $outer $count
+echo written > /wfile
+ls -ln /etc/hello
+echo discarded > /dev/null || exit 20
+test -c /dev/pts/ptmx || exit 21
+exit 5";
+    let o = rootless(&[
+        s.image.as_os_str(),
+        s.upper.as_os_str(),
+        "--".as_ref(),
+        "/bin/sh".as_ref(),
+        "-c".as_ref(),
+        script.as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{}", describe(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with(&format!("map 0 {USER} 1\n")),
+        "{}",
+        describe(&o)
+    );
+    // The image's root-owned files: unmapped, so nobody (65534).
+    assert!(out.contains(" 65534 65534 "), "{}", describe(&o));
+    let written = s.upper.join("wfile");
+    assert_eq!(fs::read_to_string(&written).unwrap(), "written\n");
+    assert_eq!(fs::metadata(&written).unwrap().uid(), USER);
+    let note = String::from_utf8_lossy(&o.stderr).contains("single-id map");
+    assert_eq!(note, !has_subordinate_range(USER), "{}", describe(&o));
+
+    // A throwaway upper, removed afterwards, and --pid for a fresh /proc.
+    let o = rootless(&[
+        "--pid".as_ref(),
+        s.image.as_os_str(),
+        "--".as_ref(),
+        "/bin/sh".as_ref(),
+        "-c".as_ref(),
+        "echo $$ > /scratch; cat /scratch".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(stdout(&o), "1\n");
+    s.assert_tmp_empty();
+}
+
+#[test]
+fn rootless_needs_a_usable_dev_fuse() {
+    if !environment_ok() {
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        skip_or_fail("no setpriv (util-linux)");
+        return;
+    }
+    let s = Setup::new();
+    let bin = s.dir.mkdir("bin");
+    fs::copy(RUN, bin.join("unionfs-run")).unwrap();
+    chown(&s.tmp, Some(USER), Some(USER)).unwrap();
+    // Hold the same lock as the other rootless test, but with /dev/fuse 0600.
+    let fuse = FuseDeviceOpen::new();
+    fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o600)).unwrap();
+    let o = Command::new("setpriv")
+        .arg(format!("--reuid={USER}"))
+        .arg(format!("--regid={USER}"))
+        .arg("--clear-groups")
+        .arg(bin.join("unionfs-run"))
+        .arg(&s.image)
+        .env("TMPDIR", &s.tmp)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    drop(fuse);
+    assert_eq!(o.status.code(), Some(125), "{}", describe(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("step `open /dev/fuse` failed"));
+    s.assert_tmp_empty();
+}
