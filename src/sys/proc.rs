@@ -59,7 +59,7 @@ pub fn waitpid(pid: i32) -> Result<i32> {
     }
 }
 
-fn sigset(signals: &[i32]) -> libc::sigset_t {
+pub(crate) fn sigset(signals: &[i32]) -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the set before sigaddset writes to it.
     unsafe {
         let mut set = std::mem::zeroed::<libc::sigset_t>();
