@@ -109,7 +109,12 @@ impl Union {
             self.copy_up(&node)?;
         }
         let (dir, name) = self.leaf_loc(&node)?;
-        let oflags = (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY)) | libc::O_NOFOLLOW;
+        let mut oflags =
+            (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY)) | libc::O_NOFOLLOW;
+        if node.kind != libc::S_IFREG {
+            // The kernel opens fifos and devices itself; never block here.
+            oflags |= libc::O_NONBLOCK;
+        }
         let fd = sys::fs::openat(bfd(&*dir), &name, oflags, 0)?;
         let upper = node.in_upper();
         Ok(self.add_file_handle(&node, fd, flags, upper))

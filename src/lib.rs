@@ -26,6 +26,7 @@ pub mod handles;
 pub mod hardlinks;
 pub mod idmap;
 pub mod launcher;
+pub mod layer;
 pub mod layers;
 pub mod node;
 pub mod options;

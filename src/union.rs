@@ -632,6 +632,11 @@ impl Union {
         let (dir, name) = self.upper_loc(&node)?;
         let dfd = bfd(&*dir);
         if let Some(size) = a.size {
+            match node.kind {
+                libc::S_IFREG => {}
+                libc::S_IFDIR => return Err(Errno::EISDIR),
+                _ => return Err(Errno::EINVAL),
+            }
             let fh = a.fh.and_then(|f| self.files.get(&f).map(|h| h.clone()));
             match fh.filter(|h| h.writable()) {
                 Some(h) => sys::fs::ftruncate(bfd(&*h.fd()), size as i64)?,
@@ -746,6 +751,10 @@ impl Union {
         build: &mut dyn FnMut(BorrowedFd<'_>, &CStr) -> Result<()>,
     ) -> Result<()> {
         self.require_upper()?;
+        if self.fmt.is_oci_name(name) {
+            // With OCI whiteouts on, such a name would act as a marker.
+            return Err(Errno::EPERM);
+        }
         self.copy_up(parent)?;
         let body = Self::dir_body(parent)?;
         let upper = body.upper.clone().ok_or(Errno::EIO)?;
@@ -1043,6 +1052,9 @@ impl Union {
             return Err(Errno::EINVAL);
         }
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if self.fmt.is_oci_name(newname) {
+            return Err(Errno::EPERM);
+        }
         let parent = self.node(parent_ino)?;
         let newparent = self.node(newparent_ino)?;
         let pbody = Self::dir_body(&parent)?;
