@@ -700,3 +700,73 @@ fn rootless_needs_a_usable_dev_fuse() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("step `open /dev/fuse` failed"));
     s.assert_tmp_empty();
 }
+
+#[test]
+fn commit_saves_the_run_as_an_oci_layer_that_unpacks_as_a_lower() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    for bin in ["/bin/rm", "/bin/mkdir"] {
+        copy_in(&s.image, Path::new(bin));
+        for lib in libraries(bin) {
+            copy_in(&s.image, &lib);
+        }
+    }
+    let layer = s.dir.0.join("layer.tar");
+    let script = "rm /etc/hello; mkdir /app; echo one > /app/a";
+    let o = s.run(&[
+        "--commit".as_ref(),
+        layer.as_os_str(),
+        s.image.as_os_str(),
+        "--".as_ref(),
+        "/bin/sh".as_ref(),
+        "-c".as_ref(),
+        script.as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(stdout(&o).starts_with("sha256:"), "diff_id printed");
+    let names = Command::new("tar").arg("tf").arg(&layer).output().unwrap();
+    let names = String::from_utf8_lossy(&names.stdout).into_owned();
+    assert!(names.lines().any(|l| l == "etc/.wh.hello"), "{names}");
+    assert!(names.lines().any(|l| l == "app/a"), "{names}");
+    // Unpacked in kernel format, the layer stacks on the image as a lower.
+    let lower = s.dir.0.join("lower2");
+    let o = s.run(&[
+        "--unpack-layer".as_ref(),
+        layer.as_os_str(),
+        lower.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let lowers = format!("{}:{}", lower.display(), s.image.display());
+    let o = s.run(&[
+        lowers.as_ref(),
+        "--".as_ref(),
+        "/bin/sh".as_ref(),
+        "-c".as_ref(),
+        "cat /app/a; ls /etc".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(stdout(&o), "one\n", "etc/hello stays deleted");
+}
+
+#[test]
+fn export_layer_is_reproducible_with_a_fixed_mtime() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    fs::write(s.upper.join("f"), "x").unwrap();
+    let (a, b) = (s.dir.0.join("a.tar.gz"), s.dir.0.join("b.tar.gz"));
+    for out in [&a, &b] {
+        let o = s.run(&[
+            "--export-layer".as_ref(),
+            s.upper.as_os_str(),
+            out.as_os_str(),
+            "--mtime".as_ref(),
+            "0".as_ref(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    }
+    assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
+}

@@ -25,6 +25,9 @@ fn main() {
             writeln!(buf, "unionfs-run: {level}: {}", rec.args())
         })
         .init();
+    if let Some(job) = cli.layer_job() {
+        std::process::exit(launcher::run_layer_job(&job));
+    }
     let code = match launcher::run(&cli.into_config()) {
         Ok(code) => code,
         Err(e) => {

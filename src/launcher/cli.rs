@@ -21,6 +21,13 @@ The rootfs gets a fresh /proc (the host's bound when a rootless run has no
 devpts, shm), and a read-only /sys. Missing /proc, /dev, /sys dirs are
 created through the union (in the upper).
 
+LAYERS: --commit FILE.tar saves the run's upper as an OCI image layer when
+the command exits (whiteouts as .wh. entries, opaque dirs as .wh..wh..opq;
+FILE.tar.gz or --gzip compresses); --export-layer UPPER FILE.tar does the
+same for any upper dir; --unpack-layer FILE.tar DIR unpacks an OCI layer as
+a kernel-format lower (whiteouts as 0/0 devices, opaque xattrs), refusing
+names that would land outside DIR. The layer's sha256 diff_id is printed.
+
 EXIT STATUS: the command's; 128+N when it died of signal N; 125 when the
 launcher failed (the failing step is printed); 126 when CMD could not be
 executed; 127 when it was not found. SIGINT, SIGTERM and SIGHUP are passed
@@ -55,8 +62,29 @@ pub struct Cli {
     /// Log each step.
     #[arg(short, long)]
     pub verbose: bool,
+    /// When the command exits, save the upper as an OCI layer tarball.
+    #[arg(long, value_name = "FILE.tar")]
+    pub commit: Option<PathBuf>,
+    /// Export an existing upper dir as an OCI layer tarball, then exit.
+    #[arg(long, num_args = 2, value_names = ["UPPER", "FILE.tar"], conflicts_with_all = ["layers", "commit", "unpack_layer"])]
+    pub export_layer: Vec<PathBuf>,
+    /// Unpack an OCI layer tarball into DIR in kernel overlay format, then exit.
+    #[arg(long, num_args = 2, value_names = ["FILE.tar", "DIR"], conflicts_with_all = ["layers", "commit"])]
+    pub unpack_layer: Vec<PathBuf>,
+    /// gzip the layer written by --commit or --export-layer (also implied by
+    /// a .gz/.tgz file name).
+    #[arg(long)]
+    pub gzip: bool,
+    /// Give every exported entry this mtime (seconds since the epoch), so
+    /// the same upper always gives the same bytes.
+    #[arg(long, value_name = "EPOCH")]
+    pub mtime: Option<i64>,
+    /// The upper stores overlay xattrs as user.overlay.* (for
+    /// --export-layer/--unpack-layer; runs detect it themselves).
+    #[arg(long)]
+    pub userxattr: bool,
     /// LOWER1[:LOWER2...] (top first, `\:` for a colon), then UPPER.
-    #[arg(value_name = "LAYERS", num_args = 1..=2, required = true)]
+    #[arg(value_name = "LAYERS", num_args = 1..=2, required_unless_present_any = ["export_layer", "unpack_layer"])]
     pub layers: Vec<PathBuf>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
@@ -74,9 +102,26 @@ pub struct Config {
     pub pid: bool,
     pub unionfs_fuse: Option<PathBuf>,
     pub opts: Vec<String>,
+    /// Save the upper here as an OCI layer when the command exits.
+    pub commit: Option<crate::launcher::LayerOut>,
 }
 
 impl Cli {
+    /// The layer tool the command line asks for instead of a run, if any.
+    pub fn layer_job(&self) -> Option<crate::launcher::LayerJob> {
+        use crate::launcher::{LayerJob, LayerOut};
+        if let [upper, file] = self.export_layer.as_slice() {
+            return Some(LayerJob::Export(
+                upper.clone(),
+                LayerOut::new(file, self.gzip, self.mtime, self.userxattr),
+            ));
+        }
+        if let [file, dir] = self.unpack_layer.as_slice() {
+            return Some(LayerJob::Unpack(file.clone(), dir.clone(), self.userxattr));
+        }
+        None
+    }
+
     pub fn into_config(self) -> Config {
         let mut layers = self.layers.into_iter();
         let lowers = layers.next().unwrap_or_default();
@@ -93,6 +138,10 @@ impl Cli {
             pid: self.pid,
             unionfs_fuse: self.unionfs_fuse,
             opts: self.opts,
+            commit: self
+                .commit
+                .as_deref()
+                .map(|f| crate::launcher::LayerOut::new(f, self.gzip, self.mtime, false)),
         }
     }
 }

@@ -371,9 +371,109 @@ pub fn run(config: &Config) -> Result<i32, Error> {
     let mut sys = RealSys::default();
     log::debug!("step: check layers, scratch dir");
     let plan = prepare(&mut sys, config, &host)?;
-    let result = launch(&mut sys, &plan);
+    let mut result = launch(&mut sys, &plan);
+    if let (Ok(_), Some(out)) = (&result, &config.commit) {
+        // The union is unmounted by now: the upper is a finished layer.
+        log::debug!("step: commit");
+        let mut out = out.clone();
+        out.userxattr = !matches!(host.mode, Mode::Root);
+        if commit_layer(&plan.upper, &out, &config.lowers).is_err() {
+            result = Ok(error::EXIT_LAUNCHER);
+        }
+    }
     remove_scratch(&mut sys, &plan);
     result
+}
+
+/// Where and how to write a layer tarball.
+#[derive(Clone, Debug)]
+pub struct LayerOut {
+    pub file: PathBuf,
+    pub gzip: bool,
+    pub mtime: Option<i64>,
+    pub userxattr: bool,
+}
+
+impl LayerOut {
+    pub fn new(file: &Path, gzip: bool, mtime: Option<i64>, userxattr: bool) -> LayerOut {
+        let name = file.to_string_lossy();
+        LayerOut {
+            file: file.to_path_buf(),
+            gzip: gzip || name.ends_with(".gz") || name.ends_with(".tgz"),
+            mtime,
+            userxattr,
+        }
+    }
+}
+
+/// A layer tool run instead of a command.
+#[derive(Clone, Debug)]
+pub enum LayerJob {
+    Export(PathBuf, LayerOut),
+    /// (tarball, target dir, userxattr)
+    Unpack(PathBuf, PathBuf, bool),
+}
+
+/// Runs a layer job; prints the diff_id, or the error. Returns the exit code.
+pub fn run_layer_job(job: &LayerJob) -> i32 {
+    let r = match job {
+        LayerJob::Export(upper, out) => commit_layer(upper, out, &[]).map(|_| ()),
+        LayerJob::Unpack(file, dir, userxattr) => {
+            let opts = crate::layer::UnpackOptions {
+                userxattr: *userxattr,
+                ..Default::default()
+            };
+            match crate::layer::unpack_file(file, dir, &opts) {
+                Ok(rep) => {
+                    println!("{}", rep.diff_id);
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("unionfs-run: unpack {}: {e}", file.display());
+                    Err(())
+                }
+            }
+        }
+    };
+    if r.is_ok() {
+        0
+    } else {
+        error::EXIT_LAUNCHER
+    }
+}
+
+/// Exports `upper` as a layer tarball and prints its diff_id. The empty
+/// /proc, /dev and /sys dirs a run creates for its mounts (when no lower
+/// has them) are not part of the layer.
+fn commit_layer(upper: &Path, out: &LayerOut, lowers: &[PathBuf]) -> Result<(), ()> {
+    let mut exclude = Vec::new();
+    if !lowers.is_empty() {
+        for d in ["proc", "dev", "sys"] {
+            let empty = std::fs::read_dir(upper.join(d)).is_ok_and(|mut r| r.next().is_none());
+            if empty && !lowers.iter().any(|l| l.join(d).exists()) {
+                exclude.push(PathBuf::from(d));
+            }
+        }
+    }
+    let opts = crate::layer::ExportOptions {
+        userxattr: out.userxattr,
+        mtime: out
+            .mtime
+            .map(crate::layer::MtimePolicy::Fixed)
+            .unwrap_or_default(),
+        gzip: out.gzip,
+        exclude,
+    };
+    match crate::layer::export_file(upper, &out.file, &opts) {
+        Ok(d) => {
+            println!("{}", d.diff_id);
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("unionfs-run: export {}: {e}", upper.display());
+            Err(())
+        }
+    }
 }
 
 /// The steps between `scratch dir` and the cleanup.
