@@ -60,24 +60,32 @@ impl Union {
         match &st.body {
             Body::Dir(d) => {
                 let lower = d.lowers.first().ok_or(Errno::EIO)?;
-                self.copy_up_dir(pfd, &st.name, bfd(&*lower.fd), lower.layer)?;
-                let fd = sys::fs::open_dir_path(pfd, &st.name)?;
-                let mut w = node.state.write();
-                if let Body::Dir(d) = &mut w.body {
-                    d.upper = Some(LayerDir::new(0, Arc::new(fd), false));
+                let fd = self.copy_up_dir(pfd, &st.name, bfd(&*lower.fd), lower.layer)?;
+                {
+                    let mut w = node.state.write();
+                    if let Body::Dir(d) = &mut w.body {
+                        d.upper = Some(LayerDir::new(0, Arc::new(fd), false));
+                    }
                 }
+                // Now merged, it reports nlink 1, like the kernel.
+                self.attributes_changed(node.ino);
             }
             Body::Leaf(l) => {
                 let (layer, lfd) = l.lower.clone().ok_or(Errno::EIO)?;
                 let lst = self.copy_up_leaf(pfd, &st.name, bfd(&*lfd), layer)?;
+                let ust = sys::fs::lstatat(pfd, &st.name)?;
                 {
                     let mut w = node.state.write();
                     if let Body::Leaf(l) = &mut w.body {
                         l.upper = Some(pu.fd.clone());
+                        l.real = (ust.st_dev, ust.st_ino);
                     }
                 }
                 if lst.st_nlink > 1 {
                     self.link_other_names(layer, lst.st_ino, &pu.fd, &st.name);
+                    // Every name is in the upper: its own nlink is the truth
+                    // (the kernel's index=on accounting, "U+0").
+                    let _ = self.fmt.set_index_nlink(bfd(&*pu.fd), &st.name);
                 }
             }
         }
@@ -98,20 +106,31 @@ impl Union {
         name: &CStr,
         lower: BorrowedFd<'_>,
         layer: usize,
-    ) -> Result<()> {
+    ) -> Result<OwnedFd> {
         let lst = sys::fs::fstat(lower)?;
         let stage = self.stage_dir(pfd);
         let tmp = self.tmp_name();
         sys::fs::mkdirat(stage, &tmp, 0o700)?;
-        let r = self
-            .copy_meta(lower, c"", stage, &tmp, &lst)
-            .and_then(|_| self.set_origin(lower, c"", stage, &tmp, layer))
-            .and_then(|_| sys::fs::renameat2(stage, &tmp, pfd, name, libc::RENAME_NOREPLACE));
-        if let Err(e) = r {
-            let _ = sys::fs::unlinkat(stage, &tmp, libc::AT_REMOVEDIR);
-            return Err(if e == Errno::EEXIST { Errno::ENOENT } else { e });
+        // The fd is taken before the rename (it follows the dir), so nothing
+        // can fail once the dir is in place.
+        let r = sys::fs::open_dir_path(stage, &tmp).and_then(|fd| {
+            self.copy_meta(lower, c"", stage, &tmp, &lst)?;
+            self.set_origin(lower, c"", stage, &tmp, layer)?;
+            sys::fs::renameat2(stage, &tmp, pfd, name, libc::RENAME_NOREPLACE)?;
+            Ok(fd)
+        });
+        match r {
+            Ok(fd) => Ok(fd),
+            Err(e) => {
+                let _ = sys::fs::unlinkat(stage, &tmp, libc::AT_REMOVEDIR);
+                if e == Errno::EEXIST {
+                    // Already copied up (an earlier attempt that failed
+                    // later): use that dir.
+                    return sys::fs::open_dir_path(pfd, name);
+                }
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     fn copy_up_leaf(
@@ -192,7 +211,7 @@ impl Union {
         Ok(())
     }
 
-    /// xattrs, owner, mode, times, in that order. An empty `dname` means
+    /// owner, xattrs, mode, times, in that order. An empty `dname` means
     /// the object of `ddir` itself.
     fn copy_meta(
         &self,
@@ -202,6 +221,10 @@ impl Union {
         dname: &CStr,
         st: &libc::stat,
     ) -> Result<()> {
+        // Owner first: a chown after the xattrs would strip
+        // security.capability (and setuid, which the chmod below restores).
+        let own_flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH;
+        sys::fs::fchownat(ddir, dname, st.st_uid, st.st_gid, own_flags)?;
         let keys = match sys::xattr::list(sdir, sname) {
             Ok(k) => k,
             Err(e) if e == Errno::ENOTSUP => Vec::new(),
@@ -227,8 +250,6 @@ impl Union {
             }
         }
         let kind = st.st_mode & libc::S_IFMT;
-        let own_flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH;
-        sys::fs::fchownat(ddir, dname, st.st_uid, st.st_gid, own_flags)?;
         if kind != libc::S_IFLNK {
             sys::fs::fchmodat(ddir, dname, st.st_mode & 0o7777)?;
         }

@@ -231,6 +231,18 @@ impl Format {
         sys::xattr::set(dir, name, &self.key("redirect"), &r.encode(), 0)
     }
 
+    /// Marks a copied-up hard link whose names are all in the upper: the
+    /// kernel's `overlay.nlink` with the upper's own count ("U+0").
+    pub fn set_index_nlink(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+        sys::xattr::set(dir, name, &self.key("nlink"), b"U+0", 0)
+    }
+
+    /// Whether an upper hard link was copied up with index semantics (all
+    /// names joined), so it may keep its lower origin's number.
+    pub fn has_index_nlink(&self, dir: BorrowedFd<'_>, name: &CStr) -> bool {
+        sys::xattr::get(dir, name, &self.key("nlink")).is_ok()
+    }
+
     /// Whether an upper object carries an origin (it is a copy-up).
     pub fn has_origin(&self, dir: BorrowedFd<'_>, name: &CStr) -> bool {
         sys::xattr::get(dir, name, &self.key("origin")).is_ok()

@@ -108,24 +108,62 @@ impl Union {
             }
             self.copy_up(&node)?;
         }
-        let (dir, name) = self.leaf_loc(&node)?;
-        let mut oflags =
-            (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY)) | libc::O_NOFOLLOW;
-        if node.kind != libc::S_IFREG {
-            // The kernel opens fifos and devices itself; never block here.
-            oflags |= libc::O_NONBLOCK;
-        }
-        let fd = sys::fs::openat(bfd(&*dir), &name, oflags, 0)?;
+        let fd = self.open_object(&node, flags)?;
         let upper = node.in_upper();
         Ok(self.add_file_handle(&node, fd, flags, upper))
+    }
+
+    /// Opens the object `node` stands for. It is opened by name, without
+    /// O_TRUNC and never blocking, then checked to be that object: a racing
+    /// unlink, rename or create may have given the name to another one (a
+    /// whiteout, a fifo, a new file). Then it can only be reached through
+    /// an open file of the node, as on the kernel.
+    fn open_object(&self, node: &Arc<Node>, flags: i32) -> Result<OwnedFd> {
+        let base = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
+        let (dir, name) = self.leaf_loc(node)?;
+        let by_name = sys::fs::openat(
+            bfd(&*dir),
+            &name,
+            base | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+            0,
+        )
+        .and_then(|fd| {
+            let st = sys::fs::fstat(fd.as_fd())?;
+            let same = (st.st_dev, st.st_ino) == self.leaf_real(node)
+                && st.st_mode & libc::S_IFMT == node.kind;
+            if same {
+                Ok(fd)
+            } else {
+                Err(Errno::ENOENT)
+            }
+        });
+        let fd = match by_name {
+            Ok(fd) => fd,
+            Err(e) if e == Errno::ENOENT || e.raw() == libc::ENXIO || e == Errno::ELOOP => {
+                let h = self
+                    .files
+                    .iter()
+                    .find(|h| Arc::ptr_eq(&h.node, node))
+                    .map(|h| h.clone())
+                    .ok_or(Errno::ENOENT)?;
+                sys::fs::reopen(h.fd().as_fd(), base | libc::O_NONBLOCK)?
+            }
+            Err(e) => return Err(e),
+        };
+        if flags & libc::O_NONBLOCK == 0 && node.kind == libc::S_IFREG {
+            sys::fs::set_nonblock(fd.as_fd(), false)?;
+        }
+        if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            sys::fs::ftruncate(fd.as_fd(), 0)?;
+        }
+        Ok(fd)
     }
 
     /// The handle's fd, moved to the upper copy if one appeared since it was
     /// opened, so readers see writes made after a copy-up (as the kernel does).
     fn current_fd(&self, h: &FileHandle) -> Result<Arc<OwnedFd>> {
         if !h.upper.load(Ordering::Acquire) && h.node.copied_up.load(Ordering::Acquire) {
-            let (dir, name) = self.leaf_loc(&h.node)?;
-            let fd = sys::fs::openat(bfd(&*dir), &name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+            let fd = self.open_object(&h.node, libc::O_RDONLY)?;
             *h.fd.write() = Arc::new(fd);
             h.upper.store(true, Ordering::Release);
         }

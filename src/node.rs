@@ -56,6 +56,10 @@ pub struct LeafBody {
     pub upper: Option<Arc<OwnedFd>>,
     /// The parent's lower dir holding the object (copy-up source).
     pub lower: Option<(usize, Arc<OwnedFd>)>,
+    /// (st_dev, st_ino) of the object the node stands for right now. Names
+    /// can change under a request (a racing unlink, rename or create), so
+    /// what a name resolves to is checked against this before it is used.
+    pub real: (u64, u64),
 }
 
 #[derive(Clone, Debug)]
@@ -213,6 +217,15 @@ impl NodeTable {
                 e.remove();
             }
         }
+    }
+
+    /// Whether the kernel still holds references to `node`.
+    pub fn is_referenced(&self, node: &Arc<Node>) -> bool {
+        node.nlookup.load(Ordering::Relaxed) > 0
+            && self
+                .map
+                .get(&node.ino)
+                .is_some_and(|n| Arc::ptr_eq(&n, node))
     }
 
     /// Takes back one lookup counted for internal use only.

@@ -17,6 +17,9 @@ use crate::node::{Body, DirBody, LayerDir, LeafBody, Node, NodeTable, State};
 use crate::sys;
 use crate::sys::fs::{bfd, Time};
 
+/// A hook that invalidates the kernel's cached attributes of an inode.
+pub type Invalidator = Box<dyn Fn(u64) + Send + Sync>;
+
 /// The FUSE root inode number.
 pub const ROOT_INO: u64 = 1;
 
@@ -81,6 +84,8 @@ pub struct Union {
     tmp_counter: AtomicU64,
     root: Arc<Node>,
     root_ino: u64,
+    /// Tells the kernel to drop its cached attributes of an inode.
+    invalidator: parking_lot::RwLock<Option<Invalidator>>,
     /// Per lower layer: multiply-linked inodes and their names (lazy).
     pub(crate) link_maps:
         parking_lot::Mutex<std::collections::HashMap<usize, Arc<crate::hardlinks::LinkMap>>>,
@@ -137,6 +142,7 @@ impl Union {
             tmp_counter: AtomicU64::new(0),
             root,
             root_ino: ROOT_INO,
+            invalidator: parking_lot::RwLock::new(None),
             link_maps: parking_lot::Mutex::new(std::collections::HashMap::new()),
         })
         .map(|mut u| {
@@ -157,6 +163,19 @@ impl Union {
                 .map(|s| s.f_type == OVERLAYFS_MAGIC || s.f_type == FUSE_MAGIC)
                 .unwrap_or(false)
         })
+    }
+
+    /// Installs the hook that drops the kernel's cached attributes.
+    pub fn set_invalidator(&self, f: Invalidator) {
+        *self.invalidator.write() = Some(f);
+    }
+
+    /// The kernel's cached attributes of `ino` are stale (the server changed
+    /// something the kernel did not ask for).
+    pub(crate) fn attributes_changed(&self, ino: u64) {
+        if let Some(f) = &*self.invalidator.read() {
+            f(ino);
+        }
     }
 
     pub fn has_upper(&self) -> bool {
@@ -264,6 +283,7 @@ impl Union {
                             body: Body::Leaf(LeafBody {
                                 upper: None,
                                 lower: Some((l.layer, l.fd.clone())),
+                                real: (st.st_dev, st.st_ino),
                             }),
                             lower_present: false,
                         }));
@@ -403,7 +423,11 @@ impl Union {
                     }
                     lower_present = true;
                     if kind_of(&lst) == kind_of(&st) {
-                        if let Some(stored) = &origin {
+                        // A copy of one name of a hard link whose other names
+                        // stayed below (the kernel's index=off) is its own
+                        // object: only joined links keep the lower number.
+                        let joined = lst.st_nlink <= 1 || self.fmt.has_index_nlink(bfd(&*u.fd), cn);
+                        if let (Some(stored), true) = (&origin, joined) {
                             if let Ok((t, fid)) = sys::fs::name_to_handle(bfd(&*l.fd), cn, 0) {
                                 if Format::origin_matches(stored, t, &fid) {
                                     ino = self.layers.map_ino(lst.st_dev, lst.st_ino);
@@ -435,6 +459,7 @@ impl Union {
             body: Body::Leaf(LeafBody {
                 upper: Some(u.fd.clone()),
                 lower,
+                real: (st.st_dev, st.st_ino),
             }),
             lower_present,
         })
@@ -490,9 +515,32 @@ impl Union {
         let body = r.body.clone();
         let node = self.nodes.lookup_or_insert(
             r.ino,
-            |n| n.kind == kind && n.ino != ROOT_INO,
+            // A single-link object whose remembered name no longer holds it
+            // is gone: its inode number was reused for this new object,
+            // which gets a node (and generation) of its own, so the kernel
+            // never mixes their caches.
+            //
+            // Only while the kernel has forgotten the old node: a new
+            // generation for a number the kernel still holds would make it
+            // fail the I/O of files still open on the old object (EIO).
             |n| {
+                n.kind == kind
+                    && n.ino != ROOT_INO
+                    && (n.is_dir()
+                        || r.st.st_nlink > 1
+                        || self.nodes.is_referenced(n)
+                        || !self.leaf_gone(n))
+            },
+            |n| {
+                // A hard link whose remembered name was unlinked while this
+                // one stayed takes this name as its own.
+                let stale = !n.is_dir() && self.leaf_gone(n);
                 let mut st = n.state.write();
+                if stale {
+                    st.parent = Some(parent.clone());
+                    st.name = cn.clone();
+                    st.body = body.clone();
+                }
                 let primary =
                     st.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && st.name == cn;
                 // An upper part found on disk that the node does not know yet.
@@ -502,6 +550,7 @@ impl Union {
                     }
                     (Body::Leaf(cur), Body::Leaf(new)) if cur.upper.is_none() && primary => {
                         cur.upper = new.upper.clone();
+                        cur.real = new.real;
                     }
                     _ => {}
                 }
@@ -591,11 +640,43 @@ impl Union {
             }
             None => {
                 let (fd, name) = self.leaf_loc(node)?;
-                sys::fs::lstatat(bfd(&*fd), &name)?
+                let st = sys::fs::lstatat(bfd(&*fd), &name)?;
+                if (st.st_dev, st.st_ino) != self.leaf_real(node) {
+                    // The name now shows another object: this one is gone.
+                    return Err(Errno::ENOENT);
+                }
+                st
             }
         };
         st.st_ino = self.shown_ino(node.ino);
         Ok(st)
+    }
+
+    /// Whether a non-dir node's remembered name no longer holds its object.
+    fn leaf_gone(&self, n: &Node) -> bool {
+        self.leaf_loc(n)
+            .and_then(|(d, nm)| sys::fs::lstatat(bfd(&*d), &nm))
+            .map(|st| (st.st_dev, st.st_ino) != self.leaf_real(n))
+            .unwrap_or(true)
+    }
+
+    /// The (st_dev, st_ino) a non-dir node stands for.
+    pub(crate) fn leaf_real(&self, node: &Node) -> (u64, u64) {
+        match &node.state.read().body {
+            Body::Leaf(l) => l.real,
+            Body::Dir(_) => (0, 0),
+        }
+    }
+
+    /// An O_PATH fd on a non-dir node's object, checked to be that object.
+    pub(crate) fn leaf_path_fd(&self, node: &Node) -> Result<OwnedFd> {
+        let (dir, name) = self.leaf_loc(node)?;
+        let fd = sys::fs::open_path(bfd(&*dir), &name)?;
+        let st = sys::fs::fstat(fd.as_fd())?;
+        if (st.st_dev, st.st_ino) != self.leaf_real(node) {
+            return Err(Errno::ENOENT);
+        }
+        Ok(fd)
     }
 
     /// Attributes, from the open file `fh` when given (it stays valid after
@@ -603,7 +684,7 @@ impl Union {
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<libc::stat> {
         let node = self.node(ino)?;
         match self.attr_of(&node) {
-            Err(Errno::ENOENT) if !node.is_dir() => {
+            Err(e) if !node.is_dir() && (e == Errno::ENOENT || e == Errno::ESTALE) => {
                 let mut st = self.open_file_stat(&node, fh)?;
                 st.st_ino = self.shown_ino(node.ino);
                 Ok(self.present(st))
@@ -628,8 +709,18 @@ impl Union {
     pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<libc::stat> {
         let node = self.node(ino)?;
         self.require_upper()?;
+        if a.mode.is_some() && node.kind == libc::S_IFLNK {
+            // A symlink's mode is fixed; a chmod through /proc would follow it.
+            return Err(Errno::ENOTSUP);
+        }
         self.copy_up(&node)?;
-        let (dir, name) = self.upper_loc(&node)?;
+        // Non-dirs are changed through an fd checked to be this object, so
+        // a racing rename or unlink of the name cannot redirect the change.
+        let (dir, name) = if node.is_dir() {
+            self.upper_loc(&node)?
+        } else {
+            (Arc::new(self.leaf_path_fd(&node)?), CString::default())
+        };
         let dfd = bfd(&*dir);
         if let Some(size) = a.size {
             match node.kind {
@@ -641,7 +732,7 @@ impl Union {
             match fh.filter(|h| h.writable()) {
                 Some(h) => sys::fs::ftruncate(bfd(&*h.fd()), size as i64)?,
                 None => {
-                    let f = sys::fs::openat(dfd, &name, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
+                    let f = sys::fs::reopen(dfd, libc::O_WRONLY | libc::O_NONBLOCK)?;
                     sys::fs::ftruncate(f.as_fd(), size as i64)?;
                 }
             }
@@ -688,7 +779,7 @@ impl Union {
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
-        let (fd, name) = self.leaf_loc(&node)?;
+        let (fd, name) = self.checked_leaf_loc(&node)?;
         sys::fs::readlinkat(bfd(&*fd), &name)
     }
 
@@ -769,9 +860,13 @@ impl Union {
         match existing {
             None => {
                 build(ufd, &cn)?;
-                // Only an upper whiteout makes a new dir opaque (a lower
-                // whiteout keeps hiding what is below it, as in the kernel).
-                if is_dir && self.lower_has(&body, name)? {
+                // With redirect_dir=on a new dir in a merged parent is opaque,
+                // so a redirect can never merge something into it (as the
+                // kernel does). It also keeps hiding what an OCI whiteout hid.
+                if is_dir
+                    && ((self.opts.redirect_dir && !body.lowers.is_empty())
+                        || self.lower_has(&body, name)?)
+                {
                     self.fmt.set_opaque(ufd, &cn)?;
                 }
                 Ok(())
@@ -930,9 +1025,11 @@ impl Union {
         }
         let np = self.node(newparent)?;
         self.copy_up(&node)?;
-        let (src_dir, src_name) = self.upper_loc(&node)?;
+        // Linked through an fd checked to be this object: the source name
+        // may be renamed or replaced meanwhile.
+        let src = self.leaf_path_fd(&node)?;
         self.create_in_upper(&np, newname, false, &mut |dir, n| {
-            sys::fs::linkat(bfd(&*src_dir), &src_name, dir, n, 0)
+            sys::fs::link_tmpfile(src.as_fd(), dir, n)
         })?;
         self.lookup(newparent, newname)
     }
@@ -962,6 +1059,15 @@ impl Union {
         if let Body::Dir(d) = &r.body {
             if !self.merged_is_empty(d)? {
                 return Err(Errno::ENOTEMPTY);
+            }
+        }
+        if let Body::Leaf(l) = &r.body {
+            if l.upper.is_none() && r.st.st_nlink > 1 {
+                // The other names of a lower hard link must show one link
+                // less, as with the kernel's index: join them in the upper
+                // first, then remove this name.
+                let node = self.install_transient(&parent, name, &r)?;
+                self.copy_up(&node)?;
             }
         }
         self.copy_up(&parent)?;
@@ -1022,9 +1128,17 @@ impl Union {
             && st.name.as_c_str() == name;
         if primary {
             if let Some((p, n)) = st.aliases.pop() {
-                // Another name of the same object takes over.
+                // Another name of the same object takes over, in the layer
+                // where the object is.
                 if let (Body::Leaf(l), Some(pb)) = (&mut st.body, p.dir_body()) {
-                    l.upper = pb.upper.as_ref().map(|u| u.fd.clone());
+                    if l.upper.is_some() {
+                        l.upper = pb.upper.as_ref().map(|u| u.fd.clone());
+                    }
+                    if let Some((layer, fd)) = &mut l.lower {
+                        if let Some(ld) = pb.lowers.iter().find(|d| d.layer == *layer) {
+                            *fd = ld.fd.clone();
+                        }
+                    }
                 }
                 st.parent = Some(p);
                 st.name = n;
@@ -1101,6 +1215,16 @@ impl Union {
             }
         }
         // Copy-ups first, before any dir lock.
+        if let Some(d) = dst.as_ref().filter(|_| !exchange) {
+            if let Body::Leaf(l) = &d.body {
+                if l.upper.is_none() && d.st.st_nlink > 1 {
+                    // Replacing one name of a lower hard link: the others
+                    // must show one link less (see remove()).
+                    let n = self.install_transient(&newparent, newname, d)?;
+                    self.copy_up(&n)?;
+                }
+            }
+        }
         let src_node = self.install_transient(&parent, name, &src)?;
         self.copy_up(&src_node)?;
         let dst_node = match &dst {
@@ -1321,8 +1445,25 @@ impl Union {
     fn xattr_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString)> {
         match node.dir_body() {
             Some(d) => Ok((Self::dir_top(&d)?, CString::default())),
-            None => self.leaf_loc(node),
+            // Through an fd checked to be this object; a symlink by name,
+            // as its /proc link would be followed.
+            None if node.kind != libc::S_IFLNK => {
+                Ok((Arc::new(self.leaf_path_fd(node)?), CString::default()))
+            }
+            None => self.checked_leaf_loc(node),
         }
+    }
+
+    /// `leaf_loc`, checked to still name this node's object (a racing
+    /// unlink or rename may have given the name to a whiteout or another
+    /// file).
+    fn checked_leaf_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString)> {
+        let (dir, name) = self.leaf_loc(node)?;
+        let st = sys::fs::lstatat(bfd(&*dir), &name)?;
+        if (st.st_dev, st.st_ino) != self.leaf_real(node) {
+            return Err(Errno::ENOENT);
+        }
+        Ok((dir, name))
     }
 
     pub fn getxattr(&self, ino: u64, key: &OsStr) -> Result<Vec<u8>> {
@@ -1352,7 +1493,7 @@ impl Union {
         self.require_upper()?;
         let node = self.node(ino)?;
         self.copy_up(&node)?;
-        let (fd, name) = self.upper_loc(&node)?;
+        let (fd, name) = self.xattr_loc(&node)?;
         let real = self
             .fmt
             .real_xattr(std::os::unix::ffi::OsStrExt::as_bytes(key));
@@ -1371,7 +1512,7 @@ impl Union {
         let (fd, name) = self.xattr_loc(&node)?;
         sys::xattr::get(bfd(&*fd), &name, &k)?;
         self.copy_up(&node)?;
-        let (fd, name) = self.upper_loc(&node)?;
+        let (fd, name) = self.xattr_loc(&node)?;
         sys::xattr::remove(bfd(&*fd), &name, &k)
     }
 }

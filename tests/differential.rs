@@ -1,306 +1,475 @@
-//! Differential test (overlay-semantics.md 3.8): the same pseudo-random op
-//! sequences run on kernel overlayfs and on the implementation under test,
-//! over the same lower layers with separate uppers. Every op must give the
-//! same result (errno included); afterwards the merged views and the
-//! normalised raw upper dirs must match, and the kernel must show the same
-//! view over the tested implementation's upper.
+//! Differential tests against kernel overlayfs (overlay-semantics.md 3.8).
+//!
+//! The same op sequences run on kernel overlayfs (`index=on`) and on
+//! unionfs-fuse (`oci_whiteouts=off`), over the same three fresh lower layers
+//! (differential/fixture.rs) with separate uppers and workdirs, one mount of
+//! each per case. Compared (differential/engine.rs):
+//!
+//! 1. every op's result, value or errno (differential/ops.rs); the first
+//!    differing result ends the case;
+//! 2. the final merged trees: names, types, mode, owner, size, content,
+//!    symlink targets, rdev, nlink (also of dirs), all xattrs, and mtimes
+//!    that the fixture or an explicit utimens set (differential/snap.rs);
+//! 3. the raw upper dirs, normalised (the kernel's shared whiteout inode,
+//!    `origin`/`impure`/`uuid` xattrs, link counts, and ours linking every
+//!    name of a copied-up lower hard link where the kernel uses its index);
+//! 4. remounts: ours over its own upper, the kernel over ours' upper, ours
+//!    over the kernel's upper (each with the writer's workdir) must show the
+//!    view the upper was written under; the lowers must stay unmodified.
+//!
+//! Not compared (deliberate deviations): st_dev, st_ino, d_ino, atime,
+//! ctime, dir mtimes unless both sides report one set by utimens, the
+//! kernel's workdir.
+//!
+//! Tests named `selfcheck_*` check the harness itself and must always pass
+//! (kernel vs kernel never diverges, generation is deterministic, the
+//! minimiser minimises, a known difference is detected, the fixture's
+//! features are in effect). Tests named `campaign_*` are the differential
+//! runs proper: they fail when unionfs-fuse diverges from the kernel and
+//! print, for each distinct divergence class, the seed, a minimised op list
+//! with both sides' results, the fixture entries involved and the differing
+//! entries.
+//!
+//! Environment (campaign_random):
+//! * `UNIONFS_DIFF_SEED=S`: run only seed S, verbosely, and minimise.
+//! * `UNIONFS_DIFF_CASES=N` (default 240), `UNIONFS_DIFF_SEED_BASE=B`
+//!   (default 1): run seeds B..B+N, with progress lines and a summary.
+//! * `UNIONFS_DIFF_OPS` (ops per case, default 60; a seed's ops depend on
+//!   it), `UNIONFS_DIFF_JOBS` (parallel cases, default 2),
+//!   `UNIONFS_DIFF_SHRINK_CLASSES` (classes minimised, default 12),
+//!   `UNIONFS_DIFF_SHRINK_TRIALS` (default 300), `UNIONFS_DIFF_REPORT=FILE`
+//!   (also write the summary there), `UNIONFS_DIFF_VERBOSE=1` (every op of
+//!   every case), `UNIONFS_DIFF_STRICT_RAW=1` (no hard-link layout
+//!   normalisation of raw uppers), `UNIONFS_DIFF_LOUD=1` (show panics of
+//!   harness threads), `UNIONFS_DIFF_DEBUG_SHRINK=1`.
+//! * selfcheck_kernel_vs_kernel: `UNIONFS_DIFF_SELFCHECK_CASES` (default 24).
+//!
+//! Example: `UNIONFS_DIFF_SEED=1234 cargo test --test differential campaign_random -- --nocapture`
 
 mod common;
 
-use common::*;
-use std::fmt;
-use std::fs;
-use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+#[path = "differential/creds.rs"]
+mod creds;
+#[path = "differential/engine.rs"]
+mod engine;
+#[path = "differential/fixture.rs"]
+mod fixture;
+#[path = "differential/ops.rs"]
+mod ops;
+#[path = "differential/snap.rs"]
+mod snap;
 
-const DIRS: &[&str] = &["", "d", "d/e", "x", "n"];
-const LEAVES: &[&str] = &["a", "b", "c", "e", "n"];
+use common::{environment_ok, Impl};
+use engine::{run_campaign, run_case, Config};
+use ops::{Data, Op, Time};
 
-#[derive(Clone, Debug)]
-enum Op {
-    Write(String, u8),
-    Append(String, u8),
-    Truncate(String, i64),
-    Unlink(String),
-    Mkdir(String),
-    Rmdir(String),
-    Rename(String, String, u32),
-    Chmod(String, u32),
-    Symlink(String, String),
-    Link(String, String),
-    SetXattr(String, u8),
-    RemoveXattr(String),
-    Mkfifo(String),
+fn can_run() -> bool {
+    environment_ok(Impl::Kernel) && environment_ok(Impl::Ours)
 }
 
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self:?}")
+fn rerun_hint() -> String {
+    let mut s = String::new();
+    if let Ok(v) = std::env::var("UNIONFS_DIFF_OPS") {
+        s += &format!("UNIONFS_DIFF_OPS={v} ");
     }
+    s + "cargo test --test differential campaign_random -- --nocapture"
 }
 
-/// Small deterministic PRNG (xorshift64*), so failures are reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
-        v[(self.next() % v.len() as u64) as usize]
-    }
-    fn path(&mut self) -> String {
-        let d = self.pick(DIRS);
-        let l = self.pick(LEAVES);
-        if d.is_empty() {
-            l.to_string()
-        } else {
-            format!("{d}/{l}")
-        }
-    }
-    fn op(&mut self) -> Op {
-        let p = self.path();
-        let b = (self.next() % 26) as u8;
-        match self.next() % 16 {
-            0 | 1 => Op::Write(p, b),
-            2 => Op::Append(p, b),
-            3 => Op::Truncate(p, (b % 4) as i64),
-            4 | 5 => Op::Unlink(p),
-            6 | 7 => Op::Mkdir(p),
-            8 => Op::Rmdir(p),
-            9 | 10 => {
-                let q = self.path();
-                let flags = [0, 0, libc::RENAME_NOREPLACE, libc::RENAME_EXCHANGE];
-                Op::Rename(p, q, flags[(self.next() % 4) as usize])
-            }
-            11 => Op::Chmod(p, [0o600, 0o755, 0o640, 0o4755][(b % 4) as usize]),
-            12 => Op::Symlink(self.path(), p),
-            13 => Op::Link(p, self.path()),
-            14 => {
-                if b % 3 == 0 {
-                    Op::RemoveXattr(p)
-                } else {
-                    Op::SetXattr(p, b)
-                }
-            }
-            _ => Op::Mkfifo(p),
-        }
-    }
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
-fn errno<T>(r: io::Result<T>) -> Result<(), i32> {
-    r.map(drop).map_err(|e| e.raw_os_error().unwrap_or(-1))
+fn d(seed: u8, len: u32) -> Data {
+    Data { seed, len }
 }
 
-fn apply(op: &Op, root: &Path) -> Result<(), i32> {
-    let p = |s: &str| root.join(s);
-    match op {
-        // O_NONBLOCK everywhere: opening a fifo must not block (ENXIO instead).
-        Op::Write(a, b) => errno(
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(p(a))
-                .and_then(|mut f| {
-                    io::Write::write_all(&mut f, &[b'a' + b].repeat(*b as usize + 1))
-                }),
-        ),
-        Op::Append(a, b) => errno(
-            fs::OpenOptions::new()
-                .append(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(p(a))
-                .and_then(|mut f| io::Write::write_all(&mut f, &[b'A' + b])),
-        ),
-        Op::Truncate(a, n) => errno(sys::truncate(&p(a), *n)),
-        Op::Unlink(a) => errno(fs::remove_file(p(a))),
-        Op::Mkdir(a) => errno(fs::create_dir(p(a))),
-        Op::Rmdir(a) => errno(fs::remove_dir(p(a))),
-        Op::Rename(a, b, f) => errno(sys::renameat2(&p(a), &p(b), *f)),
-        Op::Chmod(a, m) => errno(fs::set_permissions(p(a), fs::Permissions::from_mode(*m))),
-        Op::Symlink(t, a) => errno(std::os::unix::fs::symlink(t, p(a))),
-        Op::Link(a, b) => errno(fs::hard_link(p(a), p(b))),
-        Op::SetXattr(a, b) => errno(sys::lsetxattr(&p(a), "user.v", &[b'0' + b], 0)),
-        Op::RemoveXattr(a) => errno(sys::lremovexattr(&p(a), "user.v")),
-        Op::Mkfifo(a) => errno(sys::mknod(&p(a), libc::S_IFIFO | 0o644, 0, 0)),
-    }
+fn s(p: &str) -> String {
+    p.to_string()
 }
 
-fn lowers(fx: &Fixture) {
-    fx.lower(1)
-        .file("a", b"lower1 a")
-        .file("d/a", b"d/a")
-        .file("d/b", b"d/b")
-        .file("d/e/a", b"d/e/a")
-        .file("x/a", b"x/a")
-        .file("x/c", b"x/c")
-        // No multiply-linked lower files here: their copy-up depends on
-        // index=on/off (covered by hardlink.rs).
-        .file("x/b", b"x/b")
-        .symlink("d/c", "a");
-    fx.lower(0)
-        .file("b", b"lower0 b")
-        .file("d/e/b", b"d/e/b")
-        .dir("d/e/e")
-        .whiteout("x/c")
-        .fifo("d/n")
-        .opaque("n")
-        .file("n/a", b"n/a");
-    fx.lower(1).file("n/b", b"hidden by opaque");
+/// A hand-written sequence touching every op kind and fixture feature.
+fn fixed_scenario() -> Vec<Op> {
+    let deep = fixture::deep_dir();
+    let long = fixture::long_name();
+    let t = |sec: i64| Time::At(1_200_000_000 + sec, 123_456_789);
+    let mut v = vec![
+        // A read-only fd opened before copy-up, read after it.
+        Op::Open(0, s("d/a"), false),
+        Op::Read(s("d/a")),
+        Op::Append(s("d/a"), d(1, 10)),
+        Op::FdRead(0),
+        Op::FdStat(0),
+        // Hard links: copy-up of one name of a 3-name lower inode.
+        Op::Open(1, s("h1"), false),
+        Op::Write(s("x/h1"), d(2, 30)),
+        Op::Read(s("h1")),
+        Op::Read(s("d/h2")),
+        Op::Lstat(s("d/h2")),
+        Op::FdRead(1),
+        Op::Link(s("hb1"), s("x/hb3")),
+        Op::Lstat(s("d/hb2")),
+        // Sparse file, pwrite, truncate.
+        Op::Stat(s("sp")),
+        Op::Pwrite(s("sp"), 600_000, d(3, 100)),
+        Op::Read(s("sp")),
+        Op::Truncate(s("sp"), 4096),
+        Op::Lstat(s("sp")),
+        // setuid survives a metadata copy-up; other owners; caps and ACLs.
+        Op::SetXattr(s("s"), s("user.a"), b"x".to_vec(), 0),
+        Op::Lstat(s("s")),
+        Op::Chown(s("oth"), Some(2000), Some(50), true),
+        Op::Lstat(s("oth")),
+        Op::ListXattr(s("acl")),
+        Op::Chmod(s("acl"), 0o640),
+        Op::GetXattr(s("acl"), s("system.posix_acl_access")),
+        Op::Append(s("cap"), d(4, 3)),
+        Op::ListXattr(s("cap")),
+        // Times, also of symlinks.
+        Op::Utimens(s("b"), t(1), t(2), false),
+        Op::Lstat(s("b")),
+        Op::Utimens(s("l"), t(3), t(4), true),
+        Op::Lstat(s("l")),
+        Op::Utimens(s("d"), Time::Omit, t(5), false),
+        Op::Stat(s("d")),
+        // Renames: lower dir (EXDEV), files, NOREPLACE, EXCHANGE, upper dir.
+        Op::Rename(s("x"), s("x2"), 0),
+        Op::Rename(s("d/a"), s("x/moved"), libc::RENAME_NOREPLACE),
+        Op::Rename(s("b"), s("d/z"), libc::RENAME_NOREPLACE),
+        Op::Rename(s("b"), s("d/z"), libc::RENAME_EXCHANGE),
+        Op::Mkdir(s("nd"), 0o755),
+        Op::Write(s("nd/f"), d(5, 5)),
+        Op::Rename(s("nd"), s("nd2"), 0),
+        Op::Rename(s("nd2"), s("d/e"), libc::RENAME_EXCHANGE),
+        // Deletes, opaque recreation, xattr whiteouts.
+        Op::Unlink(s("x/a")),
+        Op::Rmdir(s("d/e/e")),
+        Op::RmRf(s("w")),
+        Op::Mkdir(s("w"), 0o755),
+        Op::ListDir(s("w")),
+        Op::ListDir(s("x")),
+        Op::ListDir(s("m")),
+        // Links and symlinks, ops through symlinks.
+        Op::Link(s("d/c"), s("x/c")),
+        Op::Symlink(s("d"), s("sl")),
+        Op::Write(s("sl/via-link"), d(6, 6)),
+        Op::Write(s("dangle"), d(7, 7)),
+        Op::Read(s("nowhere")),
+        Op::Read(s("l")),
+        Op::ReadLink(s("d/e/up")),
+        Op::Read(s("dl/c")),
+        Op::Chmod(s("l"), 0o600),
+        Op::Stat(s("l")),
+        // xattrs on a merged dir, lower files, private names.
+        Op::SetXattr(s("d"), s("user.dir2"), b"v".to_vec(), libc::XATTR_CREATE),
+        Op::ListXattr(s("d")),
+        Op::GetXattr(s("x/h1"), s("trusted.t")),
+        Op::GetXattr(s("x2/a"), s("trusted.t")),
+        Op::RemoveXattr(s("oth"), s("user.a")),
+        Op::SetXattr(s("oth"), s("trusted.overlay.x"), b"p".to_vec(), 0),
+        Op::ListXattr(s("oth")),
+        // fifos and device nodes.
+        Op::Mknod(s("fifo2"), libc::S_IFIFO, 0, 0),
+        Op::Mknod(s("c00"), libc::S_IFCHR, 0, 0),
+        Op::Mknod(s("blk"), libc::S_IFBLK, 7, 250),
+        Op::Chmod(s("p"), 0o600),
+        Op::Link(s("cdev"), s("cdev2")),
+        Op::Lstat(s("cdev2")),
+        // O_EXCL.
+        Op::Create(s("excl"), 0o600, true),
+        Op::Create(s("excl"), 0o600, true),
+        Op::Create(s("a"), 0o600, true),
+        // Other users.
+        Op::As(1000, 1000, Box::new(Op::Append(s("u/a"), d(8, 8)))),
+        Op::As(2000, 2000, Box::new(Op::Read(s("u/a")))),
+        Op::As(1000, 1000, Box::new(Op::Create(s("d/e/mine"), 0o644, true))),
+        Op::Chmod(s("d/e"), 0o1777),
+        Op::As(1000, 1000, Box::new(Op::Create(s("d/e/mine"), 0o644, true))),
+        Op::Lstat(s("d/e/mine")),
+        Op::As(2000, 2000, Box::new(Op::Unlink(s("d/e/mine")))),
+        // Dir streams: the listing is fixed at the first read until rewound.
+        Op::DirOpen(0, s("d")),
+        Op::DirRead(0),
+        Op::Write(s("d/newer"), d(9, 9)),
+        Op::DirRead(0),
+        Op::DirRewind(0),
+        Op::DirRead(0),
+        // Deep paths and 255-byte names.
+        Op::Write(format!("{deep}/c"), d(10, 10)),
+        Op::Rename(format!("{deep}/a"), format!("{deep}/{long}"), 0),
+        Op::ListDir(deep.clone()),
+        Op::Rename(format!("x/{long}"), format!("d/{long}"), 0),
+        Op::Write(format!("x/{}", fixture::too_long()), d(11, 1)),
+        Op::Unlink(format!("{}/a", fixture::long_dir())),
+        // File over dir and dir over file.
+        Op::Write(s("f2d/a"), d(12, 1)),
+        Op::RmRf(s("d2f")),
+        Op::Write(s("d2f"), d(13, 13)),
+        Op::Close(0),
+        Op::Close(1),
+    ];
+    v.push(Op::ListDir(String::new()));
+    v
 }
 
-/// The raw upper with whiteouts normalised (kernel whiteouts are mode 0000
-/// and share one inode) and the opaque flag kept; dir mtimes ignored.
-fn raw_upper(root: &Path) -> Tree {
-    let mut t = snapshot(
-        root,
-        SnapOpts {
-            nlink: false,
-            ..SnapOpts::basic()
-        },
-    );
-    for (rel, n) in t.0.iter_mut() {
-        let full = root.join(rel);
-        let md = lstat(&full);
-        if md.file_type().is_char_device() && md.rdev() == 0 {
-            n.kind = 'w';
-            n.mode = 0;
-            n.uid = 0;
-            n.gid = 0;
-        }
-        if n.kind == 'd' {
-            if let Some(v) = opaque_value(&full) {
-                n.xattrs.insert("trusted.overlay.opaque".into(), v);
-            }
-        }
-    }
-    t
-}
-
-fn run_seed(seed: u64, steps: usize) {
-    let ours = impl_under_test();
-    let Some(fx) = Fixture::for_impl(ours) else {
+/// Campaign: the fixed scenario must behave as on the kernel.
+#[test]
+fn campaign_fixed_scenario() {
+    if !can_run() {
         return;
+    }
+    let ops = fixed_scenario();
+    // Keep going after a differing result, so one divergence does not hide
+    // the rest of the scenario; each class is minimised on its own.
+    let cfg = Config {
+        keep_going: true,
+        ..Config::standard()
     };
+    let out = run_case(&cfg, &ops, None);
+    if std::env::var_os("UNIONFS_DIFF_VERBOSE").is_some() {
+        eprintln!("{}", engine::trace_text(&out, "ours"));
+    }
+    if out.divs.is_empty() {
+        return;
+    }
+    // Minimise each distinct class for the report.
+    let mut msg = format!(
+        "fixed scenario: {} divergence(s) from kernel overlayfs\n",
+        out.divs.len()
+    );
+    for d in &out.divs {
+        msg += &format!("  [{}]\n      {}\n", d.class, d.detail);
+    }
+    // At most 8 classes and 120 trials each, to stay within CI time.
+    let mut seen: Vec<Vec<Op>> = Vec::new();
+    for class in out.classes().into_iter().take(8) {
+        let r = engine::shrink(&cfg, &ops, &class, 120);
+        if seen.contains(&r.ops) {
+            msg += &format!("\n[{class}]: same minimised ops as above\n");
+            continue;
+        }
+        seen.push(r.ops.clone());
+        msg += &format!(
+            "\nminimised [{class}] to {} op(s) (standard fixture):\n{}",
+            r.ops.len(),
+            engine::trace_text(&r.outcome, "ours")
+        );
+        for d in r.outcome.divs.iter().filter(|d| d.class == r.class) {
+            msg += &format!("      {}\n", d.detail);
+        }
+    }
+    panic!("{msg}");
+}
+
+/// Campaign: random cases (CI size by default; see the module docs).
+#[test]
+fn campaign_random() {
+    if !can_run() {
+        return;
+    }
+    let c = engine::campaign_from_env(240, 1, &rerun_hint());
+    let sum = run_campaign(&Config::standard(), &c);
+    assert!(
+        sum.diverged == 0,
+        "{} of {} random case(s) diverged from kernel overlayfs ({} distinct class(es)); \
+         the summary with minimised reproductions is printed above (stderr)",
+        sum.diverged,
+        sum.cases,
+        sum.classes
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Harness self-checks
+// ---------------------------------------------------------------------------
+
+/// Self-check: kernel vs kernel must never diverge, in ops, trees, raw
+/// uppers or cross-mounts (validates the normalisations and that ops and
+/// fixtures are deterministic).
+#[test]
+fn selfcheck_kernel_vs_kernel() {
     if !environment_ok(Impl::Kernel) {
         return;
     }
-    lowers(&fx);
-    let k = Mounted::mount(
-        Impl::Kernel,
-        &fx.lowers(),
-        Some(&fx.dir("k_upper")),
-        Some(&fx.dir("k_work")),
-        &fx.dir("k_merged"),
-    );
-    let mut o = fx.mount_with(ours);
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let mut history = Vec::new();
-    let mut n_ok = 0;
-    for step in 0..steps {
-        let op = rng.op();
-        let rk = apply(&op, &k.p(""));
-        let ro = apply(&op, &o.p(""));
-        history.push(format!("{step:3}: {op} -> kernel {rk:?}"));
-        n_ok += usize::from(rk.is_ok());
-        assert_eq!(
-            ro,
-            rk,
-            "seed {seed} step {step}: {op} gave {} on {ours:?} but {} on kernel\nops so far:\n{}",
-            fmt_res(ro),
-            fmt_res(rk),
-            history.join("\n")
-        );
-    }
-    eprintln!("seed {seed}: {n_ok} of {steps} ops succeeded on the kernel");
-    let opts = SnapOpts {
-        nlink: true,
-        ..SnapOpts::basic()
+    let cfg = Config {
+        other: Impl::Kernel,
+        ..Config::standard()
     };
-    let kv = snapshot(&k.p(""), opts);
-    let ov = snapshot(&o.p(""), opts);
-    assert_same(
-        &kv,
-        &ov,
-        &format!(
-            "seed {seed}: merged view kernel (left) vs {ours:?} (right)\nops:\n{}",
-            history.join("\n")
-        ),
-    );
-    assert_same(
-        &raw_upper(&k.up("")),
-        &raw_upper(&o.up("")),
-        &format!(
-            "seed {seed}: raw upper kernel (left) vs {ours:?} (right)\nops:\n{}",
-            history.join("\n")
-        ),
-    );
-    assert_no_wh_markers(&o.up(""));
-    // The kernel over the tested implementation's upper shows the same view.
-    o.unmount();
-    let cross = Mounted::mount(
-        Impl::Kernel,
-        &fx.lowers(),
-        Some(&fx.upper().root),
-        Some(&fx.dir("work2")),
-        &fx.dir("merged2"),
-    );
-    assert_same(
-        &ov,
-        &snapshot(&cross.p(""), opts),
-        &format!("seed {seed}: {ours:?} view (left) vs kernel over its upper (right)"),
+    let c = engine::Campaign {
+        seeds: (9_000..9_000 + env_or("UNIONFS_DIFF_SELFCHECK_CASES", 24)).collect(),
+        ops_per_case: 60,
+        jobs: 2,
+        shrink_classes: 4,
+        shrink_budget: 100,
+        verbose: false,
+        report: None,
+        rerun_hint: "(kernel vs kernel self-check)".into(),
+    };
+    let sum = run_campaign(&cfg, &c);
+    assert_eq!(sum.diverged, 0, "kernel vs kernel diverged:\n{}", sum.text);
+    let out = run_case(&cfg, &fixed_scenario(), None);
+    assert!(
+        out.divs.is_empty(),
+        "kernel vs kernel diverged on the fixed scenario: {:#?}",
+        out.divs
     );
 }
 
-fn fmt_res(r: Result<(), i32>) -> String {
-    match r {
-        Ok(()) => "Ok".into(),
-        Err(e) => errno_name(e),
+/// Self-check: a seed always gives the same ops; seeds differ; generated
+/// cases use every op kind.
+#[test]
+fn selfcheck_generation_is_deterministic() {
+    assert_eq!(ops::generate(42, 100), ops::generate(42, 100));
+    assert_ne!(ops::generate(42, 100), ops::generate(43, 100));
+    let mut kinds = std::collections::BTreeSet::new();
+    for seed in 0..200 {
+        for op in ops::generate(seed, 60) {
+            let k = match &op {
+                Op::As(_, _, inner) => {
+                    kinds.insert("as-user".to_string());
+                    inner.kind()
+                }
+                _ => op.kind(),
+            };
+            kinds.insert(k.split('(').next().unwrap().to_string());
+        }
+    }
+    for k in [
+        "read",
+        "stat",
+        "lstat",
+        "readlink",
+        "listdir",
+        "write",
+        "append",
+        "pwrite",
+        "truncate",
+        "create",
+        "mkdir",
+        "rmdir",
+        "unlink",
+        "rm-r",
+        "rename",
+        "link",
+        "symlink",
+        "chmod",
+        "chown",
+        "utimens",
+        "setxattr",
+        "getxattr",
+        "removexattr",
+        "listxattr",
+        "mknod",
+        "open",
+        "fd-read",
+        "fd-write",
+        "fstat",
+        "close",
+        "opendir",
+        "getdents",
+        "rewinddir",
+        "as-user",
+    ] {
+        assert!(kinds.contains(k), "op kind {k} never generated: {kinds:?}");
     }
 }
 
+/// Self-check: the minimiser finds the two ops a synthetic failure needs.
 #[test]
-fn random_ops_match_kernel_seed_1() {
-    run_seed(1, 300);
+fn selfcheck_minimiser() {
+    let ops = ops::generate(7, 80);
+    let (a, b) = (ops[13].clone(), ops[61].clone());
+    let fails = |c: &[Op]| {
+        let i = c.iter().position(|o| *o == a)?;
+        c[i + 1..].contains(&b).then_some(())
+    };
+    let (min, (), trials) = engine::minimise(ops.clone(), (), 1000, fails);
+    // Ops equal to a or b elsewhere in the list could also satisfy it.
+    assert_eq!(min.len(), 2, "minimised to {min:?}");
+    assert!(min[0] == a && min[1] == b);
+    assert!(trials < 200, "{trials} trials");
 }
 
+/// Self-check: the harness notices a real difference. With OCI whiteouts on
+/// (our default) the `.wh.` files of the fixture hide names the kernel
+/// shows; the divergence is found with no ops at all, and shrinking a random
+/// list ends with no ops.
 #[test]
-fn random_ops_match_kernel_seed_2() {
-    run_seed(2, 300);
+fn selfcheck_detects_a_known_divergence() {
+    if !can_run() {
+        return;
+    }
+    let cfg = Config {
+        ours_opts: "oci_whiteouts=on".into(),
+        cross: false,
+        ..Config::standard()
+    };
+    let out = run_case(&cfg, &[], None);
+    let classes = out.classes();
+    assert!(
+        classes.contains("merged: only-kernel f"),
+        "expected the kernel to show .wh. files that ours hides: {:#?}",
+        out.divs
+    );
+    let r = engine::shrink(&cfg, &ops::generate(3, 15), "merged: only-kernel f", 60);
+    assert!(r.ops.is_empty(), "not minimised: {:?}", r.ops);
 }
 
+/// Self-check: the fixture's features are in effect under the kernel
+/// (whiteouts, xattr whiteouts, opaque dirs, OCI names as plain files, hard
+/// links, sparse file, long names, deep paths).
 #[test]
-fn random_ops_match_kernel_seed_3() {
-    run_seed(3, 300);
-}
-
-#[test]
-fn random_ops_match_kernel_seed_4() {
-    run_seed(4, 300);
-}
-
-#[test]
-fn random_ops_match_kernel_seed_5() {
-    run_seed(5, 300);
-}
-
-#[test]
-fn random_ops_match_kernel_seed_6() {
-    run_seed(6, 300);
-}
-
-#[test]
-fn random_ops_match_kernel_seed_7() {
-    run_seed(7, 300);
-}
-
-#[test]
-fn random_ops_match_kernel_seed_8() {
-    run_seed(8, 300);
+fn selfcheck_fixture_features() {
+    if !environment_ok(Impl::Kernel) {
+        return;
+    }
+    let tmp = common::TempDir::new("diff-fixture");
+    fixture::build(tmp.path());
+    let lowers: Vec<_> = (0..3)
+        .map(|i| tmp.path().join(format!("lower{i}")))
+        .collect();
+    for sub in ["u", "w", "m"] {
+        std::fs::create_dir(tmp.path().join(sub)).unwrap();
+    }
+    let k = common::Mounted::mount_kernel_opts(
+        Impl::Kernel,
+        &lowers,
+        Some(&tmp.path().join("u")),
+        Some(&tmp.path().join("w")),
+        &tmp.path().join("m"),
+        "index=on",
+    );
+    let p = |r: &str| k.p(r);
+    let gone = |r: &str| std::fs::symlink_metadata(p(r)).is_err();
+    assert!(gone("x/c"), "char 0/0 whiteout in lower1");
+    assert!(gone("d/b"), "whiteout in lower0");
+    assert!(gone("w/a"), "xattr whiteout");
+    assert!(!gone("w/b"));
+    assert!(gone("n/b") && !gone("n/a"), "opaque n");
+    assert!(gone("o/a") && !gone("o/b"), "opaque o");
+    assert!(
+        !gone(".wh.oci") && !gone("m/.wh.j") && !gone("m/j"),
+        "OCI names"
+    );
+    assert!(std::fs::symlink_metadata(p("f2d")).unwrap().is_file());
+    assert!(std::fs::symlink_metadata(p("d2f")).unwrap().is_dir());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::symlink_metadata(p("d/h2")).unwrap().nlink(), 3);
+    assert!(std::fs::symlink_metadata(p("sp")).unwrap().blocks() < 64);
+    let deep = fixture::deep_dir();
+    let long = fixture::long_name();
+    assert!(!gone(&format!("{deep}/a")) && !gone(&format!("{deep}/{long}")));
+    assert!(!gone(&format!("x/{long}")));
+    let s = std::fs::symlink_metadata(p("s")).unwrap();
+    assert_eq!(s.mode() & 0o7777, 0o4755);
+    assert_eq!(std::fs::symlink_metadata(p("oth")).unwrap().uid(), 1000);
+    assert!(
+        s.mtime() < ops::RECENT,
+        "fixture times must be old: {}",
+        s.mtime()
+    );
+    let names = common::sys::llistxattr(&p("x/a")).unwrap();
+    assert!(names.contains(&"trusted.t".to_string()), "{names:?}");
 }

@@ -187,13 +187,15 @@ impl Adapter {
 impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Layers never change under the mount and every change goes through
-        // this server, so the kernel may cache entries, attributes, symlinks
-        // and listings; readdirplus saves a lookup per listed entry.
+        // this server, so the kernel may cache entries, attributes and
+        // listings; readdirplus saves a lookup per listed entry.
         let wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_CACHE_SYMLINKS
+            // A reused inode number can briefly stand for a new object:
+            // let size/mtime changes drop stale cached pages.
+            | InitFlags::FUSE_AUTO_INVAL_DATA
             // The kernel then checks ACLs and caches them (also their
             // absence), which saves a getxattr round trip per `ls -l` entry.
             | InitFlags::FUSE_POSIX_ACL;

@@ -264,6 +264,7 @@ fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
     let default_perms = c.default_permissions.unwrap_or(true);
     // Backing files on a stacking filesystem need one more level.
     let stack_depth = if fs.layers_on_stacking_fs() { 2 } else { 1 };
+    let union = fs.clone();
     let adapter = Adapter::new(
         fs,
         Duration::from_secs_f64(c.timeout),
@@ -292,6 +293,24 @@ fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
         }
         Err(e) => return Err(format!("mount {}: {e}", c.merged.display())),
     };
+
+    // Changes the kernel cannot see (a copy-up turns a dir into a merged
+    // one, so its nlink changes) are told to it from a thread of its own:
+    // a notification must not be sent from a handler the kernel waits on.
+    let notifier = session.notifier();
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    std::thread::Builder::new()
+        .name("invalidate".into())
+        .spawn(move || {
+            for ino in rx {
+                let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
+            }
+        })
+        .map_err(|e| format!("invalidation thread: {e}"))?;
+    let tx = parking_lot::Mutex::new(tx);
+    union.set_invalidator(Box::new(move |ino| {
+        let _ = tx.lock().send(ino);
+    }));
 
     let merged = c.merged.clone();
     std::thread::Builder::new()

@@ -145,7 +145,8 @@ pub fn linkat(
     Ok(())
 }
 
-/// Gives an O_TMPFILE (no name yet) a name in `dir` via its /proc/self/fd link.
+/// Gives the object of `tmp` (an O_TMPFILE, or any fd of an existing file)
+/// a new name in `dir`, through its /proc/self/fd link.
 pub fn link_tmpfile(tmp: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     let path = proc_fd_path(tmp, None)?;
     // SAFETY: AT_FDCWD with an absolute NUL-terminated path, and a valid target dir fd.
@@ -468,4 +469,20 @@ pub fn open_by_handle(
 pub fn zeroed_stat() -> libc::stat {
     // SAFETY: libc::stat is plain old data; all-zero bytes are a valid value.
     unsafe { std::mem::zeroed() }
+}
+
+/// Sets or clears O_NONBLOCK on an open file.
+pub fn set_nonblock(fd: BorrowedFd<'_>, on: bool) -> Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on a valid fd take and return plain ints.
+    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    let new = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    if new != flags {
+        // SAFETY: as above.
+        check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, new) })?;
+    }
+    Ok(())
 }

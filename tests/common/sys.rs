@@ -341,3 +341,57 @@ impl Drop for SharedMap {
         unsafe { libc::munmap(self.ptr, self.len) };
     }
 }
+
+/// openat2(2) with RESOLVE_* flags (e.g. RESOLVE_IN_ROOT, to resolve symlinks
+/// as a process chrooted at `dir` would); always O_CLOEXEC.
+pub fn openat2(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let p = cstr(path);
+    // SAFETY: all-zero is a valid bit pattern for the plain-data open_how struct.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = mode as u64;
+    how.resolve = resolve;
+    // SAFETY: live dir fd, valid C string, and a pointer/size pair for `how`.
+    let fd = check_long(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            p.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })?;
+    // SAFETY: `fd` was just returned by openat2 and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// setxattr(2), following a final symlink (as `setfattr` does).
+pub fn setxattr(path: &Path, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
+    let p = cstr(path);
+    let n = cstr(name);
+    // SAFETY: valid C strings and a (ptr, len) pair from a live slice.
+    check(unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// removexattr(2), following a final symlink.
+pub fn removexattr(path: &Path, name: &str) -> io::Result<()> {
+    let p = cstr(path);
+    let n = cstr(name);
+    // SAFETY: valid C strings.
+    check(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }).map(drop)
+}
