@@ -219,3 +219,55 @@ fn podman_rootless_uses_unionfs_fuse_as_mount_program() {
         .output();
     check(&out);
 }
+
+/// `unionfs-run --export-layer` writes a layer podman imports as it is:
+/// the rootfs exported as a layer, imported, and run.
+#[test]
+fn podman_imports_an_exported_layer() {
+    if !ready() {
+        return;
+    }
+    let tmp = TempDir::new("podman-import");
+    setup(tmp.path());
+    let layer = tmp.path().join("layer.tar.gz");
+    let run = Path::new(env!("CARGO_BIN_EXE_unionfs-fuse")).with_file_name("unionfs-run");
+    let out = Command::new(&run)
+        .arg("--export-layer")
+        .arg(tmp.path().join("rootfs"))
+        .arg(&layer)
+        .output()
+        .expect("unionfs-run --export-layer");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let short = PathBuf::from(format!("/var/tmp/ufsi-{}", std::process::id()));
+    let storage = format!("--root {0}/R --runroot {0}/RR", short.display());
+    let t = tmp.path().display();
+    let body = format!(
+        "set -e; export CONTAINERS_CONF={t}/containers.conf
+P=\"podman {storage} --storage-driver overlay --storage-opt overlay.mount_program={t}/unionfs-fuse\"
+$P import -q {layer} localhost/imported:1 >/dev/null
+$P run --rm --network=none localhost/imported:1 cat /etc/passwd /var/lib/data/file /usr/share/doc/readme",
+        layer = layer.display()
+    );
+    let out = Command::new("bash")
+        .args(["-c", &body])
+        .output()
+        .expect("podman");
+    let _ = Command::new("bash")
+        .args([
+            "-c",
+            &format!("podman {storage} system reset -f >/dev/null 2>&1"),
+        ])
+        .output();
+    let _ = fs::remove_dir_all(&short);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "root:x:0:0:root:/root:/bin/sh\ndata\ndoc\n");
+}
