@@ -295,21 +295,12 @@ fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
     };
 
     // Changes the kernel cannot see (a copy-up turns a dir into a merged
-    // one, so its nlink changes) are told to it from a thread of its own:
-    // a notification must not be sent from a handler the kernel waits on.
+    // one, so its nlink changes). Offset -1 drops only the attributes: no
+    // page or inode lock is taken, so this is safe from inside a handler,
+    // and the next stat already sees the change.
     let notifier = session.notifier();
-    let (tx, rx) = std::sync::mpsc::channel::<u64>();
-    std::thread::Builder::new()
-        .name("invalidate".into())
-        .spawn(move || {
-            for ino in rx {
-                let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
-            }
-        })
-        .map_err(|e| format!("invalidation thread: {e}"))?;
-    let tx = parking_lot::Mutex::new(tx);
     union.set_invalidator(Box::new(move |ino| {
-        let _ = tx.lock().send(ino);
+        let _ = notifier.inval_inode(fuser::INodeNo(ino), -1, 0);
     }));
 
     let merged = c.merged.clone();
