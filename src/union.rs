@@ -533,8 +533,18 @@ impl Union {
             },
             |n| {
                 // A hard link whose remembered name was unlinked while this
-                // one stayed takes this name as its own.
-                let stale = !n.is_dir() && self.leaf_gone(n);
+                // one stayed takes this name as its own. (When this is the
+                // remembered name, resolve's stat already tells.)
+                let here = {
+                    let st = n.state.read();
+                    st.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && st.name == cn
+                };
+                let stale = !n.is_dir()
+                    && if here {
+                        (r.st.st_dev, r.st.st_ino) != self.leaf_real(n)
+                    } else {
+                        self.leaf_gone(n)
+                    };
                 let mut st = n.state.write();
                 if stale {
                     st.parent = Some(parent.clone());
