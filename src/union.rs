@@ -935,6 +935,14 @@ impl Union {
                 sys::fs::fchmodat(dir, name, mode & 0o7777)?;
             }
         }
+        // A dir made in a setgid dir is setgid too. One staged in the work
+        // dir (over a whiteout) did not inherit it there.
+        if mode & libc::S_IFMT == libc::S_IFDIR && pst.st_mode & libc::S_ISGID != 0 {
+            let st = sys::fs::lstatat(dir, name)?;
+            if st.st_mode & libc::S_ISGID == 0 {
+                sys::fs::fchmodat(dir, name, (st.st_mode & 0o7777) | libc::S_ISGID)?;
+            }
+        }
         Ok(())
     }
 
