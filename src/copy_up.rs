@@ -90,6 +90,9 @@ impl Union {
             }
         }
         node.copied_up.store(true, Ordering::Release);
+        if !node.is_dir() {
+            self.retarget_readers(node);
+        }
         let _ = self.fmt.set_impure(pfd, c"");
         // Linking into the parent changed its times; the kernel restores them.
         let _ = sys::fs::futimens_any(

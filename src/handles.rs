@@ -159,6 +159,21 @@ impl Union {
         Ok(fd)
     }
 
+    /// Moves the read-only files open on `node` to its new upper copy right
+    /// away, so they read the new data even if the name goes away before
+    /// their next read (the kernel switches them at copy-up too).
+    pub(crate) fn retarget_readers(&self, node: &Arc<Node>) {
+        let readers: Vec<Arc<FileHandle>> = self
+            .files
+            .iter()
+            .filter(|h| Arc::ptr_eq(&h.node, node) && !h.upper.load(Ordering::Acquire))
+            .map(|h| h.clone())
+            .collect();
+        for h in readers {
+            let _ = self.current_fd(&h);
+        }
+    }
+
     /// The handle's fd, moved to the upper copy if one appeared since it was
     /// opened, so readers see writes made after a copy-up (as the kernel does).
     fn current_fd(&self, h: &FileHandle) -> Result<Arc<OwnedFd>> {
