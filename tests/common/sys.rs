@@ -357,16 +357,25 @@ pub fn openat2(
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.mode = mode as u64;
     how.resolve = resolve;
-    // SAFETY: live dir fd, valid C string, and a pointer/size pair for `how`.
-    let fd = check_long(unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            p.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    })?;
+    // RESOLVE_IN_ROOT/BENEATH fail with EAGAIN when any rename on the
+    // machine races with a `..` step (rename_lock is global): retry.
+    let mut tries = 0;
+    let fd = loop {
+        // SAFETY: live dir fd, valid C string, and a pointer/size pair for `how`.
+        let r = check_long(unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                p.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        });
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && tries < 100 => tries += 1,
+            r => break r?,
+        }
+    };
     // SAFETY: `fd` was just returned by openat2 and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
