@@ -394,7 +394,7 @@ impl Union {
                 out.push(DirEntry {
                     name: e.name,
                     kind,
-                    ino,
+                    ino: self.nodes.shown_id(ino),
                 });
                 if first_only {
                     return Ok(out);

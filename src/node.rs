@@ -79,7 +79,11 @@ pub struct State {
 
 #[derive(Debug)]
 pub struct Node {
+    /// The FUSE node id, also shown as st_ino (fuser 0.18 uses one for both).
     pub ino: u64,
+    /// The mapped inode number of the backing object. Equals `ino` except
+    /// for a node that got a synthetic id (see `NodeTable::lookup_or_insert`).
+    pub key: u64,
     pub generation: u64,
     /// S_IFMT bits of the object.
     pub kind: u32,
@@ -99,6 +103,7 @@ impl Node {
         };
         Node {
             ino,
+            key: ino,
             generation,
             kind,
             nlookup: AtomicU64::new(0),
@@ -137,18 +142,28 @@ impl Node {
     }
 }
 
+/// Synthetic node ids live above every number `Layers::map_ino` produces.
+const SYNTHETIC_BASE: u64 = 0xC000_0000_0000_0000;
+
 /// FUSE inode number -> node, for every node the kernel holds a reference to.
 #[derive(Debug, Default)]
 pub struct NodeTable {
     map: DashMap<u64, Arc<Node>>,
+    /// Mapped inode number -> synthetic id of the node that now stands for
+    /// the object with that number, while the number's own node still
+    /// belongs to a gone object the kernel holds.
+    displaced: DashMap<u64, u64>,
     next_generation: AtomicU64,
+    next_synthetic: AtomicU64,
 }
 
 impl NodeTable {
     pub fn new() -> NodeTable {
         NodeTable {
             map: DashMap::new(),
+            displaced: DashMap::new(),
             next_generation: AtomicU64::new(1),
+            next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
         }
     }
 
@@ -166,36 +181,85 @@ impl NodeTable {
         self.map.insert(node.ino, node);
     }
 
-    /// Returns the node the kernel should see for `ino`, counting one lookup.
-    /// `same` decides whether an existing node is still the same object;
-    /// `update` refreshes it; otherwise `make` builds a replacement (with a
-    /// new generation, so the kernel never mixes the two).
-    pub fn lookup_or_insert(
-        &self,
-        ino: u64,
-        same: impl FnOnce(&Arc<Node>) -> bool,
-        update: impl FnOnce(&Arc<Node>),
-        make: impl FnOnce(u64) -> Node,
-    ) -> Arc<Node> {
-        // Decide outside the shard guard: `same`/`update` may take node locks.
-        if let Some(existing) = self.get(ino) {
-            if same(&existing) {
-                update(&existing);
-                existing.nlookup.fetch_add(1, Ordering::Relaxed);
-                // The node may have been forgotten meanwhile; put it back.
-                self.map.entry(ino).or_insert_with(|| existing.clone());
-                return existing;
+    /// The node standing for the object whose mapped inode number is `key`.
+    pub fn current(&self, key: u64) -> Option<Arc<Node>> {
+        if !self.displaced.is_empty() {
+            if let Some(node) = self
+                .displaced
+                .get(&key)
+                .map(|id| *id)
+                .and_then(|id| self.get(id))
+            {
+                return Some(node);
             }
         }
-        let node = Arc::new(make(self.next_generation()));
-        // A replaced node's outstanding kernel references will be forgotten
-        // under the same number, so the new node inherits their count.
-        let inherited = self
-            .get(ino)
-            .map(|old| old.nlookup.load(Ordering::Relaxed))
-            .unwrap_or(0);
-        node.nlookup.store(inherited + 1, Ordering::Relaxed);
-        self.map.insert(ino, node.clone());
+        self.get(key)
+    }
+
+    /// The st_ino a listing shows for an object with mapped number `key`.
+    pub fn shown_id(&self, key: u64) -> u64 {
+        if self.displaced.is_empty() {
+            return key;
+        }
+        self.displaced.get(&key).map(|id| *id).unwrap_or(key)
+    }
+
+    /// Returns the node the kernel should see for the object with mapped
+    /// inode number `key`, counting one lookup. `same` decides whether an
+    /// existing node still stands for that object; `update` refreshes it;
+    /// otherwise `make(id, generation)` builds a new node.
+    ///
+    /// A filesystem reuses the inode number of a deleted object. While the
+    /// kernel still holds the old node under that number (an open file, a
+    /// cwd, a FORGET not processed yet), a new generation under the same
+    /// node id would make the kernel mark its inode bad and fail the old
+    /// object's I/O with EIO, and reusing the node would mix the caches of
+    /// two objects. So the new object gets a synthetic id until the kernel
+    /// forgets it; its st_ino then differs from the backing one.
+    pub fn lookup_or_insert(
+        &self,
+        key: u64,
+        same: impl Fn(&Arc<Node>) -> bool,
+        update: impl FnOnce(&Arc<Node>),
+        make: impl FnOnce(u64, u64) -> Node,
+    ) -> Arc<Node> {
+        // Decide outside the shard guards: `same`/`update` may take node locks.
+        let synthetic = if self.displaced.is_empty() {
+            None
+        } else {
+            self.displaced.get(&key).map(|id| *id)
+        };
+        let candidates = [synthetic, Some(key)];
+        for id in candidates.into_iter().flatten() {
+            if let Some(existing) = self.get(id) {
+                if same(&existing) {
+                    update(&existing);
+                    existing.nlookup.fetch_add(1, Ordering::Relaxed);
+                    // The node may have been forgotten meanwhile; put it back.
+                    self.map.entry(id).or_insert_with(|| existing.clone());
+                    return existing;
+                }
+            }
+        }
+        let generation = self.next_generation();
+        let taken = self.map.contains_key(&key);
+        let id = if taken {
+            self.next_synthetic.fetch_add(1, Ordering::Relaxed)
+        } else {
+            key
+        };
+        let mut node = make(id, generation);
+        node.key = key;
+        node.nlookup.store(1, Ordering::Relaxed);
+        let node = Arc::new(node);
+        if taken {
+            self.displaced.insert(key, id);
+        } else {
+            // The number's own node serves again; an older synthetic one
+            // stays valid under its id until the kernel forgets it.
+            self.displaced.remove(&key);
+        }
+        self.map.insert(id, node.clone());
         node
     }
 
@@ -214,8 +278,15 @@ impl NodeTable {
                 Ordering::Relaxed,
             );
             if prev <= n {
-                e.remove();
+                let (_, node) = e.remove_entry();
+                self.unlink_synthetic(&node);
             }
+        }
+    }
+
+    fn unlink_synthetic(&self, node: &Node) {
+        if node.key != node.ino {
+            self.displaced.remove_if(&node.key, |_, id| *id == node.ino);
         }
     }
 
@@ -234,7 +305,8 @@ impl NodeTable {
             if Arc::ptr_eq(e.get(), node) {
                 let prev = node.nlookup.fetch_sub(1, Ordering::Relaxed);
                 if prev <= 1 {
-                    e.remove();
+                    let (_, node) = e.remove_entry();
+                    self.unlink_synthetic(&node);
                 }
             }
         }
@@ -242,7 +314,13 @@ impl NodeTable {
 
     /// Replaces whatever node `ino` maps to (used when an object changes identity).
     pub fn remove_if_same(&self, node: &Arc<Node>) {
-        self.map.remove_if(&node.ino, |_, v| Arc::ptr_eq(v, node));
+        if self
+            .map
+            .remove_if(&node.ino, |_, v| Arc::ptr_eq(v, node))
+            .is_some()
+        {
+            self.unlink_synthetic(node);
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -515,21 +515,18 @@ impl Union {
         let body = r.body.clone();
         let node = self.nodes.lookup_or_insert(
             r.ino,
-            // A single-link object whose remembered name no longer holds it
-            // is gone: its inode number was reused for this new object,
-            // which gets a node (and generation) of its own, so the kernel
-            // never mixes their caches.
-            //
-            // Only while the kernel has forgotten the old node: a new
-            // generation for a number the kernel still holds would make it
-            // fail the I/O of files still open on the old object (EIO).
+            // A single-link object whose remembered name no longer holds it,
+            // or a removed dir, is gone: its inode number was reused for
+            // this new object, which gets a node of its own (see
+            // `NodeTable::lookup_or_insert`), so the kernel never mixes them.
             |n| {
                 n.kind == kind
                     && n.ino != ROOT_INO
-                    && (n.is_dir()
-                        || r.st.st_nlink > 1
-                        || self.nodes.is_referenced(n)
-                        || !self.leaf_gone(n))
+                    && if n.is_dir() {
+                        !self.dir_gone(n)
+                    } else {
+                        r.st.st_nlink > 1 || !self.leaf_gone(n)
+                    }
             },
             |n| {
                 // A hard link whose remembered name was unlinked while this
@@ -573,9 +570,9 @@ impl Union {
                     st.aliases.push((parent.clone(), cn.clone()));
                 }
             },
-            |generation| {
+            |id, generation| {
                 Node::new(
-                    r.ino,
+                    id,
                     generation,
                     kind,
                     State {
@@ -663,6 +660,14 @@ impl Union {
     }
 
     /// Whether a non-dir node's remembered name no longer holds its object.
+    /// Whether a dir node's upper dir was removed (lower dirs never are).
+    fn dir_gone(&self, n: &Node) -> bool {
+        n.dir_body()
+            .and_then(|d| d.upper)
+            .and_then(|u| sys::fs::fstat(bfd(&*u.fd)).ok())
+            .is_some_and(|st| st.st_nlink == 0)
+    }
+
     fn leaf_gone(&self, n: &Node) -> bool {
         self.leaf_loc(n)
             .and_then(|(d, nm)| sys::fs::lstatat(bfd(&*d), &nm))
@@ -1136,7 +1141,7 @@ impl Union {
 
     /// Drops `parent/name` from the node that carried it.
     fn forget_name(&self, parent: &Arc<Node>, name: &CStr, ino: u64) {
-        let Some(node) = self.nodes.get(ino) else {
+        let Some(node) = self.nodes.current(ino) else {
             return;
         };
         let mut st = node.state.write();
