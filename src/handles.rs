@@ -87,9 +87,11 @@ impl Union {
     }
 
     /// An open file's fd and whether it is the upper copy (for passthrough).
-    pub fn file_backing(&self, fh: u64) -> Option<(Arc<OwnedFd>, bool)> {
+    /// An open file's fd, whether it is in the upper layer, and its node's
+    /// generation (an inode number can stand for a new object later).
+    pub fn file_backing(&self, fh: u64) -> Option<(Arc<OwnedFd>, bool, u64)> {
         let h = self.files.get(&fh).map(|h| h.clone())?;
-        Some((h.fd(), h.upper.load(Ordering::Acquire)))
+        Some((h.fd(), h.upper.load(Ordering::Acquire), h.node.generation))
     }
 
     fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {

@@ -42,14 +42,14 @@ impl Adapter {
         }
     }
 
-    /// Whether open file `fh` may pass through, and its fd.
-    fn backing_of(&self, fh: u64) -> (Option<Arc<std::os::fd::OwnedFd>>, bool) {
+    /// Whether open file `fh` may pass through, its fd and its node's generation.
+    fn backing_of(&self, fh: u64) -> (Option<Arc<std::os::fd::OwnedFd>>, bool, u64) {
         match self.fs.file_backing(fh) {
-            Some((fd, upper)) => {
+            Some((fd, upper, generation)) => {
                 let ok = upper || !self.fs.has_upper() || self.pt.mode() == passthrough::Mode::All;
-                (Some(fd), ok)
+                (Some(fd), ok, generation)
             }
-            None => (None, false),
+            None => (None, false, 0),
         }
     }
 
@@ -60,16 +60,24 @@ impl Adapter {
         fh: u64,
         backing: impl FnOnce(&std::os::fd::OwnedFd) -> std::io::Result<fuser::BackingId>,
     ) -> Open {
-        let (fd, eligible) = self.backing_of(fh);
-        self.pt
-            .open(ino, fh, eligible && fd.is_some(), || match &fd {
+        let (fd, eligible, generation) = self.backing_of(fh);
+        self.pt.open(
+            (ino, generation),
+            fh,
+            eligible && fd.is_some(),
+            || match &fd {
                 Some(fd) => backing(fd),
                 None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
-            })
+            },
+        )
     }
 }
 
 fn ferr(e: Errno) -> FErrno {
+    if e == Errno::EIO || e == Errno::EINVAL || e == Errno::ESTALE {
+        // Unusual answers: `RUST_LOG=unionfs::reply=debug` ties them to requests.
+        log::debug!(target: "unionfs::reply", "{:?} answered {e}", std::thread::current().name());
+    }
     FErrno::from_i32(e.raw())
 }
 

@@ -32,9 +32,11 @@ enum NodeIo {
 pub struct Passthrough {
     mode: Mode,
     enabled: AtomicBool,
-    nodes: DashMap<u64, Arc<Mutex<NodeIo>>>,
-    /// fh -> (ino, passthrough?)
-    handles: DashMap<u64, (u64, bool)>,
+    /// Keyed by (inode number, node generation): a RELEASE of the old object
+    /// may arrive after its number stands for a new one.
+    nodes: DashMap<(u64, u64), Arc<Mutex<NodeIo>>>,
+    /// fh -> (node key, passthrough?)
+    handles: DashMap<u64, ((u64, u64), bool)>,
 }
 
 /// How to answer an open.
@@ -62,20 +64,20 @@ impl Passthrough {
         self.enabled.store(true, Ordering::Relaxed);
     }
 
-    /// Decides how `fh` of `ino` is opened. `eligible` says whether the file
+    /// Decides how `fh` of node `key` is opened. `eligible` says whether the file
     /// may pass through; `backing` opens a backing id for it.
     pub fn open(
         &self,
-        ino: u64,
+        key: (u64, u64),
         fh: u64,
         eligible: bool,
         backing: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> Open {
         let (slot, mut io) = loop {
-            let slot = self.nodes.entry(ino).or_default().clone();
+            let slot = self.nodes.entry(key).or_default().clone();
             let io = slot.lock_arc();
             // A release may have retired this slot meanwhile: take the live one.
-            if self.nodes.get(&ino).is_some_and(|s| Arc::ptr_eq(&s, &slot)) {
+            if self.nodes.get(&key).is_some_and(|s| Arc::ptr_eq(&s, &slot)) {
                 break (slot, io);
             }
         };
@@ -118,16 +120,16 @@ impl Passthrough {
             }
         };
         self.handles
-            .insert(fh, (ino, matches!(decision, Open::Passthrough(_))));
+            .insert(fh, (key, matches!(decision, Open::Passthrough(_))));
         decision
     }
 
     /// Forgets `fh`; the node's backing id goes when its last handle does.
     pub fn release(&self, fh: u64) {
-        let Some((_, (ino, _))) = self.handles.remove(&fh) else {
+        let Some((_, (key, _))) = self.handles.remove(&fh) else {
             return;
         };
-        let Some(slot) = self.nodes.get(&ino).map(|s| s.clone()) else {
+        let Some(slot) = self.nodes.get(&key).map(|s| s.clone()) else {
             return;
         };
         let mut io = slot.lock();
@@ -141,7 +143,7 @@ impl Passthrough {
         if left == 0 {
             *io = NodeIo::Idle;
             // Retired while still locked, so a racing open sees it gone.
-            self.nodes.remove_if(&ino, |_, s| Arc::ptr_eq(s, &slot));
+            self.nodes.remove_if(&key, |_, s| Arc::ptr_eq(s, &slot));
         }
     }
 }
