@@ -6,15 +6,18 @@
 #
 #   bash tests/bench.sh                 # default size, 3 runs per cell
 #   SIZE=smoke REPS=1 bash tests/bench.sh   # tiny, for CI
+#   SCALE=1 bash tests/bench.sh         # also the scale targets (second table)
+#   SCALE=only SIZE=smoke bash tests/bench.sh   # just the scale part, tiny
 #
 # Environment: SIZE=smoke|default|large, REPS=3, BENCH_DIR=/var/tmp/unionfs-bench,
-# IMPLS="kernel ours ours-pt-all fuse-overlayfs", BIN=target/release/unionfs-fuse.
+# IMPLS="kernel ours ours-pt-all fuse-overlayfs", BIN=target/release/unionfs-fuse,
+# SCALE=|1|only, SCALE_LAYERS, SCALE_FILES, SCALE_ENTRIES (override the SIZE's).
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
 
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root" >&2; exit 2; }
-: "${SIZE:=default}" "${REPS:=3}" "${BENCH_DIR:=/var/tmp/unionfs-bench}"
+: "${SIZE:=default}" "${REPS:=3}" "${BENCH_DIR:=/var/tmp/unionfs-bench}" "${SCALE:=}"
 : "${BIN:=$PWD/target/release/unionfs-fuse}"
 case "$SIZE" in
     smoke)   DIRS=20;  FILES=20;  BIG_MB=16;  COPYUP=100 ;;
@@ -22,6 +25,15 @@ case "$SIZE" in
     large)   DIRS=300; FILES=100; BIG_MB=1024; COPYUP=2000 ;;
     *) echo "bench.sh: SIZE must be smoke, default or large" >&2; exit 2 ;;
 esac
+case "$SCALE" in
+    ""|0|1|only) ;;
+    *) echo "bench.sh: SCALE must be unset, 0, 1 or only" >&2; exit 2 ;;
+esac
+# Scale part: layers in the deep stack, files looked up through it, and
+# entries in the big tree that is walked for memory (see scale_part).
+if [ "$SIZE" = smoke ]; then d_layers=10 d_files=200 d_entries=20000
+else d_layers=50 d_files=2000 d_entries=1000000; fi
+: "${SCALE_LAYERS:=$d_layers}" "${SCALE_FILES:=$d_files}" "${SCALE_ENTRIES:=$d_entries}"
 if [ -z "${IMPLS:-}" ]; then
     IMPLS="kernel ours ours-pt-all"
     command -v fuse-overlayfs >/dev/null && IMPLS="$IMPLS fuse-overlayfs"
@@ -30,8 +42,222 @@ fi
 B=$BENCH_DIR
 MNT=$B/merged
 
-cleanup() { mountpoint -q "$MNT" 2>/dev/null && umount -l "$MNT"; true; }
+S=$B/scale      # a tmpfs of our own, only while the scale part runs
+SM=$S/merged
+S_TMPFS=        # set once we have mounted the tmpfs on $S
+cleanup() {
+    local m
+    for m in "$MNT" "$SM"; do mountpoint -q "$m" 2>/dev/null && umount -l "$m"; done
+    if [ -n "$S_TMPFS" ] && mountpoint -q "$S" 2>/dev/null; then umount -l "$S"; fi
+    true
+}
 trap cleanup EXIT
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# --- scale part (SCALE=1 or SCALE=only) ------------------------------------
+# Targets from the performance issue: a deep stack mounts well under a
+# second, a lookup through 50 lowers costs at most twice one through 2, and a
+# walk of a 1M-entry lower keeps the server's memory flat. It all lives on a
+# tmpfs of our own (empty files cost no pages, and its dentries stay pinned,
+# so drop_caches only empties the FUSE side); the tree is rebuilt every run
+# (about 10 s for 1M entries), as the tmpfs goes away in the EXIT trap.
+s_build() {
+    mkdir -p "$S"
+    mountpoint -q "$S" && { echo "bench.sh: $S is already mounted (another run?)" >&2; exit 1; }
+    mount -t tmpfs -o "size=4G,nr_inodes=$((SCALE_ENTRIES + 1000000)),mode=755" bench-scale "$S"
+    S_TMPFS=1
+    echo "bench.sh: building the scale trees in $S" >&2
+    # Layers L/1..L/(n-1) and the bottom L/b each hold a few files (one name
+    # shadowed in all of them), a subdir and the dirs d1..d20; only L/b has
+    # the files that are looked up. big/ has SCALE_ENTRIES entries: dirs of
+    # one dir + 999 empty files.
+    python3 - "$S" "$SCALE_LAYERS" "$SCALE_FILES" "$SCALE_ENTRIES" <<'PY'
+import os, sys
+root, layers, files, entries = sys.argv[1], *map(int, sys.argv[2:])
+def touch(path, data=b""):
+    with open(path, "wb") as f:
+        f.write(data)
+names = [str(i) for i in range(1, layers)] + ["b"]
+for n in names:
+    l = f"{root}/L/{n}"
+    os.makedirs(f"{l}/sub")
+    touch(f"{l}/common", f"layer {n}\n".encode())
+    touch(f"{l}/only-{n}", b"x\n")
+    touch(f"{l}/sub/s-{n}")
+    for d in range(1, 21):
+        os.mkdir(f"{l}/d{d}")
+with open(f"{root}/list", "w") as lst:
+    for i in range(files):
+        p = f"d{i % 20 + 1}/f{i}"
+        touch(f"{root}/L/b/{p}", b"bottom\n")
+        lst.write(f"{root}/merged/{p}\n")
+os.makedirs(f"{root}/empty")
+for d in range(max(entries // 1000, 1)):
+    p = f"{root}/big/d{d}"
+    os.makedirs(p)
+    fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+    for f in range(999):
+        os.close(os.open(f"f{f}", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    os.close(fd)
+PY
+}
+
+# s_mount IMPL LOWERS [ro]: LOWERS is colon-separated and relative to $S. The
+# kernel gets it relative (run from $S) so even 500 lowers fit the 4 KiB
+# option page of mount(2); ours gets absolute paths, as it daemonises.
+# s_fresh empties the upper first, outside of any timing.
+s_fresh() { rm -rf "$S/upper" "$S/work"; mkdir -p "$S/upper" "$S/work" "$SM"; }
+s_mount() {
+    case "$1,${3:-rw}" in
+        kernel,rw) (cd "$S" && mount -t overlay overlay -o "lowerdir=$2,upperdir=$S/upper,workdir=$S/work" "$SM") ;;
+        kernel,ro) (cd "$S" && mount -t overlay overlay -o "lowerdir=$2" "$SM") ;;
+        ours,rw) "$BIN" "$S/${2//:/:$S/}" "$S/upper" "$SM" -o "workdir=$S/work" ;;
+        ours,ro) "$BIN" "$S/${2//:/:$S/}" "$SM" ;;
+    esac
+}
+s_umount() { umount "$SM" 2>/dev/null || umount -l "$SM"; sleep 0.2; }
+s_mounted() { grep -q " $SM " /proc/self/mountinfo; }
+s_stack() { # N: lowers of an N-layer stack, top first, ending at the bottom L/b
+    local i out=""
+    for i in $(seq 1 "$(($1 - 1))"); do out+="L/$i:"; done
+    echo "${out}L/b"
+}
+# The unionfs-fuse process serving $SM: the one with $SM as an argument.
+s_pid() {
+    local p
+    for p in $(pgrep -f -- "$SM"); do
+        tr '\0' '\n' < "/proc/$p/cmdline" 2>/dev/null | grep -qxF -- "$SM" && { echo "$p"; return; }
+    done
+    echo "bench.sh: no unionfs-fuse process for $SM" >&2; exit 1
+}
+s_sample() { # PID: "VmRSS_KiB VmHWM_KiB open_fds"
+    local fds=("/proc/$1/fd/"*)
+    echo "$(awk '/^VmRSS:/ {r = $2} /^VmHWM:/ {h = $2} END {print r, h}' "/proc/$1/status") ${#fds[@]}"
+}
+calc() { awk "BEGIN {print $*}"; }
+
+scale_part() {
+    command -v python3 >/dev/null || { echo "bench.sh: the scale part needs python3" >&2; exit 2; }
+    s_build
+    local deep impl n i s e t times c
+
+    # 1. Mount time of the deep stack: from launching the command until the
+    # mount is in mountinfo (ours daemonises only once it is mounted).
+    deep=$(s_stack "$SCALE_LAYERS")
+    declare -A SR
+    for impl in kernel ours; do
+        times=()
+        for _ in $(seq 1 "$REPS"); do
+            s_fresh
+            s=$EPOCHREALTIME
+            if ! s_mount "$impl" "$deep"; then
+                [ "$impl" = kernel ] || { echo "bench.sh: $impl failed to mount" >&2; exit 1; }
+                times=(); break
+            fi
+            for i in $(seq 1 500); do s_mounted && break; sleep 0.01; done
+            e=$EPOCHREALTIME
+            s_mounted || { echo "bench.sh: $impl did not mount $SM" >&2; exit 1; }
+            times+=("$(calc "($e - $s) * 1000")")
+            s_umount
+        done
+        if [ ${#times[@]} -gt 0 ]; then
+            SR[mount,$impl]=$(printf '%s\n' "${times[@]}" | median)
+        else
+            SR[mount,$impl]=n/a
+            SR[note]="kernel overlayfs refused the $SCALE_LAYERS-lower mount (see stderr)."
+            mountpoint -q "$SM" && s_umount
+        fi
+        echo "bench.sh: scale mount_$SCALE_LAYERS $impl ${SR[mount,$impl]} ms" >&2
+    done
+
+    # 2. Lookups of files that only the bottom layer has, through 2 and
+    # through SCALE_LAYERS lowers whose dirs all merge. A fresh mount per rep
+    # empties the server's caches and the kernel's FUSE dentries; the page
+    # cache and the tmpfs dentries (incl. negative ones, after the unmeasured
+    # first pass) stay warm, so this is the server's per-layer probing.
+    for impl in kernel ours; do
+        for n in 2 "$SCALE_LAYERS"; do
+            times=()
+            for i in $(seq 0 "$REPS"); do
+                s_fresh; s_mount "$impl" "$(s_stack "$n")"
+                s=$EPOCHREALTIME
+                xargs stat -c %s < "$S/list" >/dev/null
+                e=$EPOCHREALTIME
+                s_umount
+                [ "$i" -gt 0 ] && times+=("$(calc "($e - $s) * 1000")")
+            done
+            SR[lookup$n,$impl]=$(printf '%s\n' "${times[@]}" | median)
+            echo "bench.sh: scale lookup_$n $impl ${SR[lookup$n,$impl]} ms" >&2
+        done
+        SR[ratio,$impl]=$(calc "${SR[lookup$SCALE_LAYERS,$impl]} / ${SR[lookup2,$impl]}")
+    done
+
+    # 3. Walk the big tree read-only (over an empty second lower, as the
+    # kernel needs two) and sample the server's memory and fds: mounted,
+    # after a walk, after drop_caches=2 makes the kernel FORGET its inodes,
+    # after a second walk, and after a second drop.
+    local expect=$(( $(( SCALE_ENTRIES / 1000 > 0 ? SCALE_ENTRIES / 1000 : 1 )) * 1000 + 1 ))
+    s_fresh; s_mount kernel big:empty ro
+    s=$EPOCHREALTIME; n=$(find "$SM" | wc -l); e=$EPOCHREALTIME
+    SR[walk,kernel]=$(calc "$e - $s"); SR[count,kernel]=$n
+    s_umount
+    s_fresh; s_mount ours big:empty ro
+    local pid phases=() samples=()
+    pid=$(s_pid)
+    phases+=("mounted"); samples+=("$(s_sample "$pid")")
+    for i in 1 2; do
+        s=$EPOCHREALTIME; n=$(find "$SM" | wc -l); e=$EPOCHREALTIME
+        SR[walk$i,ours]=$(calc "$e - $s"); SR[count$i,ours]=$n
+        phases+=("after walk $i"); samples+=("$(s_sample "$pid")")
+        echo "bench.sh: scale walk_$i ours ${SR[walk$i,ours]} s, $n entries" >&2
+        echo 2 > /proc/sys/vm/drop_caches; sleep 2
+        phases+=("after drop_caches=2 ($i)"); samples+=("$(s_sample "$pid")")
+    done
+    s_umount
+    local base hwm1 drop1 hwm2 count_note=""
+    read -r base _ _ <<< "${samples[0]}"
+    read -r _ hwm1 _ <<< "${samples[1]}"
+    read -r drop1 _ _ <<< "${samples[2]}"
+    read -r _ hwm2 _ <<< "${samples[3]}"
+    for c in "${SR[count,kernel]}" "${SR[count1,ours]}" "${SR[count2,ours]}"; do
+        [ "$c" = "$expect" ] || count_note=" (expected $expect entries, got kernel ${SR[count,kernel]}, ours ${SR[count1,ours]} and ${SR[count2,ours]})"
+    done
+    # "Near the baseline" and "not beyond the first peak" need a tolerance:
+    # a quarter, resp. a tenth, of what the first walk added (min 4 MiB).
+    local grow tol_drop tol_peak
+    grow=$((hwm1 - base)); tol_drop=$((grow / 4 > 4096 ? grow / 4 : 4096)); tol_peak=$((grow / 10 > 4096 ? grow / 10 : 4096))
+    yn() { if [ "$(calc "($1) ? 1 : 0")" = 1 ]; then echo yes; else echo no; fi; }
+    mib() { calc "$1 / 1024" | xargs printf '%.1f'; }
+
+    echo
+    echo "unionfs-fuse scale targets ($SIZE: $SCALE_LAYERS lowers, $SCALE_FILES files, $SCALE_ENTRIES entries; median of $REPS), $(date -u +%Y-%m-%d), $(nproc) CPUs, kernel $(uname -r)"
+    echo
+    echo "| measure | ours | kernel | target | ours meets it |"
+    echo "|---|---|---|---|---|"
+    if [ "${SR[mount,kernel]}" = n/a ]; then t=n/a; else t=$(printf '%.1f ms' "${SR[mount,kernel]}"); fi
+    printf '| mount, %s lowers + upper | %.1f ms | %s | well under 1 s (< 250 ms) | %s |\n' "$SCALE_LAYERS" "${SR[mount,ours]}" "$t" "$(yn "${SR[mount,ours]} < 250")"
+    printf '| stat %s bottom-layer files, 2 lowers | %.1f ms | %.1f ms | | |\n' "$SCALE_FILES" "${SR[lookup2,ours]}" "${SR[lookup2,kernel]}"
+    printf '| stat %s bottom-layer files, %s lowers | %.1f ms | %.1f ms | | |\n' "$SCALE_FILES" "$SCALE_LAYERS" "${SR[lookup$SCALE_LAYERS,ours]}" "${SR[lookup$SCALE_LAYERS,kernel]}"
+    printf '| lookup cost, %s lowers / 2 lowers | %.2fx | %.2fx | <= 2.0x | %s |\n' "$SCALE_LAYERS" "${SR[ratio,ours]}" "${SR[ratio,kernel]}" "$(yn "${SR[ratio,ours]} <= 2.0")"
+    printf '| find of %s entries, walk 1 / walk 2 | %.2f s / %.2f s | %.2f s | | |\n' "${SR[count1,ours]}" "${SR[walk1,ours]}" "${SR[walk2,ours]}" "${SR[walk,kernel]}"
+    printf '| server RSS after drop_caches=2 vs mounted | %s / %s MiB | | near the mounted RSS (+%s MiB) | %s |\n' "$(mib "$drop1")" "$(mib "$base")" "$(mib "$tol_drop")" "$(yn "$drop1 <= $base + $tol_drop")"
+    printf '| server peak (VmHWM) after walk 2 vs walk 1 | %s / %s MiB | | not above walk 1 (+%s MiB) | %s |\n' "$(mib "$hwm2")" "$(mib "$hwm1")" "$(mib "$tol_peak")" "$(yn "$hwm2 <= $hwm1 + $tol_peak")"
+    echo
+    echo "Server process over the $SCALE_ENTRIES-entry walk$count_note:"
+    echo
+    echo "| phase | VmRSS (MiB) | VmHWM (MiB) | open fds |"
+    echo "|---|---|---|---|"
+    for i in "${!phases[@]}"; do
+        read -r r h f <<< "${samples[$i]}"
+        printf '| %s | %s | %s | %s |\n' "${phases[$i]}" "$(mib "$r")" "$(mib "$h")" "$f"
+    done
+    if [ -n "${SR[note]:-}" ]; then echo; echo "${SR[note]}"; fi
+    umount "$S" 2>/dev/null || umount -l "$S"
+    S_TMPFS=
+}
+
+if [ "$SCALE" = only ]; then scale_part; exit 0; fi
 
 # --- fixture ---------------------------------------------------------------
 if [ ! -f "$B/.done-$SIZE" ]; then
@@ -80,8 +306,6 @@ WORKLOADS=(
     "untar_rm|fresh|tar xf $B/src.tar -C \$MNT && rm -rf \$MNT/tree"
 )
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-
 declare -A RESULT
 for w in "${WORKLOADS[@]}"; do
     IFS='|' read -r name kind cmd <<< "$w"
@@ -119,3 +343,5 @@ for w in "${WORKLOADS[@]}"; do
     done
     echo
 done
+
+if [ "$SCALE" = 1 ]; then scale_part; fi
