@@ -36,14 +36,7 @@ impl FileHandle {
     }
 }
 
-/// One entry of a merged directory listing.
-#[derive(Clone, Debug)]
-pub struct DirEntry {
-    pub name: OsString,
-    /// S_IFMT bits, or 0 when unknown.
-    pub kind: u32,
-    pub ino: u64,
-}
+pub use crate::node::DirEntry;
 
 /// An open directory: its merged listing, taken once per rewind.
 #[derive(Debug)]
@@ -312,24 +305,73 @@ impl Union {
         let h = self.dirs.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)?;
         let mut cur = h.entries.lock();
         if offset == 0 || cur.is_none() {
-            let body = h.node.dir_body().ok_or(Errno::ENOTDIR)?;
-            let parent_ino = h.node.parent().map(|p| p.ino).unwrap_or(h.node.ino);
-            let mut v = vec![
-                DirEntry {
-                    name: ".".into(),
-                    kind: libc::S_IFDIR,
-                    ino: self.shown_ino(h.node.ino),
-                },
-                DirEntry {
-                    name: "..".into(),
-                    kind: libc::S_IFDIR,
-                    ino: self.shown_ino(parent_ino),
-                },
-            ];
-            v.extend(self.merged_entries(&body, false)?);
+            let mut v = self.listing_of(&h.node)?;
+            for (i, e) in v.iter_mut().enumerate() {
+                e.cookie = i as u64 + 1;
+            }
             *cur = Some(Arc::new(v));
         }
         cur.clone().ok_or(Errno::EIO)
+    }
+
+    /// The listing of dir `ino` for a read without an open handle (the
+    /// kernel skips OPENDIR when we answer ENOSYS), in cookie order. A
+    /// cookie is derived from the name, so a read that resumes after the
+    /// dir changed, or after another reader took a fresh snapshot, goes on
+    /// at the right entry: names still there are listed exactly once.
+    pub fn dir_listing(&self, ino: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+        let node = self.node(ino)?;
+        if offset != 0 {
+            if let Some(v) = node.listing.lock().clone() {
+                return Ok(v);
+            }
+        }
+        let mut v = self.listing_of(&node)?;
+        for (i, e) in v.iter_mut().enumerate() {
+            e.cookie = match i {
+                0 | 1 => i as u64 + 1,
+                _ => name_cookie(&e.name),
+            };
+        }
+        v.sort_by_key(|e| e.cookie);
+        // Equal hashes (practically never): keep cookies unique.
+        for i in 1..v.len() {
+            if v[i].cookie <= v[i - 1].cookie {
+                v[i].cookie = v[i - 1].cookie + 1;
+            }
+        }
+        let v = Arc::new(v);
+        *node.listing.lock() = Some(v.clone());
+        Ok(v)
+    }
+
+    /// A read reached the end of dir `ino`: its snapshot is not needed.
+    pub fn dir_listing_done(&self, ino: u64) {
+        if let Ok(node) = self.node(ino) {
+            node.listing.lock().take();
+        }
+    }
+
+    /// `.`, `..` and the merged entries of a dir node.
+    fn listing_of(&self, node: &Arc<Node>) -> Result<Vec<DirEntry>> {
+        let body = node.dir_body().ok_or(Errno::ENOTDIR)?;
+        let parent_ino = node.parent().map(|p| p.ino).unwrap_or(node.ino);
+        let mut v = vec![
+            DirEntry {
+                name: ".".into(),
+                kind: libc::S_IFDIR,
+                ino: self.shown_ino(node.ino),
+                cookie: 0,
+            },
+            DirEntry {
+                name: "..".into(),
+                kind: libc::S_IFDIR,
+                ino: self.shown_ino(parent_ino),
+                cookie: 0,
+            },
+        ];
+        v.extend(self.merged_entries(&body, false)?);
+        Ok(v)
     }
 
     /// Looks up one listed entry for readdirplus (counts a kernel lookup).
@@ -397,6 +439,7 @@ impl Union {
                     name: e.name,
                     kind,
                     ino: self.nodes.shown_id(ino),
+                    cookie: 0,
                 });
                 if first_only {
                     return Ok(out);
@@ -406,4 +449,13 @@ impl Union {
         }
         Ok(out)
     }
+}
+
+/// A readdir cookie for `name`: above 2 (`.` and `..`), below 2^63 (offsets
+/// are signed in user space), the same in every run.
+fn name_cookie(name: &std::ffi::OsStr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    (h.finish() >> 2) + 3
 }

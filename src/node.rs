@@ -41,6 +41,17 @@ impl LayerDir {
     }
 }
 
+/// One entry of a merged directory listing.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: std::ffi::OsString,
+    /// S_IFMT bits, or 0 when unknown.
+    pub kind: u32,
+    pub ino: u64,
+    /// The readdir offset of the entry after this one is read.
+    pub cookie: u64,
+}
+
 /// Where a directory's parts live.
 #[derive(Clone, Debug, Default)]
 pub struct DirBody {
@@ -93,6 +104,8 @@ pub struct Node {
     pub dir_lock: Mutex<()>,
     /// Set once the object has been copied up; read handles reopen on it.
     pub copied_up: AtomicBool,
+    /// A dir's listing between reads that continue it (see `dir_listing`).
+    pub listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
 }
 
 impl Node {
@@ -111,6 +124,7 @@ impl Node {
             copy_lock: Mutex::new(()),
             dir_lock: Mutex::new(()),
             copied_up: AtomicBool::new(copied),
+            listing: Mutex::new(None),
         }
     }
 
@@ -155,6 +169,10 @@ pub struct NodeTable {
     displaced: DashMap<u64, u64>,
     next_generation: AtomicU64,
     next_synthetic: AtomicU64,
+    /// Forgets since the last check, and the node count seen at the last
+    /// check: the server trims its heap once most nodes are gone.
+    forgets: AtomicU64,
+    high_water: AtomicU64,
 }
 
 impl NodeTable {
@@ -164,6 +182,8 @@ impl NodeTable {
             displaced: DashMap::new(),
             next_generation: AtomicU64::new(1),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            forgets: AtomicU64::new(0),
+            high_water: AtomicU64::new(0),
         }
     }
 
@@ -282,6 +302,21 @@ impl NodeTable {
                 self.unlink_synthetic(&node);
             }
         }
+    }
+
+    /// Whether the table shrank to under half its size at the last check
+    /// (checked every 4096 forgets): then freed memory is worth returning.
+    pub fn shrank(&self) -> bool {
+        if self.forgets.fetch_add(1, Ordering::Relaxed) % 4096 != 4095 {
+            return false;
+        }
+        let now = self.map.len() as u64;
+        let high = self.high_water.fetch_max(now, Ordering::Relaxed).max(now);
+        if high >= 8192 && now < high / 2 {
+            self.high_water.store(now, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     fn unlink_synthetic(&self, node: &Node) {

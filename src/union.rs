@@ -605,6 +605,9 @@ impl Union {
     pub fn forget(&self, ino: u64, n: u64) {
         if ino != ROOT_INO {
             self.nodes.forget(ino, n);
+            if self.nodes.shrank() {
+                sys::proc::trim_heap();
+            }
         }
     }
 

@@ -30,6 +30,10 @@ pub struct Adapter {
     ttl: Duration,
     pt: Passthrough,
     stack_depth: u32,
+    /// The kernel lets us answer OPENDIR with ENOSYS; it then never sends
+    /// OPENDIR/RELEASEDIR again (two round trips less per dir open) and
+    /// caches listings by default.
+    no_opendir: bool,
 }
 
 impl Adapter {
@@ -39,6 +43,28 @@ impl Adapter {
             ttl,
             pt: Passthrough::new(pt),
             stack_depth,
+            no_opendir: false,
+        }
+    }
+
+    /// A dir's listing for a read at `offset`: by open handle, or by node
+    /// when the kernel skips OPENDIR (fh 0).
+    fn listing(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> crate::errno::Result<Arc<Vec<crate::handles::DirEntry>>> {
+        if fh == 0 {
+            self.fs.dir_listing(ino, offset)
+        } else {
+            self.fs.dir_snapshot(fh, offset)
+        }
+    }
+
+    fn listing_done(&self, ino: u64, fh: u64) {
+        if fh == 0 {
+            self.fs.dir_listing_done(ino);
         }
     }
 
@@ -211,6 +237,11 @@ impl Filesystem for Adapter {
             let _ = config.add_capabilities(flag);
         }
         let _ = config.set_max_write(1 << 20);
+        self.no_opendir = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            // Tests set this to exercise the per-handle path of older kernels.
+            && std::env::var_os("UNIONFS_OPENDIR").is_none();
         if self.pt.mode() != passthrough::Mode::Off
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(self.stack_depth).is_ok()
@@ -470,6 +501,10 @@ impl Filesystem for Adapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            // Reads then come with fh 0 and are served by node (`dir_listing`).
+            return reply.error(FErrno::ENOSYS);
+        }
         guarded("opendir", || match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(
                 FileHandle(fh),
@@ -482,15 +517,19 @@ impl Filesystem for Adapter {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        guarded("readdir", || match self.fs.dir_snapshot(fh.0, offset) {
+        guarded("readdir", || match self.listing(ino.0, fh.0, offset) {
             Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
+                let start = entries.partition_point(|e| e.cookie <= offset);
+                if start == entries.len() {
+                    self.listing_done(ino.0, fh.0);
+                }
+                for e in &entries[start..] {
+                    if reply.add(INodeNo(e.ino), e.cookie, file_type(e.kind), &e.name) {
                         break;
                     }
                 }
@@ -508,9 +547,13 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        guarded("readdirplus", || match self.fs.dir_snapshot(fh.0, offset) {
+        guarded("readdirplus", || match self.listing(ino.0, fh.0, offset) {
             Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                let start = entries.partition_point(|e| e.cookie <= offset);
+                if start == entries.len() {
+                    self.listing_done(ino.0, fh.0);
+                }
+                for e in &entries[start..] {
                     let dots = e.name == "." || e.name == "..";
                     let looked = if dots {
                         // The kernel takes no reference for these; any attrs do.
@@ -528,7 +571,7 @@ impl Filesystem for Adapter {
                     };
                     let full = reply.add(
                         INodeNo(st.st_ino),
-                        (i + 1) as u64,
+                        e.cookie,
                         &e.name,
                         &self.ttl,
                         &to_attr(&st),

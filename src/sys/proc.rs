@@ -130,6 +130,16 @@ pub fn raise_nofile_limit() {
     }
 }
 
+/// Gives freed heap memory back to the system: glibc keeps it in its arenas
+/// otherwise, so the server's RSS would stay at its peak after the kernel
+/// forgot a big walk's inodes.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only releases the allocator's own free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Sets the process umask; the server applies callers' modes exactly.
 pub fn set_umask(mask: u32) {
     // SAFETY: umask cannot fail.
