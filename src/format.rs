@@ -11,11 +11,13 @@
 //! - OCI layer whiteouts (`.wh.NAME`, `.wh..wh..opq`) in lower layers are read
 //!   when enabled; they are never written.
 
+use std::collections::HashSet;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::errno::{Errno, Result};
+use crate::node::LayerNames;
 use crate::sys;
 
 const OCI_PREFIX: &[u8] = b".wh.";
@@ -202,22 +204,31 @@ impl Format {
         Some(OsStr::from_bytes(rest))
     }
 
-    /// The names that OCI `.wh.NAME` entries of layer dir `dir` hide.
-    pub fn oci_whiteouts_in(&self, dir: BorrowedFd<'_>) -> std::collections::HashSet<OsString> {
-        let mut out = std::collections::HashSet::new();
-        if !self.oci {
+    /// Reads lower layer dir `dir` once: the names its OCI `.wh.NAME`
+    /// entries hide, and with `keep` (up to `max` entries) every name in it.
+    pub fn scan_layer_dir(&self, dir: BorrowedFd<'_>, keep: bool, max: usize) -> LayerNames {
+        let mut out = LayerNames::default();
+        if !self.oci && !keep {
             return out;
         }
         let Ok(rfd) = sys::fs::openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) else {
             return out;
         };
-        if let Ok(entries) = sys::dir::read_all(std::os::fd::AsFd::as_fd(&rfd)) {
-            for e in entries {
+        let Ok(entries) = sys::dir::read_all(std::os::fd::AsFd::as_fd(&rfd)) else {
+            return out;
+        };
+        let mut present = (keep && entries.len() <= max).then(HashSet::new);
+        for e in entries {
+            if self.oci {
                 if let Some(t) = self.oci_target(&e.name) {
-                    out.insert(t.to_os_string());
+                    out.hidden.insert(t.to_os_string());
                 }
             }
+            if let Some(p) = present.as_mut() {
+                p.insert(e.name);
+            }
         }
+        out.present = present;
         out
     }
 

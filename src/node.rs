@@ -26,8 +26,19 @@ pub struct LayerDir {
     pub fd: Arc<OwnedFd>,
     /// The dir is `opaque=x`: zero-size files in it may be xattr whiteouts.
     pub xwh: bool,
-    /// Names hidden by OCI `.wh.NAME` entries in this dir, read once.
-    pub oci: Arc<std::sync::OnceLock<std::collections::HashSet<std::ffi::OsString>>>,
+    /// What this (lower) dir holds, read once: lower layers never change
+    /// under a mount.
+    pub names: Arc<std::sync::OnceLock<LayerNames>>,
+}
+
+/// The names of a lower layer dir that lookups consult instead of probing.
+#[derive(Debug, Default)]
+pub struct LayerNames {
+    /// Names hidden by OCI `.wh.NAME` entries.
+    pub hidden: std::collections::HashSet<std::ffi::OsString>,
+    /// Every name, kept for dirs that merge many layers (where a lookup
+    /// would probe each one) unless the dir is big.
+    pub present: Option<std::collections::HashSet<std::ffi::OsString>>,
 }
 
 impl LayerDir {
@@ -36,7 +47,7 @@ impl LayerDir {
             layer,
             fd,
             xwh,
-            oci: Arc::default(),
+            names: Arc::default(),
         }
     }
 }

@@ -23,6 +23,12 @@ pub type Invalidator = Box<dyn Fn(u64) + Send + Sync>;
 /// The FUSE root inode number.
 pub const ROOT_INO: u64 = 1;
 
+/// From this many lower layers on, a dir's lower parts keep their name
+/// lists, so a lookup skips the layers without the name instead of probing.
+const MANY_LOWERS: usize = 3;
+/// Lower dirs bigger than this are probed, not listed in memory.
+const MAX_KEPT_NAMES: usize = 4096;
+
 /// Mount-wide behaviour switches.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -264,8 +270,15 @@ impl Union {
                 .map(|l| (l.clone(), cn.clone(), name.to_os_string()))
                 .collect(),
         };
+        let many = parent.lowers.len() >= MANY_LOWERS;
         for (l, cn, name) in &targets {
             let (cn, name) = (cn.as_c_str(), name.as_os_str());
+            if many && Self::known_absent(l, name) {
+                if self.oci_hides(l, name, many) {
+                    break;
+                }
+                continue;
+            }
             match sys::fs::lstatat(bfd(&*l.fd), cn) {
                 Ok(st) => {
                     if self.fmt.classify(bfd(&*l.fd), cn, &st, true) == EntryKind::Whiteout {
@@ -307,7 +320,7 @@ impl Union {
                 Err(e) if is_absent(e) => {}
                 Err(e) => return Err(e),
             }
-            if self.oci_hides(l, name) {
+            if self.oci_hides(l, name, many) {
                 break;
             }
         }
@@ -439,7 +452,7 @@ impl Union {
                     break;
                 }
                 Err(e) if is_absent(e) => {
-                    if self.oci_hides(l, name) {
+                    if self.oci_hides(l, name, parent.lowers.len() >= MANY_LOWERS) {
                         break;
                     }
                 }
@@ -480,12 +493,24 @@ impl Union {
     }
 
     /// Whether an OCI `.wh.NAME` entry in lower dir `l` hides `name`. The
-    /// dir's markers are read once, instead of probing every name.
-    fn oci_hides(&self, l: &LayerDir, name: &OsStr) -> bool {
-        self.fmt.oci()
-            && l.oci
-                .get_or_init(|| self.fmt.oci_whiteouts_in(bfd(&*l.fd)))
-                .contains(name)
+    /// dir's names are read once (at its first miss), instead of probing
+    /// every name; `many` (the dir merges many lowers) also keeps all names.
+    fn oci_hides(&self, l: &LayerDir, name: &OsStr, many: bool) -> bool {
+        if !self.fmt.oci() && !many {
+            return false;
+        }
+        let names = l
+            .names
+            .get_or_init(|| self.fmt.scan_layer_dir(bfd(&*l.fd), many, MAX_KEPT_NAMES));
+        self.fmt.oci() && names.hidden.contains(name)
+    }
+
+    /// Whether lower dir `l` is known not to hold `name`, without a syscall.
+    fn known_absent(l: &LayerDir, name: &OsStr) -> bool {
+        l.names
+            .get()
+            .and_then(|n| n.present.as_ref())
+            .is_some_and(|p| !p.contains(name))
     }
 
     /// Whether `name` exists in a lower layer of `parent` (so deleting or
@@ -498,7 +523,7 @@ impl Union {
                     return Ok(self.fmt.classify(bfd(&*l.fd), &cn, &st, true) == EntryKind::Object)
                 }
                 Err(e) if is_absent(e) => {
-                    if self.oci_hides(l, name) {
+                    if self.oci_hides(l, name, parent.lowers.len() >= MANY_LOWERS) {
                         return Ok(false);
                     }
                 }

@@ -274,3 +274,64 @@ fn read_only_union_without_upper() {
         "statvfs must report ST_RDONLY"
     );
 }
+
+/// A stack of six lowers, where the server answers lookups from each lower
+/// dir's name list instead of probing every layer: whiteouts, opaque dirs and
+/// the topmost-wins rule hold as with two layers, also for a lower dir too
+/// big to keep its list.
+#[test]
+fn lookups_across_many_lowers_follow_the_merge_rules() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("d/a", b"top").whiteout("d/x");
+    fx.lower(1).file("d/x", b"l1").file("d/b", b"b");
+    fx.lower(2)
+        .file("d/c", b"c")
+        .file("d/sub/only2", b"2")
+        .opaque("d/sub");
+    fx.lower(3)
+        .file("d/sub/hidden", b"h")
+        .file("d/a", b"l3")
+        .file("d/x", b"l3");
+    fx.lower(4).file("d/e", b"e").file("d/f", b"f");
+    fx.lower(5).file("d/g", b"g").file("d/big/last", b"last");
+    for i in 0..100 {
+        fx.lower(5).file(&format!("d/n{i:03}"), b"n");
+    }
+    for i in 0..5000 {
+        fx.lower(4).file(&format!("d/big/e{i:04}"), b"");
+    }
+    fx.lower(1).file("d/big/e0042", b"over");
+    let check = |m: &Mounted| {
+        assert_eq!(read(&m.p("d/a")), "top");
+        assert!(!exists(&m.p("d/x")), "whiteout in the top lower");
+        for (n, v) in [("b", "b"), ("c", "c"), ("e", "e"), ("f", "f"), ("g", "g")] {
+            assert_eq!(read(&m.p(&format!("d/{n}"))), v, "d/{n}");
+        }
+        assert_eq!(read(&m.p("d/n050")), "n");
+        assert!(!exists(&m.p("d/zz")));
+        assert!(!exists(&m.p("d/sub/hidden")), "below an opaque dir");
+        assert_eq!(read(&m.p("d/sub/only2")), "2");
+        assert_eq!(read(&m.p("d/big/e0042")), "over");
+        assert_eq!(read(&m.p("d/big/last")), "last");
+        assert_eq!(read(&m.p("d/big/e4999")), "");
+        assert!(!exists(&m.p("d/big/e5000")));
+        let mut want: Vec<String> = ["a", "b", "big", "c", "e", "f", "g", "sub"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        want.extend((0..100).map(|i| format!("n{i:03}")));
+        want.sort();
+        assert_eq!(ls(&m.p("d")), want);
+    };
+    let mut m = fx.mount();
+    check(&m);
+    // Changes through the mount, then the same view after a remount.
+    fs::remove_file(m.p("d/e")).expect("unlink");
+    fs::write(m.p("d/zz"), b"new").expect("create");
+    assert!(!exists(&m.p("d/e")));
+    assert_eq!(read(&m.p("d/zz")), "new");
+    fs::remove_file(m.p("d/zz")).expect("unlink");
+    fs::write(m.p("d/e"), b"e").expect("recreate");
+    m.remount();
+    check(&m);
+}
