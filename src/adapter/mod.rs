@@ -227,9 +227,10 @@ impl Filesystem for Adapter {
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
-            // A reused inode number can briefly stand for a new object:
-            // let size/mtime changes drop stale cached pages.
-            | InitFlags::FUSE_AUTO_INVAL_DATA
+            // A symlink's target never changes, and a reused inode number
+            // never stands for a new object while the kernel holds the old
+            // one (`NodeTable::lookup_or_insert`), so targets can be cached.
+            | InitFlags::FUSE_CACHE_SYMLINKS
             // The kernel then checks ACLs and caches them (also their
             // absence), which saves a getxattr round trip per `ls -l` entry.
             | InitFlags::FUSE_POSIX_ACL;

@@ -381,7 +381,12 @@ fn case_body(cfg: &Config, ops: &[Op], target: Option<&str>, out: &mut Outcome) 
                             .0
                             .get(path)
                             .is_some_and(|e| e.kind == 'f' && e.nlink.unwrap_or(1) > 1);
-                        !(linked_in_lower || linked_written)
+                        // A name the kernel copied up through its index (also
+                        // after a rename) is linked to the index entry.
+                        let linked_in_upper =
+                            std::fs::symlink_metadata(d(&format!("{side}/upper")).join(path))
+                                .is_ok_and(|m| m.is_file() && m.nlink() > 1);
+                        !(linked_in_lower || linked_written || linked_in_upper)
                     });
                 }
                 add_diffs(out, phase, lines);
