@@ -368,11 +368,7 @@ fn case_body(cfg: &Config, ops: &[Op], target: Option<&str>, out: &mut Outcome) 
                     // the kernel left in the lower show the lower data.
                     use std::os::unix::fs::MetadataExt;
                     lines.retain(|l| {
-                        let path = l
-                            .text
-                            .split_once('/')
-                            .map(|(_, t)| t.split(['\n', ' ']).next().unwrap_or(""))
-                            .unwrap_or("");
+                        let path = l.path.trim_start_matches('/');
                         let linked_in_lower = lowers.iter().any(|low| {
                             std::fs::symlink_metadata(low.join(path))
                                 .is_ok_and(|m| m.is_file() && m.nlink() > 1)

@@ -286,6 +286,8 @@ pub struct DiffLine {
     /// `only-kernel`, `only-ours` or `differs[fields]`, plus the entry kind.
     pub class: String,
     pub text: String,
+    /// The entry's path (relative, not abbreviated).
+    pub path: String,
 }
 
 fn fields(a: &Entry, b: &Entry) -> Vec<String> {
@@ -347,6 +349,7 @@ pub fn diff(k: &Snap, o: &Snap, kl: &str, ol: &str) -> Vec<DiffLine> {
             None => out.push(DiffLine {
                 class: format!("only-{kl} {}", a.kind),
                 text: format!("only in {kl}: /{}  {a}", short(p)),
+                path: p.clone(),
             }),
             Some(b) => {
                 let f = fields(a, b);
@@ -357,6 +360,7 @@ pub fn diff(k: &Snap, o: &Snap, kl: &str, ol: &str) -> Vec<DiffLine> {
                             "differs: /{}\n        {kl:>6}: {a}\n        {ol:>6}: {b}",
                             short(p)
                         ),
+                        path: p.clone(),
                     });
                 }
             }
@@ -367,6 +371,7 @@ pub fn diff(k: &Snap, o: &Snap, kl: &str, ol: &str) -> Vec<DiffLine> {
             out.push(DiffLine {
                 class: format!("only-{ol} {}", b.kind),
                 text: format!("only in {ol}: /{}  {b}", short(p)),
+                path: p.clone(),
             });
         }
     }
