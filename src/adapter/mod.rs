@@ -47,25 +47,25 @@ impl Adapter {
         }
     }
 
-    /// A dir's listing for a read at `offset`: by open handle, or by node
-    /// when the kernel skips OPENDIR (fh 0).
-    fn listing(
+    /// The entries a read at `offset` returns: from the open handle's
+    /// listing, or the dir node's when the kernel skips OPENDIR (fh 0).
+    fn listing_from(
         &self,
         ino: u64,
         fh: u64,
         offset: u64,
-    ) -> crate::errno::Result<Arc<Vec<crate::handles::DirEntry>>> {
-        if fh == 0 {
-            self.fs.dir_listing(ino, offset)
+    ) -> crate::errno::Result<ListingTail> {
+        let entries = if fh == 0 {
+            self.fs.dir_listing(ino, offset)?
         } else {
-            self.fs.dir_snapshot(fh, offset)
-        }
-    }
-
-    fn listing_done(&self, ino: u64, fh: u64) {
-        if fh == 0 {
+            self.fs.dir_snapshot(fh, offset)?
+        };
+        let start = entries.partition_point(|e| e.cookie <= offset);
+        if start == entries.len() && fh == 0 {
+            // The reader is done: the node's snapshot is not needed.
             self.fs.dir_listing_done(ino);
         }
+        Ok(ListingTail { entries, start })
     }
 
     /// Whether open file `fh` may pass through, its fd and its node's generation.
@@ -96,6 +96,18 @@ impl Adapter {
                 None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
             },
         )
+    }
+}
+
+/// A listing and where a read resumes in it.
+struct ListingTail {
+    entries: Arc<Vec<crate::handles::DirEntry>>,
+    start: usize,
+}
+
+impl ListingTail {
+    fn iter(&self) -> impl Iterator<Item = &crate::handles::DirEntry> {
+        self.entries[self.start..].iter()
     }
 }
 
@@ -523,13 +535,9 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        guarded("readdir", || match self.listing(ino.0, fh.0, offset) {
-            Ok(entries) => {
-                let start = entries.partition_point(|e| e.cookie <= offset);
-                if start == entries.len() {
-                    self.listing_done(ino.0, fh.0);
-                }
-                for e in &entries[start..] {
+        guarded("readdir", || match self.listing_from(ino.0, fh.0, offset) {
+            Ok(tail) => {
+                for e in tail.iter() {
                     if reply.add(INodeNo(e.ino), e.cookie, file_type(e.kind), &e.name) {
                         break;
                     }
@@ -548,13 +556,9 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        guarded("readdirplus", || match self.listing(ino.0, fh.0, offset) {
-            Ok(entries) => {
-                let start = entries.partition_point(|e| e.cookie <= offset);
-                if start == entries.len() {
-                    self.listing_done(ino.0, fh.0);
-                }
-                for e in &entries[start..] {
+        guarded("readdirplus", || match self.listing_from(ino.0, fh.0, offset) {
+            Ok(tail) => {
+                for e in tail.iter() {
                     let dots = e.name == "." || e.name == "..";
                     let looked = if dots {
                         // The kernel takes no reference for these; any attrs do.
