@@ -49,12 +49,7 @@ impl Adapter {
 
     /// The entries a read at `offset` returns: from the open handle's
     /// listing, or the dir node's when the kernel skips OPENDIR (fh 0).
-    fn listing_from(
-        &self,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-    ) -> crate::errno::Result<ListingTail> {
+    fn listing_from(&self, ino: u64, fh: u64, offset: u64) -> crate::errno::Result<ListingTail> {
         let entries = if fh == 0 {
             self.fs.dir_listing(ino, offset)?
         } else {
@@ -556,43 +551,45 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        guarded("readdirplus", || match self.listing_from(ino.0, fh.0, offset) {
-            Ok(tail) => {
-                for e in tail.iter() {
-                    let dots = e.name == "." || e.name == "..";
-                    let looked = if dots {
-                        // The kernel takes no reference for these; any attrs do.
-                        self.fs.getattr(ino.0, None).map(|mut st| {
-                            st.st_ino = e.ino;
-                            (st, 0u64)
-                        })
-                    } else {
-                        self.fs
-                            .lookup_entry(ino.0, e)
-                            .map(|en| (en.attr, en.generation))
-                    };
-                    let Ok((st, generation)) = looked else {
-                        continue;
-                    };
-                    let full = reply.add(
-                        INodeNo(st.st_ino),
-                        e.cookie,
-                        &e.name,
-                        &self.ttl,
-                        &to_attr(&st),
-                        Generation(generation),
-                    );
-                    if full {
-                        if !dots {
-                            // Not sent: take back the lookup just counted.
-                            self.fs.forget(st.st_ino, 1);
+        guarded("readdirplus", || {
+            match self.listing_from(ino.0, fh.0, offset) {
+                Ok(tail) => {
+                    for e in tail.iter() {
+                        let dots = e.name == "." || e.name == "..";
+                        let looked = if dots {
+                            // The kernel takes no reference for these; any attrs do.
+                            self.fs.getattr(ino.0, None).map(|mut st| {
+                                st.st_ino = e.ino;
+                                (st, 0u64)
+                            })
+                        } else {
+                            self.fs
+                                .lookup_entry(ino.0, e)
+                                .map(|en| (en.attr, en.generation))
+                        };
+                        let Ok((st, generation)) = looked else {
+                            continue;
+                        };
+                        let full = reply.add(
+                            INodeNo(st.st_ino),
+                            e.cookie,
+                            &e.name,
+                            &self.ttl,
+                            &to_attr(&st),
+                            Generation(generation),
+                        );
+                        if full {
+                            if !dots {
+                                // Not sent: take back the lookup just counted.
+                                self.fs.forget(st.st_ino, 1);
+                            }
+                            break;
                         }
-                        break;
                     }
+                    reply.ok()
                 }
-                reply.ok()
+                Err(e) => reply.error(ferr(e)),
             }
-            Err(e) => reply.error(ferr(e)),
         });
     }
 
