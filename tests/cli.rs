@@ -15,29 +15,19 @@ use std::time::{Duration, Instant};
 /// Runs our binary with `args` (adding -f), expecting a prompt failure.
 #[track_caller]
 fn assert_rejected(fx: &Fixture, args: &[&Path], extra: &[&str], what: &str) {
-    let mut child = Command::new(BIN)
+    let mut child = bin_piped()
         .args(args)
         .arg("-f")
         .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn unionfs-fuse");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
+    let Some(status) = wait_timeout(&mut child, Duration::from_secs(10)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        for mp in mounts_below(fx.root()) {
+            let _ = sys::umount2(&mp, libc::MNT_DETACH);
         }
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            let _ = child.wait();
-            for mp in mounts_below(fx.root()) {
-                let _ = sys::umount2(&mp, libc::MNT_DETACH);
-            }
-            panic!("{what}: unionfs-fuse {args:?} {extra:?} did not exit (it mounted?)");
-        }
-        thread::sleep(Duration::from_millis(10));
+        panic!("{what}: unionfs-fuse {args:?} {extra:?} did not exit (it mounted?)");
     };
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -284,18 +274,11 @@ fn without_f_daemonises_and_exits_zero_once_mounted() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > Duration::from_secs(15) {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = sys::umount2(&m, libc::MNT_DETACH);
-            panic!("launcher did not exit within 15s");
-        }
-        thread::sleep(Duration::from_millis(10));
+    let Some(status) = wait_timeout(&mut child, Duration::from_secs(15)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = sys::umount2(&m, libc::MNT_DETACH);
+        panic!("launcher did not exit within 15s");
     };
     let mounted = mount_type(&m);
     let readable = fs::read_to_string(m.join("f")).ok();
@@ -368,10 +351,7 @@ fn daemon_raises_nofile_soft_limit_to_hard_limit() {
     }
     let limits = nofile_limits(child.id());
     let _ = sys::umount2(&m, 0).or_else(|_| sys::umount2(&m, libc::MNT_DETACH));
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
-        thread::sleep(Duration::from_millis(10));
-    }
+    let _ = wait_timeout(&mut child, Duration::from_secs(10));
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(

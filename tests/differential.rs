@@ -59,7 +59,7 @@ mod ops;
 #[path = "differential/snap.rs"]
 mod snap;
 
-use common::{environment_ok, Impl};
+use common::{env_num, environment_ok, Impl};
 use engine::{run_campaign, run_case, Config};
 use ops::{Data, Op, Time};
 
@@ -73,13 +73,6 @@ fn rerun_hint() -> String {
         s += &format!("UNIONFS_DIFF_OPS={v} ");
     }
     s + "cargo test --test differential campaign_random -- --nocapture"
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn d(seed: u8, len: u32) -> Data {
@@ -298,7 +291,7 @@ fn selfcheck_kernel_vs_kernel() {
         ..Config::standard()
     };
     let c = engine::Campaign {
-        seeds: (9_000..9_000 + env_or("UNIONFS_DIFF_SELFCHECK_CASES", 24)).collect(),
+        seeds: (9_000..9_000 + env_num("UNIONFS_DIFF_SELFCHECK_CASES", 24)).collect(),
         ops_per_case: 60,
         jobs: 2,
         shrink_classes: 4,

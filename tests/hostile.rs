@@ -27,10 +27,10 @@ use common::*;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -41,48 +41,6 @@ const GID: u32 = 1000;
 // ---------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------
-
-/// Symbolic errno name (covers everything these tests can see).
-fn ename(e: &io::Error) -> String {
-    let Some(n) = e.raw_os_error() else {
-        return format!("{e}");
-    };
-    let s = match n {
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::EIO => "EIO",
-        libc::ENXIO => "ENXIO",
-        libc::E2BIG => "E2BIG",
-        libc::EBADF => "EBADF",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::EBUSY => "EBUSY",
-        libc::EEXIST => "EEXIST",
-        libc::EXDEV => "EXDEV",
-        libc::ENODEV => "ENODEV",
-        libc::ENOTDIR => "ENOTDIR",
-        libc::EISDIR => "EISDIR",
-        libc::EINVAL => "EINVAL",
-        libc::ENFILE => "ENFILE",
-        libc::EMFILE => "EMFILE",
-        libc::ETXTBSY => "ETXTBSY",
-        libc::EFBIG => "EFBIG",
-        libc::ENOSPC => "ENOSPC",
-        libc::EROFS => "EROFS",
-        libc::EMLINK => "EMLINK",
-        libc::ERANGE => "ERANGE",
-        libc::ENAMETOOLONG => "ENAMETOOLONG",
-        libc::ENOTEMPTY => "ENOTEMPTY",
-        libc::ELOOP => "ELOOP",
-        libc::ENODATA => "ENODATA",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        libc::ENOTCONN => "ENOTCONN",
-        libc::ESTALE => "ESTALE",
-        _ => return format!("errno{n}"),
-    };
-    s.to_string()
-}
 
 fn res<T>(r: io::Result<T>) -> String {
     match r {
@@ -207,29 +165,6 @@ fn upper_tree(root: &Path) -> Tree {
         });
     }
     t
-}
-
-/// A tmpfs mounted for a test; unmounted (lazily if busy) on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, opts: &str) -> Tmpfs {
-        fs::create_dir_all(at).expect("mkdir tmpfs mount point");
-        run_ok(
-            Command::new("mount")
-                .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
-                .arg(at),
-        );
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if sys::umount2(&self.0, 0).is_err() {
-            let _ = sys::umount2(&self.0, libc::MNT_DETACH);
-        }
-    }
 }
 
 /// Where a scenario's layers live.
@@ -435,16 +370,47 @@ fn assert_no_canary_data(root: &Path, what: &str) {
     }
 }
 
+/// openat2 of `rel` below `root` with RESOLVE_IN_ROOT (mode 0644 if it
+/// creates).
+fn openat2_in_root(root: BorrowedFd<'_>, rel: &str, flags: i32) -> io::Result<OwnedFd> {
+    let mode = if flags & libc::O_CREAT != 0 { 0o644 } else { 0 };
+    sys::openat2(root, Path::new(rel), flags, mode, libc::RESOLVE_IN_ROOT)
+}
+
 fn open_in_root(m: &Mounted, rel: &str, flags: i32) -> io::Result<OwnedFd> {
     let root = File::open(m.p("")).expect("open merged root");
-    let mode = if flags & libc::O_CREAT != 0 { 0o644 } else { 0 };
-    sys::openat2(
-        root.as_fd(),
-        Path::new(rel),
-        flags,
-        mode,
-        libc::RESOLVE_IN_ROOT,
-    )
+    openat2_in_root(root.as_fd(), rel, flags)
+}
+
+/// Every entry of an open directory except `.` and `..` (getdents64 order).
+fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<sys::Dirent>> {
+    let mut all = Vec::new();
+    loop {
+        let chunk = sys::getdents64(dir, 8192)?;
+        if chunk.is_empty() {
+            return Ok(all);
+        }
+        all.extend(
+            chunk
+                .into_iter()
+                .filter(|d| d.name != "." && d.name != ".."),
+        );
+    }
+}
+
+/// `ok [names]` (sorted) of an open directory, or the errno.
+fn sorted_names(dir: BorrowedFd<'_>) -> String {
+    match entries(dir) {
+        Ok(v) => {
+            let mut names: Vec<String> = v
+                .into_iter()
+                .map(|d| d.name.to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            format!("ok {names:?}")
+        }
+        Err(e) => ename(&e),
+    }
 }
 
 fn read_in_root(m: &Mounted, rel: &str) -> String {
@@ -462,22 +428,7 @@ fn read_in_root(m: &Mounted, rel: &str) -> String {
 
 fn names_in_root(m: &Mounted, rel: &str) -> String {
     match open_in_root(m, rel, libc::O_RDONLY | libc::O_DIRECTORY) {
-        Ok(fd) => {
-            let mut names = Vec::new();
-            loop {
-                match sys::getdents64(fd.as_fd(), 8192) {
-                    Ok(v) if v.is_empty() => break,
-                    Ok(v) => names.extend(
-                        v.into_iter()
-                            .map(|d| d.name.to_string_lossy().into_owned())
-                            .filter(|n| n != "." && n != ".."),
-                    ),
-                    Err(e) => return ename(&e),
-                }
-            }
-            names.sort();
-            format!("ok {names:?}")
-        }
+        Ok(fd) => sorted_names(fd.as_fd()),
         Err(e) => ename(&e),
     }
 }
@@ -811,16 +762,7 @@ fn layers_swapped_for_symlinks_while_mounted_never_escape() {
         let r = with_timeout(Duration::from_secs(20), move || {
             let mut lines = Vec::new();
             let root = File::open(&mr).expect("open merged");
-            let at = |rel: &str, flags: i32| {
-                let mode = if flags & libc::O_CREAT != 0 { 0o644 } else { 0 };
-                sys::openat2(
-                    root.as_fd(),
-                    Path::new(rel),
-                    flags,
-                    mode,
-                    libc::RESOLVE_IN_ROOT,
-                )
-            };
+            let at = |rel: &str, flags: i32| openat2_in_root(root.as_fd(), rel, flags);
             let append = |rel: &str| {
                 res(at(rel, libc::O_WRONLY | libc::O_APPEND)
                     .and_then(|fd| File::from(fd).write_all(b"X")))
@@ -991,35 +933,20 @@ enum BinOutcome {
 }
 
 fn run_bin_bounded(args: &[&str], limit: Duration) -> BinOutcome {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn unionfs-fuse");
-    let start = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            let out = child.wait_with_output().unwrap();
-            return BinOutcome::Exited(st.code(), String::from_utf8_lossy(&out.stderr).into());
-        }
-        if start.elapsed() > limit {
-            // Mounted (or hung): unmount whatever it mounted, then stop it.
-            if let Some(m) = args.get(2) {
-                let _ = sys::umount2(Path::new(m), libc::MNT_DETACH);
-            }
-            let _ = sys::kill(child.id(), libc::SIGTERM);
-            let t = Instant::now();
-            while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(5) {
-                thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            return BinOutcome::StillRunning;
-        }
-        thread::sleep(Duration::from_millis(10));
+    let mut child = bin_piped().args(args).spawn().expect("spawn unionfs-fuse");
+    if let Some(st) = wait_timeout(&mut child, limit) {
+        let out = child.wait_with_output().unwrap();
+        return BinOutcome::Exited(st.code(), String::from_utf8_lossy(&out.stderr).into());
     }
+    // Mounted (or hung): unmount whatever it mounted, then stop it.
+    if let Some(m) = args.get(2) {
+        let _ = sys::umount2(Path::new(m), libc::MNT_DETACH);
+    }
+    let _ = sys::kill(child.id(), libc::SIGTERM);
+    let _ = wait_timeout(&mut child, Duration::from_secs(5));
+    let _ = child.kill();
+    let _ = child.wait();
+    BinOutcome::StillRunning
 }
 
 #[test]
@@ -1143,24 +1070,10 @@ fn build_deep(root: &Path, name: &OsStr, depth: usize) -> OwnedFd {
 }
 
 fn dents(fd: &OwnedFd) -> String {
-    let dup = match sys::openat(fd.as_fd(), OsStr::new("."), libc::O_RDONLY, 0) {
-        Ok(d) => d,
-        Err(e) => return ename(&e),
-    };
-    let mut v = Vec::new();
-    loop {
-        match sys::getdents64(dup.as_fd(), 8192) {
-            Ok(c) if c.is_empty() => break,
-            Ok(c) => v.extend(
-                c.into_iter()
-                    .map(|d| d.name.to_string_lossy().into_owned())
-                    .filter(|n| n != "." && n != ".."),
-            ),
-            Err(e) => return ename(&e),
-        }
+    match sys::openat(fd.as_fd(), OsStr::new("."), libc::O_RDONLY, 0) {
+        Ok(dup) => sorted_names(dup.as_fd()),
+        Err(e) => ename(&e),
     }
-    v.sort();
-    format!("ok {v:?}")
 }
 
 #[test]
@@ -1247,21 +1160,13 @@ fn paths_deeper_than_path_max_with_special_files_at_the_bottom() {
                     return;
                 }
             };
-            let mut names = Vec::new();
-            loop {
-                match sys::getdents64(dir.as_fd(), 8192) {
-                    Ok(c) if c.is_empty() => break,
-                    Ok(c) => names.extend(
-                        c.into_iter()
-                            .filter(|d| d.name != "." && d.name != "..")
-                            .map(|d| (d.name, d.d_type)),
-                    ),
-                    Err(e) => {
-                        t.expect(&format!("getdents level {level}"), ename(&e), "ok");
-                        return;
-                    }
+            let mut names: Vec<_> = match entries(dir.as_fd()) {
+                Ok(v) => v.into_iter().map(|d| (d.name, d.d_type)).collect(),
+                Err(e) => {
+                    t.expect(&format!("getdents level {level}"), ename(&e), "ok");
+                    return;
                 }
-            }
+            };
             names.sort();
             for (n, ty) in names {
                 let flags = if ty == libc::DT_DIR {
@@ -2006,24 +1911,11 @@ struct BadRun {
 }
 
 fn run_bad(fx: &Fixture, args: &[String]) -> BadRun {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn unionfs-fuse");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
+    let mut child = bin_piped().args(args).spawn().expect("spawn unionfs-fuse");
+    let status = wait_timeout(&mut child, Duration::from_secs(10));
+    if status.is_none() {
+        let _ = child.kill();
+    }
     let out = child.wait_with_output().unwrap();
     // Only FUSE mounts count (the test's own tmpfs lives below the fixture).
     let left: Vec<PathBuf> = mounts()

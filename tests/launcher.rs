@@ -9,10 +9,10 @@
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Lines, Write};
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
@@ -92,20 +92,32 @@ fn copy_in(root: &Path, host: &Path) {
     fs::copy(host, &dest).unwrap_or_else(|e| panic!("copy {}: {e}", host.display()));
 }
 
+/// Copies the host's `bin` and the shared libraries it needs into `root`.
+fn copy_program(root: &Path, bin: &str) {
+    copy_in(root, Path::new(bin));
+    for lib in libraries(bin) {
+        copy_in(root, &lib);
+    }
+}
+
 /// The image: sh, cat and ls with their libraries, /etc/hello, and the
 /// /proc /dev /sys /tmp dirs an image has.
 fn build_image(root: &Path) {
     for bin in ["/bin/sh", "/bin/cat", "/bin/ls"] {
-        copy_in(root, Path::new(bin));
-        for lib in libraries(bin) {
-            copy_in(root, &lib);
-        }
+        copy_program(root, bin);
     }
     for dir in ["etc", "proc", "dev", "sys", "tmp"] {
         fs::create_dir_all(root.join(dir)).unwrap();
     }
     fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
     fs::write(root.join("etc/hello"), "hi\n").unwrap();
+}
+
+/// The launcher's arguments `ARGS -- /bin/sh -c SCRIPT`.
+fn sh_args<'a>(args: &[&'a OsStr], script: &'a str) -> Vec<&'a OsStr> {
+    let mut v = args.to_vec();
+    v.extend(["--", "/bin/sh", "-c", script].map(OsStr::new));
+    v
 }
 
 /// A test's dirs: `image` (lower), `upper`, and `tmp` (the launcher's
@@ -149,14 +161,10 @@ impl Setup {
 
     /// Runs `sh -c SCRIPT` in the union of the image and the upper.
     fn sh(&self, script: &str) -> Output {
-        self.run(&[
-            self.image.as_os_str(),
-            self.upper.as_os_str(),
-            "--".as_ref(),
-            "/bin/sh".as_ref(),
-            "-c".as_ref(),
-            script.as_ref(),
-        ])
+        self.run(&sh_args(
+            &[self.image.as_os_str(), self.upper.as_os_str()],
+            script,
+        ))
     }
 
     /// The launcher's TMPDIR is empty again: scratch and throwaway removed.
@@ -168,6 +176,20 @@ impl Setup {
             .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
     }
+}
+
+/// Starts `cmd` with stdin and stdout piped and waits for the `ready` line
+/// it prints first; returns the child and the rest of its stdout.
+#[track_caller]
+fn start_ready(cmd: &mut Command) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    (child, lines)
 }
 
 fn stdout(o: &Output) -> String {
@@ -244,21 +266,10 @@ fn sigterm_is_forwarded_to_the_command() {
     }
     let s = Setup::new();
     let script = "echo ready; read line; echo not killed";
-    let mut child = s
-        .command(&[
-            s.image.as_os_str(),
-            s.upper.as_os_str(),
-            "--".as_ref(),
-            "/bin/sh".as_ref(),
-            "-c".as_ref(),
-            script.as_ref(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    let (mut child, mut lines) = start_ready(&mut s.command(&sh_args(
+        &[s.image.as_os_str(), s.upper.as_os_str()],
+        script,
+    )));
     // The shell's kill builtin: no dependency on procps.
     let kill = Command::new("/bin/sh")
         .args(["-c", &format!("kill -TERM {}", child.id())])
@@ -282,14 +293,7 @@ fn writes_land_in_the_upper_not_the_lowers() {
     fs::write(top.join("top"), "from the top layer\n").unwrap();
     let lowers = format!("{}:{}", s.dir.0.join("top").display(), s.image.display());
     let script = "echo new > /newfile; echo changed > /etc/hello; cat /etc/hello /etc/top";
-    let o = s.run(&[
-        lowers.as_ref(),
-        s.upper.as_os_str(),
-        "--".as_ref(),
-        "/bin/sh".as_ref(),
-        "-c".as_ref(),
-        script.as_ref(),
-    ]);
+    let o = s.run(&sh_args(&[lowers.as_ref(), s.upper.as_os_str()], script));
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(stdout(&o), "changed\nfrom the top layer\n");
     assert_eq!(
@@ -334,13 +338,10 @@ fn a_throwaway_upper_is_removed() {
         return;
     }
     let s = Setup::new();
-    let o = s.run(&[
-        s.image.as_os_str(),
-        "--".as_ref(),
-        "/bin/sh".as_ref(),
-        "-c".as_ref(),
-        "echo x > /scribble && cat /scribble".as_ref(),
-    ]);
+    let o = s.run(&sh_args(
+        &[s.image.as_os_str()],
+        "echo x > /scribble && cat /scribble",
+    ));
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(stdout(&o), "x\n");
     assert!(!s.image.join("scribble").exists());
@@ -401,20 +402,10 @@ fn nothing_leaks_to_the_host_mount_table() {
     let shared = SharedMount::new(&s.dir.0);
     let before = host_mounts_under(&s.dir.0);
     assert_eq!(before.len(), 1, "{before:?}");
-    let mut child = s
-        .command(&[
-            s.image.as_os_str(),
-            "--".as_ref(),
-            "/bin/sh".as_ref(),
-            "-c".as_ref(),
-            "echo ready; read line; exit 0".as_ref(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    let (mut child, _lines) = start_ready(&mut s.command(&sh_args(
+        &[s.image.as_os_str()],
+        "echo ready; read line; exit 0",
+    )));
     // While the command runs, the union and its /proc, /dev, /sys exist only
     // in the launcher's namespaces.
     let during = host_mounts_under(&s.dir.0);
@@ -478,15 +469,14 @@ fn chroot_option_works() {
         return;
     }
     let s = Setup::new();
-    let o = s.run(&[
-        "--chroot".as_ref(),
-        s.image.as_os_str(),
-        s.upper.as_os_str(),
-        "--".as_ref(),
-        "/bin/sh".as_ref(),
-        "-c".as_ref(),
-        "test -r /proc/self/stat && test -c /dev/null && cat /etc/hello && exit 3".as_ref(),
-    ]);
+    let o = s.run(&sh_args(
+        &[
+            "--chroot".as_ref(),
+            s.image.as_os_str(),
+            s.upper.as_os_str(),
+        ],
+        "test -r /proc/self/stat && test -c /dev/null && cat /etc/hello && exit 3",
+    ));
     assert_eq!(o.status.code(), Some(3), "{}", describe(&o));
     assert_eq!(stdout(&o), "hi\n");
     s.assert_tmp_empty();
@@ -498,15 +488,10 @@ fn pid_option_makes_the_command_pid_1() {
         return;
     }
     let s = Setup::new();
-    let o = s.run(&[
-        "--pid".as_ref(),
-        s.image.as_os_str(),
-        "--".as_ref(),
-        "/bin/sh".as_ref(),
-        "-c".as_ref(),
-        "echo $$; ls /proc | while read p; do case $p in [0-9]*) echo proc $p;; esac; done"
-            .as_ref(),
-    ]);
+    let o = s.run(&sh_args(
+        &["--pid".as_ref(), s.image.as_os_str()],
+        "echo $$; ls /proc | while read p; do case $p in [0-9]*) echo proc $p;; esac; done",
+    ));
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(stdout(&o).lines().next(), Some("1"));
     // Only the shell and ls (which lists itself) are in the new namespace.
@@ -568,6 +553,36 @@ impl Drop for FuseDeviceOpen {
     }
 }
 
+/// For the rootless tests: a setup and a world-readable `bin` dir holding a
+/// copy of unionfs-run (the user must reach the binaries), or None when the
+/// test is skipped (no root, /dev/fuse or setpriv).
+fn rootless_setup() -> Option<(Setup, PathBuf)> {
+    if !environment_ok() {
+        return None;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        skip_or_fail("no setpriv (util-linux)");
+        return None;
+    }
+    let s = Setup::new();
+    let bin = s.dir.mkdir("bin");
+    fs::copy(RUN, bin.join("unionfs-run")).unwrap();
+    Some((s, bin))
+}
+
+/// `unionfs-run` from `bin` as uid and gid [`USER`] without supplementary
+/// groups, with TMPDIR `tmp` and stdin from /dev/null.
+fn rootless_run(bin: &Path, tmp: &Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={USER}"))
+        .arg(format!("--regid={USER}"))
+        .arg("--clear-groups")
+        .arg(bin.join("unionfs-run"))
+        .env("TMPDIR", tmp)
+        .stdin(Stdio::null());
+    cmd
+}
+
 /// Whether `uid` gets a subordinate range (then the map is not single).
 fn has_subordinate_range(uid: u32) -> bool {
     let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
@@ -596,34 +611,21 @@ fn has_subordinate_range(uid: u32) -> bool {
 /// single-uid one; with a range, its first line is the same.
 #[test]
 fn rootless_run_with_a_single_uid_map() {
-    if !environment_ok() {
+    let Some((s, bin)) = rootless_setup() else {
         return;
-    }
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        skip_or_fail("no setpriv (util-linux)");
-        return;
-    }
-    let s = Setup::new();
-    // The user needs to reach the binaries: copies in a world-readable dir,
-    // unionfs-fuse beside unionfs-run where the launcher looks first.
-    let bin = s.dir.mkdir("bin");
-    fs::copy(RUN, bin.join("unionfs-run")).unwrap();
+    };
+    // unionfs-fuse beside unionfs-run, where the launcher looks first.
     fs::copy(FUSE, bin.join("unionfs-fuse")).unwrap();
     for dir in [&s.upper, &s.tmp] {
         chown(dir, Some(USER), Some(USER)).unwrap();
     }
     let _fuse = FuseDeviceOpen::new();
     let rootless = |args: &[&OsStr]| {
-        let mut cmd = Command::new("setpriv");
-        cmd.arg(format!("--reuid={USER}"))
-            .arg(format!("--regid={USER}"))
-            .arg("--clear-groups")
-            .arg(bin.join("unionfs-run"))
+        rootless_run(&bin, &s.tmp)
             .args(args)
-            .env("TMPDIR", &s.tmp)
             .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
-        cmd.output().unwrap()
+            .output()
+            .unwrap()
     };
     let script = "\
 read inner outer count < /proc/self/uid_map; echo map $inner $outer $count
@@ -632,14 +634,10 @@ ls -ln /etc/hello
 echo discarded > /dev/null || exit 20
 test -c /dev/pts/ptmx || exit 21
 exit 5";
-    let o = rootless(&[
-        s.image.as_os_str(),
-        s.upper.as_os_str(),
-        "--".as_ref(),
-        "/bin/sh".as_ref(),
-        "-c".as_ref(),
-        script.as_ref(),
-    ]);
+    let o = rootless(&sh_args(
+        &[s.image.as_os_str(), s.upper.as_os_str()],
+        script,
+    ));
     assert_eq!(o.status.code(), Some(5), "{}", describe(&o));
     let out = stdout(&o);
     assert!(
@@ -656,14 +654,10 @@ exit 5";
     assert_eq!(note, !has_subordinate_range(USER), "{}", describe(&o));
 
     // A throwaway upper, removed afterwards, and --pid for a fresh /proc.
-    let o = rootless(&[
-        "--pid".as_ref(),
-        s.image.as_os_str(),
-        "--".as_ref(),
-        "/bin/sh".as_ref(),
-        "-c".as_ref(),
-        "echo $$ > /scratch; cat /scratch".as_ref(),
-    ]);
+    let o = rootless(&sh_args(
+        &["--pid".as_ref(), s.image.as_os_str()],
+        "echo $$ > /scratch; cat /scratch",
+    ));
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(stdout(&o), "1\n");
     s.assert_tmp_empty();
@@ -671,30 +665,14 @@ exit 5";
 
 #[test]
 fn rootless_needs_a_usable_dev_fuse() {
-    if !environment_ok() {
+    let Some((s, bin)) = rootless_setup() else {
         return;
-    }
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        skip_or_fail("no setpriv (util-linux)");
-        return;
-    }
-    let s = Setup::new();
-    let bin = s.dir.mkdir("bin");
-    fs::copy(RUN, bin.join("unionfs-run")).unwrap();
+    };
     chown(&s.tmp, Some(USER), Some(USER)).unwrap();
     // Hold the same lock as the other rootless test, but with /dev/fuse 0600.
     let fuse = FuseDeviceOpen::new();
     fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o600)).unwrap();
-    let o = Command::new("setpriv")
-        .arg(format!("--reuid={USER}"))
-        .arg(format!("--regid={USER}"))
-        .arg("--clear-groups")
-        .arg(bin.join("unionfs-run"))
-        .arg(&s.image)
-        .env("TMPDIR", &s.tmp)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = rootless_run(&bin, &s.tmp).arg(&s.image).output().unwrap();
     drop(fuse);
     assert_eq!(o.status.code(), Some(125), "{}", describe(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("step `open /dev/fuse` failed"));
@@ -708,22 +686,14 @@ fn commit_saves_the_run_as_an_oci_layer_that_unpacks_as_a_lower() {
     }
     let s = Setup::new();
     for bin in ["/bin/rm", "/bin/mkdir"] {
-        copy_in(&s.image, Path::new(bin));
-        for lib in libraries(bin) {
-            copy_in(&s.image, &lib);
-        }
+        copy_program(&s.image, bin);
     }
     let layer = s.dir.0.join("layer.tar");
     let script = "rm /etc/hello; mkdir /app; echo one > /app/a";
-    let o = s.run(&[
-        "--commit".as_ref(),
-        layer.as_os_str(),
-        s.image.as_os_str(),
-        "--".as_ref(),
-        "/bin/sh".as_ref(),
-        "-c".as_ref(),
-        script.as_ref(),
-    ]);
+    let o = s.run(&sh_args(
+        &["--commit".as_ref(), layer.as_os_str(), s.image.as_os_str()],
+        script,
+    ));
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert!(stdout(&o).starts_with("sha256:"), "diff_id printed");
     let names = Command::new("tar").arg("tf").arg(&layer).output().unwrap();
@@ -739,13 +709,7 @@ fn commit_saves_the_run_as_an_oci_layer_that_unpacks_as_a_lower() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let lowers = format!("{}:{}", lower.display(), s.image.display());
-    let o = s.run(&[
-        lowers.as_ref(),
-        "--".as_ref(),
-        "/bin/sh".as_ref(),
-        "-c".as_ref(),
-        "cat /app/a; ls /etc".as_ref(),
-    ]);
+    let o = s.run(&sh_args(&[lowers.as_ref()], "cat /app/a; ls /etc"));
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(stdout(&o), "one\n", "etc/hello stays deleted");
 }

@@ -36,83 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// xorshift64*: small, seedable, good enough to pick ops.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-fn seed() -> u64 {
-    std::env::var("UNIONFS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
-}
-
-fn errname(e: &io::Error) -> String {
-    let n = match e.raw_os_error() {
-        Some(n) => n,
-        None => return format!("{e}"),
-    };
-    let s = match n {
-        libc::ENOENT => "ENOENT",
-        libc::EEXIST => "EEXIST",
-        libc::ENOTEMPTY => "ENOTEMPTY",
-        libc::EXDEV => "EXDEV",
-        libc::EISDIR => "EISDIR",
-        libc::ENOTDIR => "ENOTDIR",
-        libc::EBUSY => "EBUSY",
-        libc::ENODATA => "ENODATA",
-        libc::EPERM => "EPERM",
-        libc::EIO => "EIO",
-        libc::ESTALE => "ESTALE",
-        libc::EINVAL => "EINVAL",
-        libc::ENOTCONN => "ENOTCONN",
-        libc::ECONNABORTED => "ECONNABORTED",
-        libc::ELOOP => "ELOOP",
-        libc::EACCES => "EACCES",
-        libc::ENOSPC => "ENOSPC",
-        libc::EMFILE => "EMFILE",
-        libc::ENFILE => "ENFILE",
-        libc::ENOMEM => "ENOMEM",
-        libc::EBADF => "EBADF",
-        libc::ERANGE => "ERANGE",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        _ => return format!("errno{n}"),
-    };
-    s.to_string()
-}
+use std::time::{Duration, Instant};
 
 /// Errors that kernel overlayfs gives too when the same ops race.
 fn expected(op: &str, e: &io::Error) -> bool {
@@ -325,10 +249,10 @@ fn one_op(sh: &Shared, rng: &mut Rng, slot: &Slot) {
     let mut st = sh.stats.lock().unwrap();
     *st.ops.entry(op.to_string()).or_default() += 1;
     if let Err(e) = r {
-        *st.errors.entry(errname(&e)).or_default() += 1;
+        *st.errors.entry(ename(&e)).or_default() += 1;
         if !expected(op, &e) && st.unexpected.len() < 50 {
             st.unexpected
-                .push(format!("{op} {}: {} ({e})", p.display(), errname(&e)));
+                .push(format!("{op} {}: {} ({e})", p.display(), ename(&e)));
         }
     }
 }
@@ -364,7 +288,7 @@ fn tolerant_snapshot(root: &Path) -> BTreeMap<String, String> {
         let md = match fs::symlink_metadata(&full) {
             Ok(md) => md,
             Err(e) => {
-                out.insert(key, format!("ERR lstat {}", errname(&e)));
+                out.insert(key, format!("ERR lstat {}", ename(&e)));
                 continue;
             }
         };
@@ -376,11 +300,11 @@ fn tolerant_snapshot(root: &Path) -> BTreeMap<String, String> {
                     for e in rd {
                         match e {
                             Ok(e) => stack.push(rel.join(e.file_name())),
-                            Err(e) => desc += &format!(" ERR readdir-entry {}", errname(&e)),
+                            Err(e) => desc += &format!(" ERR readdir-entry {}", ename(&e)),
                         }
                     }
                 }
-                Err(e) => desc += &format!(" ERR readdir {}", errname(&e)),
+                Err(e) => desc += &format!(" ERR readdir {}", ename(&e)),
             }
         } else {
             desc += &format!(" size={} nlink={}", md.len(), md.nlink());
@@ -392,13 +316,13 @@ fn tolerant_snapshot(root: &Path) -> BTreeMap<String, String> {
                     d.hash(&mut h);
                     desc += &format!(" hash={:016x}", h.finish());
                 }
-                Err(e) => desc += &format!(" ERR read {}", errname(&e)),
+                Err(e) => desc += &format!(" ERR read {}", ename(&e)),
             }
         }
         if ft.is_symlink() {
             match fs::read_link(&full) {
                 Ok(t) => desc += &format!(" -> {}", t.display()),
-                Err(e) => desc += &format!(" ERR readlink {}", errname(&e)),
+                Err(e) => desc += &format!(" ERR readlink {}", ename(&e)),
             }
         }
         match sys::llistxattr(&full) {
@@ -416,11 +340,11 @@ fn tolerant_snapshot(root: &Path) -> BTreeMap<String, String> {
                             v.hash(&mut h);
                             desc += &format!(" {n}=#{:08x}/{}", h.finish() as u32, v.len());
                         }
-                        Err(e) => desc += &format!(" ERR getxattr {n} {}", errname(&e)),
+                        Err(e) => desc += &format!(" ERR getxattr {n} {}", ename(&e)),
                     }
                 }
             }
-            Err(e) => desc += &format!(" ERR listxattr {}", errname(&e)),
+            Err(e) => desc += &format!(" ERR listxattr {}", ename(&e)),
         }
         out.insert(key, desc);
     }
@@ -686,7 +610,7 @@ fn soak_keeps_fd_count_and_rss_flat() {
         };
         ops += 1;
         if let Err(e) = r {
-            *errors.entry(errname(&e)).or_default() += 1;
+            *errors.entry(ename(&e)).or_default() += 1;
         }
         if start.elapsed() >= next_sample {
             samples.push((start.elapsed().as_secs_f64(), fd_count(pid), rss_kib(pid)));

@@ -506,15 +506,38 @@ impl Fixture {
 }
 
 // ---------------------------------------------------------------------------
+// Tmpfs
+// ---------------------------------------------------------------------------
+
+/// A tmpfs mounted for a test; unmounted (lazily if busy) on drop.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, opts: &str) -> Tmpfs {
+        fs::create_dir_all(at).expect("mkdir tmpfs mount point");
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+                .arg(at),
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if sys::umount2(&self.0, 0).is_err() {
+            let _ = sys::umount2(&self.0, libc::MNT_DETACH);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Mounted
 // ---------------------------------------------------------------------------
 
 fn watchdog_limit() -> Duration {
-    let secs = std::env::var("UNIONFS_TEST_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(120);
-    Duration::from_secs(secs)
+    Duration::from_secs(env_num("UNIONFS_TEST_TIMEOUT", 120))
 }
 
 /// Kills a hung daemon so that a stuck syscall in the test fails (ENOTCONN)
@@ -577,7 +600,9 @@ fn read_log(log: &Path) -> String {
     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+/// Waits up to `limit` for `child` to exit (polling every 5 ms); None if it
+/// is still running then (it is left running).
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let start = Instant::now();
     loop {
         match child.try_wait() {
@@ -898,6 +923,55 @@ impl Drop for Mounted {
 }
 
 // ---------------------------------------------------------------------------
+// Random choices and env switches
+// ---------------------------------------------------------------------------
+
+/// xorshift64*: small, seedable, good enough to pick ops.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+/// `UNIONFS_SEED`, or a time-based seed (callers print it for replays).
+pub fn seed() -> u64 {
+    std::env::var("UNIONFS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}
+
+/// The number in env var `name`, or `default` when unset or not a number.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------
 // Assertions and small helpers
 // ---------------------------------------------------------------------------
 
@@ -916,6 +990,55 @@ pub fn assert_errno<T: std::fmt::Debug>(r: io::Result<T>, errno: i32, what: &str
             errno_name(errno)
         ),
     }
+}
+
+/// Symbolic name of an errno (covers everything these tests can see).
+pub fn errno_ident(e: i32) -> Option<&'static str> {
+    Some(match e {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EIO => "EIO",
+        libc::ENXIO => "ENXIO",
+        libc::E2BIG => "E2BIG",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENODEV => "ENODEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ENFILE => "ENFILE",
+        libc::EMFILE => "EMFILE",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::EROFS => "EROFS",
+        libc::EMLINK => "EMLINK",
+        libc::ERANGE => "ERANGE",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ELOOP => "ELOOP",
+        libc::ENODATA => "ENODATA",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::ESTALE => "ESTALE",
+        _ => return None,
+    })
+}
+
+/// Symbolic errno name of an I/O error: `errnoN` for an errno without a
+/// name, the error's text for an error without an errno.
+pub fn ename(e: &io::Error) -> String {
+    let Some(n) = e.raw_os_error() else {
+        return format!("{e}");
+    };
+    errno_ident(n).map_or_else(|| format!("errno{n}"), str::to_string)
 }
 
 /// Symbolic name of common errnos, for messages.
@@ -1035,6 +1158,16 @@ pub fn assert_no_wh_markers(root: &Path) {
             root.display()
         );
     }
+}
+
+/// A command for our binary with stdin from /dev/null and stdout and stderr
+/// piped (for runs expected to end by themselves, e.g. on bad input).
+pub fn bin_piped() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
 }
 
 /// Runs `sh -c script` as uid/gid via setpriv, in `cwd`.

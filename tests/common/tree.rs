@@ -117,11 +117,10 @@ fn content_hash(path: &Path) -> u64 {
     h.finish()
 }
 
-/// Records one object (not following a final symlink).
-pub fn node(path: &Path, opts: SnapOpts) -> Node {
-    let md = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
-    let ft = md.file_type();
-    let kind = if ft.is_dir() {
+/// One letter for a file type: `d`, `f`, `l`, `c`, `b`, `p`, `s` (`?` for
+/// anything else).
+pub fn kind_of(ft: fs::FileType) -> char {
+    if ft.is_dir() {
         'd'
     } else if ft.is_file() {
         'f'
@@ -137,7 +136,13 @@ pub fn node(path: &Path, opts: SnapOpts) -> Node {
         's'
     } else {
         '?'
-    };
+    }
+}
+
+/// Records one object (not following a final symlink).
+pub fn node(path: &Path, opts: SnapOpts) -> Node {
+    let md = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+    let kind = kind_of(md.file_type());
     let mut xattrs = BTreeMap::new();
     let names =
         sys::llistxattr(path).unwrap_or_else(|e| panic!("listxattr {}: {e}", path.display()));

@@ -12,7 +12,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::common::sys;
+pub use super::common::tree::kind_of;
+use super::common::{errno_ident, sys};
 use super::creds;
 use super::fixture;
 
@@ -397,27 +398,6 @@ pub struct StatV {
     pub mtime: Mt,
 }
 
-pub fn kind_of(ft: fs::FileType) -> char {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_dir() {
-        'd'
-    } else if ft.is_file() {
-        'f'
-    } else if ft.is_symlink() {
-        'l'
-    } else if ft.is_char_device() {
-        'c'
-    } else if ft.is_block_device() {
-        'b'
-    } else if ft.is_fifo() {
-        'p'
-    } else if ft.is_socket() {
-        's'
-    } else {
-        '?'
-    }
-}
-
 impl StatV {
     pub fn of(md: &fs::Metadata) -> StatV {
         let kind = kind_of(md.file_type());
@@ -524,41 +504,10 @@ fn dtype(t: u8) -> char {
 pub type Res = Result<Val, i32>;
 
 pub fn errno_name(e: i32) -> String {
-    let n = match e {
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::EIO => "EIO",
-        libc::ENXIO => "ENXIO",
-        libc::E2BIG => "E2BIG",
-        libc::EBADF => "EBADF",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::EBUSY => "EBUSY",
-        libc::EEXIST => "EEXIST",
-        libc::EXDEV => "EXDEV",
-        libc::ENODEV => "ENODEV",
-        libc::ENOTDIR => "ENOTDIR",
-        libc::EISDIR => "EISDIR",
-        libc::EINVAL => "EINVAL",
-        libc::EFBIG => "EFBIG",
-        libc::ENOSPC => "ENOSPC",
-        libc::EROFS => "EROFS",
-        libc::EMLINK => "EMLINK",
-        libc::ERANGE => "ERANGE",
-        libc::ENAMETOOLONG => "ENAMETOOLONG",
-        libc::ENOTEMPTY => "ENOTEMPTY",
-        libc::ELOOP => "ELOOP",
-        libc::ENODATA => "ENODATA",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        libc::ESTALE => "ESTALE",
-        libc::ENOTCONN => "ENOTCONN",
-        libc::ETXTBSY => "ETXTBSY",
-        libc::ENOSYS => "ENOSYS",
-        -1 => "no-errno",
-        _ => return format!("errno{e}"),
-    };
-    n.to_string()
+    match e {
+        -1 => "no-errno".to_string(),
+        _ => errno_ident(e).map_or_else(|| format!("errno{e}"), str::to_string),
+    }
 }
 
 pub fn fmt_res(r: &Res) -> String {
