@@ -276,10 +276,14 @@ fn sigterm_is_forwarded_to_the_command() {
         .status()
         .unwrap();
     assert!(kill.success());
+    // Child::wait closes the child's stdin first: keep it open until the
+    // command is gone, or the command may see EOF before the signal.
+    let stdin = child.stdin.take();
     let status = child.wait().unwrap();
-    drop(child.stdin.take());
+    drop(stdin);
     assert_eq!(status.code(), Some(128 + 15));
-    assert!(lines.next().is_none(), "the command went on after SIGTERM");
+    let after: Vec<_> = lines.collect();
+    assert!(after.is_empty(), "the command went on after SIGTERM: {after:?}");
     s.assert_tmp_empty();
 }
 
