@@ -283,7 +283,10 @@ fn sigterm_is_forwarded_to_the_command() {
     drop(stdin);
     assert_eq!(status.code(), Some(128 + 15));
     let after: Vec<_> = lines.collect();
-    assert!(after.is_empty(), "the command went on after SIGTERM: {after:?}");
+    assert!(
+        after.is_empty(),
+        "the command went on after SIGTERM: {after:?}"
+    );
     s.assert_tmp_empty();
 }
 
