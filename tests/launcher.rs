@@ -266,7 +266,7 @@ fn sigterm_is_forwarded_to_the_command() {
     }
     let s = Setup::new();
     let script = "echo ready; read line; echo not killed";
-    let (mut child, mut lines) = start_ready(&mut s.command(&sh_args(
+    let (mut child, lines) = start_ready(&mut s.command(&sh_args(
         &[s.image.as_os_str(), s.upper.as_os_str()],
         script,
     )));
