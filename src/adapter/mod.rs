@@ -238,6 +238,10 @@ impl Filesystem for Adapter {
             // never stands for a new object while the kernel holds the old
             // one (`NodeTable::lookup_or_insert`), so targets can be cached.
             | InitFlags::FUSE_CACHE_SYMLINKS
+            // Pages cached by an earlier open can outlive a change made
+            // around the page cache (a passthrough write after a copy-up):
+            // let size/mtime changes drop them.
+            | InitFlags::FUSE_AUTO_INVAL_DATA
             // The kernel then checks ACLs and caches them (also their
             // absence), which saves a getxattr round trip per `ls -l` entry.
             | InitFlags::FUSE_POSIX_ACL;
