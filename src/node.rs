@@ -254,44 +254,62 @@ impl NodeTable {
         update: impl FnOnce(&Arc<Node>),
         make: impl FnOnce(u64, u64) -> Node,
     ) -> Arc<Node> {
-        // Decide outside the shard guards: `same`/`update` may take node locks.
+        // `same`/`update` may take node locks and make syscalls: never under
+        // a `map` guard. (Lock order: `displaced` before `map`.)
+        let reuse = |id: u64| self.get(id).filter(|n| same(n));
         let synthetic = if self.displaced.is_empty() {
             None
         } else {
             self.displaced.get(&key).map(|id| *id)
         };
-        let candidates = [synthetic, Some(key)];
-        for id in candidates.into_iter().flatten() {
-            if let Some(existing) = self.get(id) {
-                if same(&existing) {
-                    update(&existing);
-                    existing.nlookup.fetch_add(1, Ordering::Relaxed);
-                    // The node may have been forgotten meanwhile; put it back.
-                    self.map.entry(id).or_insert_with(|| existing.clone());
-                    return existing;
-                }
+        let mut found = synthetic.and_then(&reuse).or_else(|| reuse(key));
+        if found.is_none() && self.map.contains_key(&key) {
+            // The number still belongs to a gone object the kernel holds.
+            // Choosing the synthetic id under the `displaced` entry makes
+            // racing lookups of the new object agree on one node.
+            let mut slot = self.displaced.entry(key).or_insert(0);
+            found = Some(*slot).filter(|id| *id != 0).and_then(&reuse);
+            if found.is_none() {
+                let id = self.next_synthetic.fetch_add(1, Ordering::Relaxed);
+                let node = self.new_node(key, make(id, self.next_generation()));
+                self.map.insert(id, node.clone());
+                *slot = id;
+                return node;
             }
         }
-        let generation = self.next_generation();
-        let taken = self.map.contains_key(&key);
-        let id = if taken {
-            self.next_synthetic.fetch_add(1, Ordering::Relaxed)
-        } else {
-            key
-        };
-        let mut node = make(id, generation);
+        if let Some(existing) = found {
+            update(&existing);
+            existing.nlookup.fetch_add(1, Ordering::Relaxed);
+            // The node may have been forgotten meanwhile; put it back.
+            self.map
+                .entry(existing.ino)
+                .or_insert_with(|| existing.clone());
+            return existing;
+        }
+        let node = self.new_node(key, make(key, self.next_generation()));
+        // The number's own node serves again; an older synthetic one stays
+        // valid under its id until the kernel forgets it.
+        self.displaced.remove(&key);
+        match self.map.entry(key) {
+            dashmap::Entry::Vacant(v) => {
+                v.insert(node.clone());
+                node
+            }
+            // A racing lookup of the same object got there first: one node.
+            dashmap::Entry::Occupied(o) => {
+                let other = o.get().clone();
+                drop(o);
+                update(&other);
+                other.nlookup.fetch_add(1, Ordering::Relaxed);
+                other
+            }
+        }
+    }
+
+    fn new_node(&self, key: u64, mut node: Node) -> Arc<Node> {
         node.key = key;
         node.nlookup.store(1, Ordering::Relaxed);
-        let node = Arc::new(node);
-        if taken {
-            self.displaced.insert(key, id);
-        } else {
-            // The number's own node serves again; an older synthetic one
-            // stays valid under its id until the kernel forgets it.
-            self.displaced.remove(&key);
-        }
-        self.map.insert(id, node.clone());
-        node
+        Arc::new(node)
     }
 
     /// Adds lookups to a node the caller already holds (readdirplus, create).
