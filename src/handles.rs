@@ -340,6 +340,11 @@ impl Union {
                 v[i].cookie = v[i - 1].cookie + 1;
             }
         }
+        // A reader that got to the end stays there, as on the kernel: names
+        // created later must not show up after the last entry it read.
+        if let Some(last) = v.last_mut() {
+            last.cookie = i64::MAX as u64;
+        }
         let v = Arc::new(v);
         *node.listing.lock() = Some(v.clone());
         Ok(v)

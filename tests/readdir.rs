@@ -259,3 +259,21 @@ fn readdir_of_large_merged_dir_lists_every_entry_once() {
     assert!(!n.contains(&"entry_with_a_longish_name_00000".to_string()));
     assert_eq!(ls(&m.p("big")).len(), 1500 + 215 - 1);
 }
+
+#[test]
+fn readdir_at_the_end_stays_there_after_a_create() {
+    let Some(fx) = Fixture::new() else { return };
+    big_merged_dir(&fx);
+    fx.lower(0).file("w/b", b"");
+    let m = fx.mount();
+    for dir in ["d", "w"] {
+        let f = File::open(m.p(dir)).expect("opendir");
+        let all = names(&read_rest(&f, 160));
+        assert!(all.len() > 2, "{all:?}");
+        write(&m.p(&format!("{dir}/zz_new")), b"n");
+        // Without a rewind, a handle at the end lists nothing more.
+        assert_eq!(names(&read_rest(&f, 160)), Vec::<String>::new());
+        sys::lseek(f.as_fd(), 0, libc::SEEK_SET).expect("rewind");
+        assert!(names(&read_rest(&f, 4096)).contains(&"zz_new".to_string()));
+    }
+}
