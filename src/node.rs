@@ -212,27 +212,24 @@ impl NodeTable {
         self.map.insert(node.ino, node);
     }
 
+    /// The synthetic id the object with mapped number `key` has, if any.
+    fn displaced_id(&self, key: u64) -> Option<u64> {
+        if self.displaced.is_empty() {
+            return None;
+        }
+        self.displaced.get(&key).map(|id| *id)
+    }
+
     /// The node standing for the object whose mapped inode number is `key`.
     pub fn current(&self, key: u64) -> Option<Arc<Node>> {
-        if !self.displaced.is_empty() {
-            if let Some(node) = self
-                .displaced
-                .get(&key)
-                .map(|id| *id)
-                .and_then(|id| self.get(id))
-            {
-                return Some(node);
-            }
-        }
-        self.get(key)
+        self.displaced_id(key)
+            .and_then(|id| self.get(id))
+            .or_else(|| self.get(key))
     }
 
     /// The st_ino a listing shows for an object with mapped number `key`.
     pub fn shown_id(&self, key: u64) -> u64 {
-        if self.displaced.is_empty() {
-            return key;
-        }
-        self.displaced.get(&key).map(|id| *id).unwrap_or(key)
+        self.displaced_id(key).unwrap_or(key)
     }
 
     /// Returns the node the kernel should see for the object with mapped
@@ -257,12 +254,10 @@ impl NodeTable {
         // `same`/`update` may take node locks and make syscalls: never under
         // a `map` guard. (Lock order: `displaced` before `map`.)
         let reuse = |id: u64| self.get(id).filter(|n| same(n));
-        let synthetic = if self.displaced.is_empty() {
-            None
-        } else {
-            self.displaced.get(&key).map(|id| *id)
-        };
-        let mut found = synthetic.and_then(&reuse).or_else(|| reuse(key));
+        let mut found = self
+            .displaced_id(key)
+            .and_then(&reuse)
+            .or_else(|| reuse(key));
         if found.is_none() && self.map.contains_key(&key) {
             // The number still belongs to a gone object the kernel holds.
             // Choosing the synthetic id under the `displaced` entry makes

@@ -29,6 +29,11 @@ const MANY_LOWERS: usize = 3;
 /// Lower dirs bigger than this are probed, not listed in memory.
 const MAX_KEPT_NAMES: usize = 4096;
 
+/// Whether a dir's lower parts keep their name lists (see `MANY_LOWERS`).
+fn merges_many(d: &DirBody) -> bool {
+    d.lowers.len() >= MANY_LOWERS
+}
+
 /// Mount-wide behaviour switches.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -270,7 +275,7 @@ impl Union {
                 .map(|l| (l.clone(), cn.clone(), name.to_os_string()))
                 .collect(),
         };
-        let many = parent.lowers.len() >= MANY_LOWERS;
+        let many = merges_many(parent);
         for (l, cn, name) in &targets {
             let (cn, name) = (cn.as_c_str(), name.as_os_str());
             if many && Self::known_absent(l, name) {
@@ -452,7 +457,7 @@ impl Union {
                     break;
                 }
                 Err(e) if is_absent(e) => {
-                    if self.oci_hides(l, name, parent.lowers.len() >= MANY_LOWERS) {
+                    if self.oci_hides(l, name, merges_many(parent)) {
                         break;
                     }
                 }
@@ -523,7 +528,7 @@ impl Union {
                     return Ok(self.fmt.classify(bfd(&*l.fd), &cn, &st, true) == EntryKind::Object)
                 }
                 Err(e) if is_absent(e) => {
-                    if self.oci_hides(l, name, parent.lowers.len() >= MANY_LOWERS) {
+                    if self.oci_hides(l, name, merges_many(parent)) {
                         return Ok(false);
                     }
                 }
@@ -538,6 +543,14 @@ impl Union {
         let cn = cname(name)?;
         let kind = r.kind;
         let body = r.body.clone();
+        // Whether `n` remembers this very name: then resolve's stat tells
+        // what the name holds now, without a second lstat.
+        let here = |n: &Arc<Node>| {
+            let st = n.state.read();
+            st.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && st.name == cn
+        };
+        let resolved_here =
+            |n: &Arc<Node>| here(n) && (r.st.st_dev, r.st.st_ino) == self.leaf_real(n);
         let node = self.nodes.lookup_or_insert(
             r.ino,
             // A single-link object whose remembered name no longer holds it,
@@ -550,19 +563,14 @@ impl Union {
                     && if n.is_dir() {
                         !self.dir_gone(n)
                     } else {
-                        r.st.st_nlink > 1 || !self.leaf_gone(n)
+                        r.st.st_nlink > 1 || resolved_here(n) || !self.leaf_gone(n)
                     }
             },
             |n| {
                 // A hard link whose remembered name was unlinked while this
-                // one stayed takes this name as its own. (When this is the
-                // remembered name, resolve's stat already tells.)
-                let here = {
-                    let st = n.state.read();
-                    st.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && st.name == cn
-                };
+                // one stayed takes this name as its own.
                 let stale = !n.is_dir()
-                    && if here {
+                    && if here(n) {
                         (r.st.st_dev, r.st.st_ino) != self.leaf_real(n)
                     } else {
                         self.leaf_gone(n)
@@ -673,21 +681,12 @@ impl Union {
                 }
                 st
             }
-            None => {
-                let (fd, name) = self.leaf_loc(node)?;
-                let st = sys::fs::lstatat(bfd(&*fd), &name)?;
-                if (st.st_dev, st.st_ino) != self.leaf_real(node) {
-                    // The name now shows another object: this one is gone.
-                    return Err(Errno::ENOENT);
-                }
-                st
-            }
+            None => self.checked_leaf(node)?.2,
         };
         st.st_ino = self.shown_ino(node.ino);
         Ok(st)
     }
 
-    /// Whether a non-dir node's remembered name no longer holds its object.
     /// Whether a dir node's upper dir was removed (lower dirs never are).
     fn dir_gone(&self, n: &Node) -> bool {
         n.dir_body()
@@ -696,11 +695,9 @@ impl Union {
             .is_some_and(|st| st.st_nlink == 0)
     }
 
+    /// Whether a non-dir node's remembered name no longer holds its object.
     fn leaf_gone(&self, n: &Node) -> bool {
-        self.leaf_loc(n)
-            .and_then(|(d, nm)| sys::fs::lstatat(bfd(&*d), &nm))
-            .map(|st| (st.st_dev, st.st_ino) != self.leaf_real(n))
-            .unwrap_or(true)
+        self.checked_leaf(n).is_err()
     }
 
     /// The (st_dev, st_ino) a non-dir node stands for.
@@ -1112,15 +1109,7 @@ impl Union {
                 return Err(Errno::ENOTEMPTY);
             }
         }
-        if let Body::Leaf(l) = &r.body {
-            if l.upper.is_none() && r.st.st_nlink > 1 {
-                // The other names of a lower hard link must show one link
-                // less, as with the kernel's index: join them in the upper
-                // first, then remove this name.
-                let node = self.install_transient(&parent, name, &r)?;
-                self.copy_up(&node)?;
-            }
-        }
+        self.join_lower_links(&parent, name, &r)?;
         self.copy_up(&parent)?;
         let body = Self::dir_body(&parent)?;
         let upper = body.upper.clone().ok_or(Errno::EIO)?;
@@ -1164,6 +1153,17 @@ impl Union {
             }
         }
         self.forget_name(&parent, &cn, r.ino);
+        Ok(())
+    }
+
+    /// Before one name of a lower hard link goes away, the other names must
+    /// show one link less, as with the kernel's index: copying it up joins
+    /// them all in the upper first.
+    fn join_lower_links(&self, parent: &Arc<Node>, name: &OsStr, r: &Resolved) -> Result<()> {
+        if matches!(&r.body, Body::Leaf(l) if l.upper.is_none()) && r.st.st_nlink > 1 {
+            let node = self.install_transient(parent, name, r)?;
+            self.copy_up(&node)?;
+        }
         Ok(())
     }
 
@@ -1267,14 +1267,8 @@ impl Union {
         }
         // Copy-ups first, before any dir lock.
         if let Some(d) = dst.as_ref().filter(|_| !exchange) {
-            if let Body::Leaf(l) = &d.body {
-                if l.upper.is_none() && d.st.st_nlink > 1 {
-                    // Replacing one name of a lower hard link: the others
-                    // must show one link less (see remove()).
-                    let n = self.install_transient(&newparent, newname, d)?;
-                    self.copy_up(&n)?;
-                }
-            }
+            // Replacing one name of a lower hard link.
+            self.join_lower_links(&newparent, newname, d)?;
         }
         let src_node = self.install_transient(&parent, name, &src)?;
         self.copy_up(&src_node)?;
@@ -1505,16 +1499,21 @@ impl Union {
         }
     }
 
-    /// `leaf_loc`, checked to still name this node's object (a racing
-    /// unlink or rename may have given the name to a whiteout or another
-    /// file).
+    /// `leaf_loc`, checked to still name this node's object.
     fn checked_leaf_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString)> {
+        self.checked_leaf(node).map(|(dir, name, _)| (dir, name))
+    }
+
+    /// `leaf_loc` and the stat of what it names, checked to be this node's
+    /// object: a racing unlink or rename may have given the name to a
+    /// whiteout or another file (ENOENT then: this object is gone).
+    fn checked_leaf(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString, libc::stat)> {
         let (dir, name) = self.leaf_loc(node)?;
         let st = sys::fs::lstatat(bfd(&*dir), &name)?;
         if (st.st_dev, st.st_ino) != self.leaf_real(node) {
             return Err(Errno::ENOENT);
         }
-        Ok((dir, name))
+        Ok((dir, name, st))
     }
 
     pub fn getxattr(&self, ino: u64, key: &OsStr) -> Result<Vec<u8>> {

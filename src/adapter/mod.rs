@@ -94,6 +94,45 @@ impl Adapter {
     }
 }
 
+impl Adapter {
+    /// Adds the entries of `tail` with their attributes until the reply is
+    /// full; each entry sent counts a kernel lookup.
+    fn add_plus_entries(&self, ino: u64, tail: &ListingTail, reply: &mut ReplyDirectoryPlus) {
+        for e in tail.iter() {
+            let dots = e.name == "." || e.name == "..";
+            let looked = if dots {
+                // The kernel takes no reference for these; any attrs do.
+                self.fs.getattr(ino, None).map(|mut st| {
+                    st.st_ino = e.ino;
+                    (st, 0u64)
+                })
+            } else {
+                self.fs
+                    .lookup_entry(ino, e)
+                    .map(|en| (en.attr, en.generation))
+            };
+            let Ok((st, generation)) = looked else {
+                continue;
+            };
+            let full = reply.add(
+                INodeNo(st.st_ino),
+                e.cookie,
+                &e.name,
+                &self.ttl,
+                &to_attr(&st),
+                Generation(generation),
+            );
+            if full {
+                if !dots {
+                    // Not sent: take back the lookup just counted.
+                    self.fs.forget(st.st_ino, 1);
+                }
+                break;
+            }
+        }
+    }
+}
+
 /// A listing and where a read resumes in it.
 struct ListingTail {
     entries: Arc<Vec<crate::handles::DirEntry>>,
@@ -558,38 +597,7 @@ impl Filesystem for Adapter {
         guarded("readdirplus", || {
             match self.listing_from(ino.0, fh.0, offset) {
                 Ok(tail) => {
-                    for e in tail.iter() {
-                        let dots = e.name == "." || e.name == "..";
-                        let looked = if dots {
-                            // The kernel takes no reference for these; any attrs do.
-                            self.fs.getattr(ino.0, None).map(|mut st| {
-                                st.st_ino = e.ino;
-                                (st, 0u64)
-                            })
-                        } else {
-                            self.fs
-                                .lookup_entry(ino.0, e)
-                                .map(|en| (en.attr, en.generation))
-                        };
-                        let Ok((st, generation)) = looked else {
-                            continue;
-                        };
-                        let full = reply.add(
-                            INodeNo(st.st_ino),
-                            e.cookie,
-                            &e.name,
-                            &self.ttl,
-                            &to_attr(&st),
-                            Generation(generation),
-                        );
-                        if full {
-                            if !dots {
-                                // Not sent: take back the lookup just counted.
-                                self.fs.forget(st.st_ino, 1);
-                            }
-                            break;
-                        }
-                    }
+                    self.add_plus_entries(ino.0, &tail, &mut reply);
                     reply.ok()
                 }
                 Err(e) => reply.error(ferr(e)),
