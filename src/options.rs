@@ -40,7 +40,7 @@ OPTIONS (-o, comma separated, repeatable; named like kernel overlayfs):
                       lower files (an fd opened before a copy-up then keeps
                       reading the old data)
   timeout=SECS        kernel attribute/entry cache time (default 30)
-  threads=N           FUSE worker threads (default: number of CPUs, max 8)
+  threads=N           FUSE worker threads (default 16)
   allow_other, default_permissions, dev, nodev, suid, nosuid, exec, noexec,
   atime, noatime      as for any FUSE mount. As root the default is
                       default_permissions,allow_other,suid,dev.
@@ -82,6 +82,11 @@ pub enum PassthroughMode {
     /// Lower files too (an fd opened before a copy-up keeps the old data).
     All,
 }
+
+/// Not for parallelism: with many readers waiting on /dev/fuse, the woken
+/// one more often runs on the caller's CPU. On a 2-CPU VM a getxattr round
+/// trip took 20 µs with 16 threads against 30 µs with 2.
+const DEFAULT_THREADS: usize = 16;
 
 /// Everything a mount needs, from any of the invocation forms.
 #[derive(Debug, Clone)]
@@ -186,10 +191,7 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
         volatile: false,
         oci_whiteouts: true,
         timeout: 30.0,
-        threads: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(1, 8),
+        threads: DEFAULT_THREADS,
         allow_other: None,
         default_permissions: None,
         dev: None,
