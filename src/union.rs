@@ -819,8 +819,10 @@ impl Union {
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
-        let (fd, name) = self.checked_leaf_loc(&node)?;
-        sys::fs::readlinkat(bfd(&*fd), &name)
+        // Through an O_PATH fd checked to be this link: by name, a racing
+        // rename could put a file there after the check (EINVAL).
+        let fd = self.leaf_path_fd(&node)?;
+        sys::fs::readlinkat(fd.as_fd(), c"")
     }
 
     pub fn statfs(&self) -> Result<libc::statfs> {
