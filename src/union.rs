@@ -1492,18 +1492,10 @@ impl Union {
     fn xattr_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString)> {
         match node.dir_body() {
             Some(d) => Ok((Self::dir_top(&d)?, CString::default())),
-            // Through an fd checked to be this object; a symlink by name,
-            // as its /proc link would be followed.
-            None if node.kind != libc::S_IFLNK => {
-                Ok((Arc::new(self.leaf_path_fd(node)?), CString::default()))
-            }
-            None => self.checked_leaf_loc(node),
+            // Through an fd checked to be this object. For a symlink too:
+            // the /proc link of its O_PATH fd lands on the link itself.
+            None => Ok((Arc::new(self.leaf_path_fd(node)?), CString::default())),
         }
-    }
-
-    /// `leaf_loc`, checked to still name this node's object.
-    fn checked_leaf_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString)> {
-        self.checked_leaf(node).map(|(dir, name, _)| (dir, name))
     }
 
     /// `leaf_loc` and the stat of what it names, checked to be this node's

@@ -504,12 +504,29 @@ fn randomized_stress_finds_no_deadlock_panic_or_unexpected_error() {
         problems.push(format!("the daemon log mentions a panic:\n{log}"));
     }
     if !stats.unexpected.is_empty() {
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        // With RUST_LOG=unionfs::reply=debug the daemon names the request
+        // behind each unusual answer.
+        let answered: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" answered "))
+            .take(20)
+            .collect();
+        let tail: Vec<&str> = answered
+            .into_iter()
+            .chain(
+                log.lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev(),
+            )
+            .collect();
         problems.push(format!(
             "errors the kernel would not give under these races (first {}):\n  {}\n  daemon log tail:\n{}",
             stats.unexpected.len(),
             stats.unexpected.join("\n  "),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            tail.join("\n")
         ));
     }
     let errs: Vec<String> = live

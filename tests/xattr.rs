@@ -106,6 +106,38 @@ fn user_xattr_on_symlink_is_eperm_without_copy_up() {
     assert!(!exists(&m.up("l")));
 }
 
+/// trusted.* xattrs on symlinks act on the link, never on its target,
+/// whether the target is a file, a dir or missing.
+#[test]
+fn trusted_xattr_on_symlink_acts_on_the_link() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0)
+        .file("t", b"")
+        .xattr("t", "trusted.x", b"target")
+        .dir("td")
+        .symlink("to_file", "t")
+        .symlink("to_dir", "td")
+        .symlink("dangling", "nowhere")
+        .xattr("to_file", "trusted.x", b"lower link");
+    let m = fx.mount();
+    assert_eq!(
+        sys::lgetxattr(&m.p("to_file"), "trusted.x").unwrap(),
+        b"lower link"
+    );
+    for l in ["to_file", "to_dir", "dangling"] {
+        let p = m.p(l);
+        sys::lsetxattr(&p, "trusted.y", l.as_bytes(), 0).expect("set on link");
+        assert_eq!(sys::lgetxattr(&p, "trusted.y").unwrap(), l.as_bytes());
+        assert!(sorted_names(&p).contains(&"trusted.y".to_string()), "{l}");
+        assert_eq!(sys::lgetxattr(&m.up(l), "trusted.y").unwrap(), l.as_bytes());
+        sys::lremovexattr(&p, "trusted.y").expect("remove on link");
+        assert_errno(sys::lgetxattr(&p, "trusted.y"), libc::ENODATA, l);
+    }
+    assert_eq!(sys::lgetxattr(&m.p("t"), "trusted.x").unwrap(), b"target");
+    assert_errno(sys::lgetxattr(&m.p("t"), "trusted.y"), libc::ENODATA, "t");
+    assert_errno(sys::lgetxattr(&m.p("td"), "trusted.y"), libc::ENODATA, "td");
+}
+
 #[test]
 fn private_overlay_xattrs_are_hidden() {
     let Some(fx) = Fixture::new() else { return };

@@ -145,17 +145,23 @@ impl ListingTail {
     }
 }
 
+thread_local! {
+    /// The request this thread is answering, for the log of unusual answers.
+    static ANSWERING: std::cell::Cell<&'static str> = const { std::cell::Cell::new("") };
+}
+
 fn ferr(e: Errno) -> FErrno {
     if e == Errno::EIO || e == Errno::EINVAL || e == Errno::ESTALE {
-        // Unusual answers: `RUST_LOG=unionfs::reply=debug` ties them to requests.
-        log::debug!(target: "unionfs::reply", "{:?} answered {e}", std::thread::current().name());
+        // Unusual answers: `RUST_LOG=unionfs::reply=debug` names them.
+        log::debug!(target: "unionfs::reply", "{} answered {e}", ANSWERING.get());
     }
     FErrno::from_i32(e.raw())
 }
 
 /// Runs a handler body, turning a panic into EIO (the reply is dropped
 /// unanswered, which fuser answers with EIO).
-fn guarded<F: FnOnce()>(what: &str, f: F) {
+fn guarded<F: FnOnce()>(what: &'static str, f: F) {
+    ANSWERING.set(what);
     if catch_unwind(AssertUnwindSafe(f)).is_err() {
         log::error!("panic in {what} handler; answered EIO");
     }
