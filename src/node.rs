@@ -248,9 +248,25 @@ impl NodeTable {
         &self,
         key: u64,
         same: impl Fn(&Arc<Node>) -> bool,
-        update: impl FnOnce(&Arc<Node>),
-        make: impl FnOnce(u64, u64) -> Node,
+        update: impl Fn(&Arc<Node>),
+        make: impl Fn(u64, u64) -> Node,
     ) -> Arc<Node> {
+        loop {
+            if let Some(node) = self.try_lookup_or_insert(key, &same, &update, &make) {
+                return node;
+            }
+        }
+    }
+
+    /// One attempt of `lookup_or_insert`; None when a FORGET and a racing
+    /// lookup replaced the node found, so the attempt must start over.
+    fn try_lookup_or_insert(
+        &self,
+        key: u64,
+        same: &impl Fn(&Arc<Node>) -> bool,
+        update: &impl Fn(&Arc<Node>),
+        make: &impl Fn(u64, u64) -> Node,
+    ) -> Option<Arc<Node>> {
         // `same`/`update` may take node locks and make syscalls: never under
         // a `map` guard. (Lock order: `displaced` before `map`.)
         let reuse = |id: u64| self.get(id).filter(|n| same(n));
@@ -269,17 +285,25 @@ impl NodeTable {
                 let node = self.new_node(key, make(id, self.next_generation()));
                 self.map.insert(id, node.clone());
                 *slot = id;
-                return node;
+                return Some(node);
             }
         }
         if let Some(existing) = found {
             update(&existing);
             existing.nlookup.fetch_add(1, Ordering::Relaxed);
-            // The node may have been forgotten meanwhile; put it back.
-            self.map
-                .entry(existing.ino)
-                .or_insert_with(|| existing.clone());
-            return existing;
+            return match self.map.entry(existing.ino) {
+                // Forgotten meanwhile: the kernel gets it back under its
+                // old generation, which it no longer holds.
+                dashmap::Entry::Vacant(v) => {
+                    v.insert(existing.clone());
+                    Some(existing)
+                }
+                dashmap::Entry::Occupied(o) if Arc::ptr_eq(o.get(), &existing) => Some(existing),
+                // Forgotten, and a racing lookup already made a new node
+                // (a new generation) under this id: answering with the old
+                // one would make the kernel mark its inode bad (EIO).
+                dashmap::Entry::Occupied(_) => None,
+            };
         }
         let node = self.new_node(key, make(key, self.next_generation()));
         // The number's own node serves again; an older synthetic one stays
@@ -288,7 +312,7 @@ impl NodeTable {
         match self.map.entry(key) {
             dashmap::Entry::Vacant(v) => {
                 v.insert(node.clone());
-                node
+                Some(node)
             }
             // A racing lookup of the same object got there first: one node.
             dashmap::Entry::Occupied(o) => {
@@ -296,7 +320,7 @@ impl NodeTable {
                 drop(o);
                 update(&other);
                 other.nlookup.fetch_add(1, Ordering::Relaxed);
-                other
+                Some(other)
             }
         }
     }
@@ -305,12 +329,6 @@ impl NodeTable {
         node.key = key;
         node.nlookup.store(1, Ordering::Relaxed);
         Arc::new(node)
-    }
-
-    /// Adds lookups to a node the caller already holds (readdirplus, create).
-    pub fn add_lookup(&self, node: &Arc<Node>) {
-        node.nlookup.fetch_add(1, Ordering::Relaxed);
-        self.map.entry(node.ino).or_insert_with(|| node.clone());
     }
 
     /// Drops `n` kernel references; forgets the node when none remain.
@@ -388,5 +406,48 @@ impl NodeTable {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn dir_node(id: u64, generation: u64) -> Node {
+        let state = State {
+            parent: None,
+            name: CString::default(),
+            aliases: Vec::new(),
+            body: Body::Dir(DirBody::default()),
+        };
+        Node::new(id, generation, libc::S_IFDIR, state)
+    }
+
+    /// A lookup that found a node while the kernel's FORGET of it and a
+    /// racing lookup replaced it must answer with the new node: the old
+    /// generation under the same id would make the kernel's inode bad.
+    #[test]
+    fn a_lookup_racing_a_forget_and_a_fresh_node_answers_the_fresh_one() {
+        let table = NodeTable::default();
+        let key = 42;
+        let old = table.lookup_or_insert(key, |_| true, |_| {}, dir_node);
+        let raced = Cell::new(false);
+        let answered = table.lookup_or_insert(
+            key,
+            |_| true,
+            |_| {
+                // Runs between finding `old` and counting the lookup.
+                if !raced.replace(true) {
+                    table.forget(key, 1);
+                    table.lookup_or_insert(key, |_| true, |_| {}, dir_node);
+                }
+            },
+            dir_node,
+        );
+        let current = table.get(key).expect("a node under the id");
+        assert!(Arc::ptr_eq(&answered, &current));
+        assert_ne!(answered.generation, old.generation);
+        assert_eq!(answered.nlookup.load(Ordering::Relaxed), 2);
     }
 }
