@@ -150,14 +150,7 @@ fn mount_fuse(c: &MountConfig, allow_other: bool, default_perms: bool) -> Result
 fn fuser_config(c: &MountConfig, allow_other: bool, default_perms: bool) -> Config {
     let mut cfg = Config::default();
     cfg.n_threads = Some(c.threads);
-    // Cloning reopens /dev/fuse; where that fails (an fd handed in by a
-    // container tool, no access to the node) the threads share one fd.
-    cfg.clone_fd = c.threads > 1
-        && OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/fuse")
-            .is_ok();
+    cfg.clone_fd = c.threads > 1;
     cfg.acl = if allow_other {
         SessionACL::All
     } else {
