@@ -92,9 +92,7 @@ impl Adapter {
             },
         )
     }
-}
 
-impl Adapter {
     /// Adds the entries of `tail` with their attributes until the reply is
     /// full; each entry sent counts a kernel lookup.
     fn add_plus_entries(&self, ino: u64, tail: &ListingTail, reply: &mut ReplyDirectoryPlus) {
