@@ -126,6 +126,18 @@ fn check(out: &std::process::Output) {
     }
 }
 
+/// podman's global options for a session with all its state under `dir`.
+/// The tmpdir matters as much as the storage: root podman's default one is
+/// `/run/libpod`, which `system reset` removes, and the tests run in
+/// parallel, so one test's clean-up would pull it from under another's run
+/// ("creating runtime status file: open /run/libpod/alive").
+fn private_storage(dir: &Path) -> String {
+    format!(
+        "--root {0}/R --runroot {0}/RR --tmpdir {0}/T",
+        dir.display()
+    )
+}
+
 #[test]
 fn podman_root_uses_unionfs_fuse_as_mount_program() {
     if !ready() {
@@ -135,7 +147,7 @@ fn podman_root_uses_unionfs_fuse_as_mount_program() {
     setup(tmp.path());
     // podman refuses a runroot longer than 50 characters: keep it short.
     let short = PathBuf::from(format!("/var/tmp/ufsp-{}", std::process::id()));
-    let storage = format!("--root {0}/R --runroot {0}/RR", short.display());
+    let storage = private_storage(&short);
     let out = Command::new("bash")
         .args(["-c", &script(tmp.path(), &storage)])
         .output()
@@ -205,7 +217,7 @@ fn podman_rootless_uses_unionfs_fuse_as_mount_program() {
     let home = format!("/home/{USER}");
     // Rootless podman ignores a mount_program that is only in storage.conf;
     // the --storage-opt form is what works.
-    let storage = format!("--root {home}/.ufs-test/R --runroot {home}/.ufs-test/RR");
+    let storage = private_storage(Path::new(&format!("{home}/.ufs-test")));
     let body = script(tmp.path(), &storage);
     let out = Command::new("su")
         .args([USER, "-s", "/bin/bash", "-c", &body])
@@ -243,7 +255,7 @@ fn podman_imports_an_exported_layer() {
         String::from_utf8_lossy(&out.stderr)
     );
     let short = PathBuf::from(format!("/var/tmp/ufsi-{}", std::process::id()));
-    let storage = format!("--root {0}/R --runroot {0}/RR", short.display());
+    let storage = private_storage(&short);
     let t = tmp.path().display();
     let body = format!(
         "set -e; export CONTAINERS_CONF={t}/containers.conf
