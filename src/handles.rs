@@ -14,7 +14,7 @@ use crate::format::{cname, EntryKind};
 use crate::node::{DirBody, Node};
 use crate::sys;
 use crate::sys::fs::bfd;
-use crate::union::{Entry, Union};
+use crate::union::{Caller, Entry, Union};
 
 /// An open regular file.
 #[derive(Debug)]
@@ -87,11 +87,18 @@ impl Union {
         Some((h.fd(), h.upper.load(Ordering::Acquire), h.node.generation))
     }
 
+    /// Whether the file behind `fd` has a set-id bit.
+    pub fn file_is_setid(&self, fd: &OwnedFd) -> bool {
+        sys::fs::fstat(fd.as_fd()).is_ok_and(|st| st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0)
+    }
+
     fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {
         self.files.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)
     }
 
-    pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+    /// Opens `ino` for `caller`; an O_TRUNC open drops the set-id bits a
+    /// truncate by the caller removes (the kernel sends no SETATTR for it).
+    pub fn open(&self, ino: u64, flags: i32, caller: &Caller) -> Result<u64> {
         let node = self.node(ino)?;
         if node.is_dir() {
             return Err(Errno::EISDIR);
@@ -104,6 +111,13 @@ impl Union {
             self.copy_up(&node)?;
         }
         let fd = self.open_object(&node, flags)?;
+        if flags & libc::O_TRUNC != 0
+            && write
+            && node.kind == libc::S_IFREG
+            && self.drop_setid(fd.as_fd(), c"", caller, false)?
+        {
+            self.attributes_changed(node.ino);
+        }
         let upper = node.in_upper();
         Ok(self.add_file_handle(&node, fd, flags, upper))
     }
@@ -212,9 +226,24 @@ impl Union {
         Ok(buf)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+    /// Writes to open file `fh`. `kill_setid`: the kernel asks to drop the
+    /// set-id bits first (FUSE_WRITE_KILL_SUIDGID) for this caller.
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_setid: Option<&Caller>,
+    ) -> Result<u32> {
         let h = self.file(fh)?;
         let fd = h.fd();
+        // The kernel's cached mode would still show the bits: after a write
+        // it only refetches times and size.
+        if let Some(c) = kill_setid {
+            if self.drop_setid(fd.as_fd(), c"", c, true)? {
+                self.attributes_changed(h.node.ino);
+            }
+        }
         let n = if h.flags & libc::O_APPEND != 0 {
             sys::fs::write(fd.as_fd(), data)?
         } else {

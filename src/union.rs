@@ -45,11 +45,13 @@ pub struct Options {
     pub gid_map: crate::idmap::IdMap,
 }
 
-/// Who is asking: the caller's fsuid/fsgid as FUSE reports them.
+/// Who is asking: the caller's fsuid/fsgid and pid as FUSE reports them
+/// (pid 0: unknown).
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    pub pid: u32,
 }
 
 /// A node handed to the kernel: its number, generation and attributes.
@@ -746,7 +748,10 @@ impl Union {
             .unwrap_or_else(|_| sys::fs::zeroed_stat())
     }
 
-    pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<libc::stat> {
+    /// Changes attributes for `caller`. A truncate without a new mode drops
+    /// the set-id bits the caller's truncate removes (the kernel leaves that
+    /// to us with FUSE_HANDLE_KILLPRIV_V2, and our own truncate keeps them).
+    pub fn setattr(&self, ino: u64, a: SetAttr, caller: &Caller) -> Result<libc::stat> {
         let node = self.node(ino)?;
         self.require_upper()?;
         if a.mode.is_some() && node.kind == libc::S_IFLNK {
@@ -776,6 +781,9 @@ impl Union {
                     sys::fs::ftruncate(f.as_fd(), size as i64)?;
                 }
             }
+            if a.mode.is_none() {
+                self.drop_setid(dfd, &name, caller, false)?;
+            }
         }
         if a.uid.is_some() || a.gid.is_some() {
             sys::fs::fchownat(
@@ -802,6 +810,54 @@ impl Union {
             )?;
         }
         self.attr_of(&node).map(|st| self.present(st))
+    }
+
+    /// The set-id bits that a write or truncate by `caller` removes from a
+    /// regular file, by the kernel's rule: setuid always, setgid when the file
+    /// is group-executable or the caller is not in its group, nothing for a
+    /// caller with CAP_FSETID. `incapable`: the kernel already found the
+    /// caller without it (FUSE_WRITE_KILL_SUIDGID).
+    fn setid_bits_to_drop(&self, st: &libc::stat, caller: &Caller, incapable: bool) -> u32 {
+        let setid = st.st_mode & (libc::S_ISUID | libc::S_ISGID);
+        if setid == 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return 0;
+        }
+        let creds = sys::proc::proc_creds(caller.pid);
+        if !incapable && creds.as_ref().is_some_and(|c| c.cap_fsetid) {
+            return 0;
+        }
+        let mut drop = setid & libc::S_ISUID;
+        if setid & libc::S_ISGID != 0 {
+            let gid = self.opts.gid_map.to_inside(st.st_gid);
+            let in_group =
+                caller.gid == gid || creds.as_ref().is_some_and(|c| c.groups.contains(&gid));
+            if st.st_mode & libc::S_IXGRP != 0 || !in_group {
+                drop |= libc::S_ISGID;
+            }
+        }
+        drop
+    }
+
+    /// Drops what `setid_bits_to_drop` says from the file at (`dir`, `name`)
+    /// (`name` empty: `dir` is the file); true if it dropped any. The server
+    /// writes with CAP_FSETID, so its own write or truncate would keep them.
+    pub(crate) fn drop_setid(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        caller: &Caller,
+        incapable: bool,
+    ) -> Result<bool> {
+        let st = if name.to_bytes().is_empty() {
+            sys::fs::fstat(dir)?
+        } else {
+            sys::fs::fstatat(dir, name, libc::AT_SYMLINK_NOFOLLOW)?
+        };
+        let drop = self.setid_bits_to_drop(&st, caller, incapable);
+        if drop != 0 {
+            sys::fs::fchmodat(dir, name, st.st_mode & 0o7777 & !drop)?;
+        }
+        Ok(drop != 0)
     }
 
     /// The upper location of a node that is in the upper layer: for a dir,
@@ -958,6 +1014,7 @@ impl Union {
         let c = Caller {
             uid: self.opts.uid_map.to_outside(c.uid),
             gid,
+            pid: c.pid,
         };
         let euid = sys::proc::geteuid();
         if c.uid != euid || gid != sys::proc::getegid() {

@@ -1670,6 +1670,15 @@ fn unprivileged_callers_get_the_kernels_answers() {
             .chmod("sgid", 0o2777)
             .file("suid_trunc", b"0123456789")
             .chmod("suid_trunc", 0o4777)
+            .file("suid_otrunc", b"0123456789")
+            .chmod("suid_otrunc", 0o4777)
+            .file("sgid_nx", b"data\n")
+            .chmod("sgid_nx", 0o2766)
+            .file("sgid_nx_own_group", b"data\n")
+            .chown("sgid_nx_own_group", 0, GID)
+            .chmod("sgid_nx_own_group", 0o2766)
+            .file("setid_both", b"data\n")
+            .chmod("setid_both", 0o6777)
             .file("suid_own", b"#!/bin/sh\n")
             .chown("suid_own", UID, GID)
             .chmod("suid_own", 0o4755)
@@ -1744,6 +1753,30 @@ fn unprivileged_callers_get_the_kernels_answers() {
             (
                 "truncate world-writable setuid file",
                 "truncate -s 0 suid_trunc && stat -c %a suid_trunc",
+                "ok",
+                Some("777"),
+            ),
+            (
+                "open(O_TRUNC) of world-writable setuid file",
+                ": > suid_otrunc && stat -c %a suid_otrunc",
+                "ok",
+                Some("777"),
+            ),
+            (
+                "write setgid file without group exec of another group",
+                "echo x >> sgid_nx && stat -c %a sgid_nx",
+                "ok",
+                Some("766"),
+            ),
+            (
+                "write setgid file without group exec of own group",
+                "echo x >> sgid_nx_own_group && stat -c %a sgid_nx_own_group",
+                "ok",
+                Some("2766"),
+            ),
+            (
+                "two writes to setuid+setgid file",
+                "echo 1 >> setid_both && echo 2 >> setid_both && stat -c %a setid_both",
                 "ok",
                 Some("777"),
             ),

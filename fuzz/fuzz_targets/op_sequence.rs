@@ -116,12 +116,21 @@ fn rename_flags(i: u8) -> u32 {
 
 fn caller(i: u8) -> Caller {
     match i % 4 {
-        0 | 1 => Caller { uid: 0, gid: 0 },
+        0 | 1 => Caller {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+        },
         2 => Caller {
             uid: 1000,
             gid: 1000,
+            pid: 0,
         },
-        _ => Caller { uid: 0, gid: 1000 },
+        _ => Caller {
+            uid: 0,
+            gid: 1000,
+            pid: 0,
+        },
     }
 }
 
@@ -681,7 +690,7 @@ fn run(u: &Union, setup: &Setup, ops: &[Op]) {
                 ) {
                     continue;
                 }
-                if let Some(fh) = check("open", u.open(ino, open_flags(flags))) {
+                if let Some(fh) = check("open", u.open(ino, open_flags(flags), &caller(0))) {
                     k.files.push((fh, ino));
                 }
             }
@@ -691,7 +700,7 @@ fn run(u: &Union, setup: &Setup, ops: &[Op]) {
                 ref data,
             } => {
                 let data = &data[..data.len().min(MAX_DATA)];
-                if let Some(n) = check("write", u.write(k.file(fh), offset as u64, data)) {
+                if let Some(n) = check("write", u.write(k.file(fh), offset as u64, data, None)) {
                     assert!(n as usize <= data.len(), "wrote more than given");
                 }
             }
@@ -733,7 +742,7 @@ fn run(u: &Union, setup: &Setup, ops: &[Op]) {
                     mtime: mtime.map(TimeArg::get),
                     fh: fh.map(|f| k.file(f)),
                 };
-                if let Some(st) = check("setattr", u.setattr(ino, a)) {
+                if let Some(st) = check("setattr", u.setattr(ino, a, &caller(0))) {
                     // Any node but the root (which shows its real dir's
                     // number, like the kernel) reports its FUSE number.
                     if ino != ROOT_INO {

@@ -34,16 +34,28 @@ pub struct Adapter {
     /// OPENDIR/RELEASEDIR again (two round trips less per dir open) and
     /// caches listings by default.
     no_opendir: bool,
+    /// FUSE_HANDLE_KILLPRIV_V2: asked for by `new`, then whether the kernel
+    /// agreed. The kernel then stops asking for `security.capability` before
+    /// every write(2) (a round trip each) and leaves dropping set-id bits on
+    /// write and truncate to us.
+    killpriv: bool,
 }
 
 impl Adapter {
-    pub fn new(fs: Arc<Union>, ttl: Duration, pt: passthrough::Mode, stack_depth: u32) -> Adapter {
+    pub fn new(
+        fs: Arc<Union>,
+        ttl: Duration,
+        pt: passthrough::Mode,
+        stack_depth: u32,
+        killpriv: bool,
+    ) -> Adapter {
         Adapter {
             fs,
             ttl,
             pt: Passthrough::new(pt),
             stack_depth,
             no_opendir: false,
+            killpriv,
         }
     }
 
@@ -68,6 +80,9 @@ impl Adapter {
         match self.fs.file_backing(fh) {
             Some((fd, upper, generation)) => {
                 let ok = upper || !self.fs.has_upper() || self.pt.mode() == passthrough::Mode::All;
+                // A passthrough write never reaches us, so with KILLPRIV_V2
+                // nobody would drop the set-id bits: such files stay cached.
+                let ok = ok && !(self.killpriv && self.fs.file_is_setid(&fd));
                 (Some(fd), ok, generation)
             }
             None => (None, false, 0),
@@ -240,6 +255,7 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -287,10 +303,15 @@ impl Filesystem for Adapter {
             | InitFlags::FUSE_AUTO_INVAL_DATA
             // The kernel then checks ACLs and caches them (also their
             // absence), which saves a getxattr round trip per `ls -l` entry.
-            | InitFlags::FUSE_POSIX_ACL;
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         for flag in wanted.iter() {
             let _ = config.add_capabilities(flag);
         }
+        self.killpriv = self.killpriv
+            && config
+                .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+                .is_ok();
         let _ = config.set_max_write(1 << 20);
         self.no_opendir = config
             .capabilities()
@@ -333,7 +354,7 @@ impl Filesystem for Adapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -359,7 +380,7 @@ impl Filesystem for Adapter {
                 mtime: mtime.map(to_time),
                 fh: fh.map(|f| f.0),
             };
-            match self.fs.setattr(ino.0, a) {
+            match self.fs.setattr(ino.0, a, &caller(req)) {
                 Ok(st) => reply.attr(&self.ttl, &to_attr(&st)),
                 Err(e) => reply.error(ferr(e)),
             }
@@ -464,16 +485,18 @@ impl Filesystem for Adapter {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        guarded("open", || match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => match self.open_mode(ino.0, fh, |fd| reply.open_backing(fd.as_fd())) {
-                Open::Passthrough(id) => {
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
-                }
-                // Data changes only through this mount: keep the page cache.
-                Open::Cached => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            },
-            Err(e) => reply.error(ferr(e)),
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        guarded("open", || {
+            match self.fs.open(ino.0, flags.0, &caller(req)) {
+                Ok(fh) => match self.open_mode(ino.0, fh, |fd| reply.open_backing(fd.as_fd())) {
+                    Open::Passthrough(id) => {
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+                    }
+                    // Data changes only through this mount: keep the page cache.
+                    Open::Cached => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                },
+                Err(e) => reply.error(ferr(e)),
+            }
         });
     }
 
@@ -496,17 +519,21 @@ impl Filesystem for Adapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        guarded("write", || match self.fs.write(fh.0, offset, data) {
+        let c = caller(req);
+        let kill = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then_some(&c);
+        guarded("write", || match self.fs.write(fh.0, offset, data, kill) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(ferr(e)),
         });

@@ -270,6 +270,9 @@ fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
         Duration::from_secs_f64(c.timeout),
         c.passthrough,
         stack_depth,
+        // Checked against overlayfs as root only; in a user namespace the
+        // kernel keeps making the set-id checks itself.
+        !in_user_namespace(),
     );
     let cfg = fuser_config(c, allow_other, default_perms);
 

@@ -168,3 +168,45 @@ pub fn kill(pid: i32, sig: i32) -> Result<()> {
     check(unsafe { libc::kill(pid, sig) })?;
     Ok(())
 }
+
+/// What the kernel's set-id rules need to know about a calling process.
+pub struct ProcCreds {
+    /// CAP_FSETID is effective and the process is in our user namespace.
+    pub cap_fsetid: bool,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+const CAP_FSETID: u32 = 4;
+
+/// Reads the credentials of process `pid` from /proc; None when it is gone
+/// or cannot be read. A process in another user namespace counts as not
+/// holding CAP_FSETID: its capabilities do not reach our files.
+pub fn proc_creds(pid: u32) -> Option<ProcCreds> {
+    if pid == 0 {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+    };
+    let cap_eff = u64::from_str_radix(field("CapEff:")?, 16).ok()?;
+    let groups = field("Groups:")?
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    let same_ns = match (
+        std::fs::read_link(format!("/proc/{pid}/ns/user")),
+        std::fs::read_link("/proc/self/ns/user"),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    Some(ProcCreds {
+        cap_fsetid: same_ns && cap_eff & (1 << CAP_FSETID) != 0,
+        groups,
+    })
+}
