@@ -237,12 +237,8 @@ impl Union {
     ) -> Result<u32> {
         let h = self.file(fh)?;
         let fd = h.fd();
-        // The kernel's cached mode would still show the bits: after a write
-        // it only refetches times and size.
         if let Some(c) = kill_setid {
-            if self.drop_setid(fd.as_fd(), c"", c, true)? {
-                self.attributes_changed(h.node.ino);
-            }
+            self.drop_setid_of(&h, c, true)?;
         }
         let n = if h.flags & libc::O_APPEND != 0 {
             sys::fs::write(fd.as_fd(), data)?
@@ -264,8 +260,28 @@ impl Union {
         sys::fs::fsync(h.fd().as_fd(), datasync)
     }
 
-    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+    /// Drops the set-id bits a change of open file `h` by `caller` removes.
+    /// The kernel's cached mode would still show them (after a write it only
+    /// refetches times and size), so the node's attributes are invalidated.
+    fn drop_setid_of(&self, h: &FileHandle, caller: &Caller, incapable: bool) -> Result<()> {
+        if self.drop_setid(h.fd().as_fd(), c"", caller, incapable)? {
+            self.attributes_changed(h.node.ino);
+        }
+        Ok(())
+    }
+
+    /// fallocate(2) for `caller`, who may drop set-id bits as by a write
+    /// (with KILLPRIV_V2 the kernel leaves that to us).
+    pub fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        caller: &Caller,
+    ) -> Result<()> {
         let h = self.file(fh)?;
+        self.drop_setid_of(&h, caller, false)?;
         sys::fs::fallocate(h.fd().as_fd(), mode, offset as i64, length as i64)
     }
 
@@ -275,6 +291,8 @@ impl Union {
         sys::fs::lseek(fd.as_fd(), offset, whence)
     }
 
+    /// copy_file_range(2) for `caller`, who may drop the target's set-id
+    /// bits as by a write.
     pub fn copy_file_range(
         &self,
         fh_in: u64,
@@ -282,9 +300,11 @@ impl Union {
         fh_out: u64,
         off_out: u64,
         len: u64,
+        caller: &Caller,
     ) -> Result<u32> {
         let hi = self.file(fh_in)?;
         let ho = self.file(fh_out)?;
+        self.drop_setid_of(&ho, caller, false)?;
         let fi = self.current_fd(&hi)?;
         let fo = ho.fd();
         let (mut a, mut b) = (off_in as i64, off_out as i64);

@@ -1679,6 +1679,10 @@ fn unprivileged_callers_get_the_kernels_answers() {
             .chmod("sgid_nx_own_group", 0o2766)
             .file("setid_both", b"data\n")
             .chmod("setid_both", 0o6777)
+            .file("suid_falloc", b"data\n")
+            .chmod("suid_falloc", 0o4777)
+            .file("suid_cfr", b"data\n")
+            .chmod("suid_cfr", 0o4777)
             .file("suid_own", b"#!/bin/sh\n")
             .chown("suid_own", UID, GID)
             .chmod("suid_own", 0o4755)
@@ -1777,6 +1781,20 @@ fn unprivileged_callers_get_the_kernels_answers() {
             (
                 "two writes to setuid+setgid file",
                 "echo 1 >> setid_both && echo 2 >> setid_both && stat -c %a setid_both",
+                "ok",
+                Some("777"),
+            ),
+            (
+                "fallocate world-writable setuid file",
+                "fallocate -l 64k suid_falloc && stat -c %a suid_falloc",
+                "ok",
+                Some("777"),
+            ),
+            (
+                "copy_file_range into world-writable setuid file",
+                "python3 -c 'import os; a = os.open(\"pub/rootfile\", os.O_RDONLY); \
+                 b = os.open(\"suid_cfr\", os.O_WRONLY); os.copy_file_range(a, b, 1)' \
+                 && stat -c %a suid_cfr",
                 "ok",
                 Some("777"),
             ),

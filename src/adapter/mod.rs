@@ -753,7 +753,7 @@ impl Filesystem for Adapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -762,7 +762,10 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         guarded("fallocate", || {
-            Self::empty(reply, self.fs.fallocate(fh.0, offset, length, mode))
+            Self::empty(
+                reply,
+                self.fs.fallocate(fh.0, offset, length, mode, &caller(req)),
+            )
         });
     }
 
@@ -783,7 +786,7 @@ impl Filesystem for Adapter {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -795,10 +798,14 @@ impl Filesystem for Adapter {
         reply: ReplyWrite,
     ) {
         guarded("copy_file_range", || {
-            match self
-                .fs
-                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-            {
+            match self.fs.copy_file_range(
+                fh_in.0,
+                offset_in,
+                fh_out.0,
+                offset_out,
+                len,
+                &caller(req),
+            ) {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(ferr(e)),
             }
