@@ -162,8 +162,15 @@ impl Union {
         if flags & libc::O_NONBLOCK == 0 && node.kind == libc::S_IFREG {
             sys::fs::set_nonblock(fd.as_fd(), false)?;
         }
-        if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
-            sys::fs::ftruncate(fd.as_fd(), 0)?;
+        if flags & libc::O_TRUNC != 0 && node.kind == libc::S_IFREG {
+            if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                sys::fs::ftruncate(fd.as_fd(), 0)?;
+            } else {
+                // Linux truncates on O_RDONLY|O_TRUNC too (the caller needed
+                // write permission for it).
+                let w = sys::fs::reopen(fd.as_fd(), libc::O_WRONLY | libc::O_NONBLOCK)?;
+                sys::fs::ftruncate(w.as_fd(), 0)?;
+            }
         }
         Ok(fd)
     }

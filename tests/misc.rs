@@ -8,7 +8,7 @@ use common::*;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 #[test]
@@ -32,6 +32,24 @@ fn statfs_reports_upper_fs() {
         "free space {free_m} vs upper {free_u}"
     );
     assert_eq!(merged.f_flag & libc::ST_RDONLY, 0);
+}
+
+/// Linux truncates on O_RDONLY|O_TRUNC as well (it asks for write
+/// permission for it); the lower file is copied up and emptied.
+#[test]
+fn read_only_open_with_o_trunc_truncates() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("f", b"0123456789");
+    let m = fx.mount();
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_TRUNC)
+        .open(m.p("f"))
+        .expect("open O_RDONLY|O_TRUNC");
+    assert_eq!(f.metadata().expect("fstat").len(), 0);
+    drop(f);
+    assert_eq!(fs::metadata(m.p("f")).expect("stat").len(), 0);
+    assert_eq!(fx.lower(0).path("f").metadata().expect("lower").len(), 10);
 }
 
 #[test]
