@@ -327,5 +327,14 @@ fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
             let _ = sys::proc::redirect_stdio(null.as_fd());
         }
     }
-    session.run().map_err(|e| format!("session: {e}"))
+    match session.run() {
+        // A worker that took a request just as the unmount aborted the
+        // connection reads ECONNABORTED instead of ENODEV; fuser 0.18 passes
+        // it on as an error, but the session is over either way.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            log::info!("session ended: connection aborted (unmounted)");
+            Ok(())
+        }
+        r => r.map_err(|e| format!("session: {e}")),
+    }
 }
