@@ -286,6 +286,24 @@ fn copy_up_preserves_owner_setuid_mode_and_ns_times() {
     }
 }
 
+/// chown drops setuid, and setgid of a group-executable file, even by
+/// root (Linux, and so kernel overlayfs); setgid without group exec stays.
+#[test]
+fn chown_by_root_drops_set_id_bits() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0)
+        .file_mode("suid", b"x", 0o6755)
+        .chmod("suid", 0o6755)
+        .file_mode("sgid_nx", b"x", 0o2744)
+        .chmod("sgid_nx", 0o2744);
+    let m = fx.mount();
+    for name in ["suid", "sgid_nx"] {
+        std::os::unix::fs::lchown(m.p(name), Some(5), Some(5)).expect("chown");
+    }
+    assert_eq!(lstat(&m.p("suid")).mode(), libc::S_IFREG | 0o755);
+    assert_eq!(lstat(&m.p("sgid_nx")).mode(), libc::S_IFREG | 0o2744);
+}
+
 #[test]
 fn copy_up_preserves_user_and_trusted_xattrs() {
     let Some(fx) = Fixture::new() else { return };

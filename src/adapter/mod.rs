@@ -37,7 +37,9 @@ pub struct Adapter {
     /// FUSE_HANDLE_KILLPRIV_V2: asked for by `new`, then whether the kernel
     /// agreed. The kernel then stops asking for `security.capability` before
     /// every write(2) (a round trip each) and leaves dropping set-id bits on
-    /// write and truncate to us.
+    /// write and truncate to us. fuser 0.18 passes only the write's kill flag
+    /// on (not setattr's or open's), so the union decides those itself from
+    /// the caller's credentials.
     killpriv: bool,
 }
 
