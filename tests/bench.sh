@@ -307,6 +307,7 @@ WORKLOADS=(
     "seqread_cold|cold|dd if=\$MNT/big.bin of=/dev/null bs=1M status=none"
     "seqread_warm|warm|dd if=\$MNT/big.bin of=/dev/null bs=1M status=none"
     "write_fsync|fresh|dd if=/dev/zero of=\$MNT/new.bin bs=1M count=$BIG_MB conv=fsync status=none"
+    "write_4k|fresh|dd if=/dev/zero of=\$MNT/small.bin bs=4k count=$((BIG_MB * 64)) status=none"
     "copyup|fresh|for f in \$(seq 1 $COPYUP); do d=\$(( (f % $DIRS) + 1 )); n=\$(( (f / $DIRS) * 10 + 3 )); echo x >> \$MNT/d\$d/f\$n 2>/dev/null || true; done"
     "create_rm|fresh|mkdir \$MNT/many && for i in \$(seq 1 $((COPYUP * 2))); do : > \$MNT/many/\$i; done && rm -rf \$MNT/many"
     "untar_rm|fresh|tar xf $B/src.tar -C \$MNT && rm -rf \$MNT/tree"
