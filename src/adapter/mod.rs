@@ -305,8 +305,7 @@ impl Filesystem for Adapter {
             | InitFlags::FUSE_AUTO_INVAL_DATA
             // The kernel then checks ACLs and caches them (also their
             // absence), which saves a getxattr round trip per `ls -l` entry.
-            | InitFlags::FUSE_POSIX_ACL
-            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            | InitFlags::FUSE_POSIX_ACL;
         for flag in wanted.iter() {
             let _ = config.add_capabilities(flag);
         }
