@@ -77,34 +77,34 @@ impl Adapter {
         Ok(ListingTail { entries, start })
     }
 
-    /// Whether open file `fh` may pass through, its fd and its node's generation.
-    fn backing_of(&self, fh: u64) -> (Option<Arc<std::os::fd::OwnedFd>>, bool, u64) {
-        match self.fs.file_backing(fh) {
-            Some((fd, upper, generation)) => {
-                let ok = upper || !self.fs.has_upper() || self.pt.mode() == passthrough::Mode::All;
-                // A passthrough write never reaches us, so with KILLPRIV_V2
-                // nobody would drop the set-id bits: such files stay cached.
-                let ok = ok && !(self.killpriv && self.fs.file_is_setid(&fd));
-                (Some(fd), ok, generation)
-            }
-            None => (None, false, 0),
-        }
+    /// Whether an open file may pass through: an upper file, any file of a
+    /// read-only union, a lower one too with `passthrough=all`. With
+    /// KILLPRIV_V2 not a set-id file: a passthrough write never reaches us,
+    /// so nobody would drop the bits.
+    fn may_pass_through(&self, fd: &std::os::fd::OwnedFd, upper: bool) -> bool {
+        (upper || !self.fs.has_upper() || self.pt.mode() == passthrough::Mode::All)
+            && !(self.killpriv && self.fs.file_is_setid(fd))
     }
 
-    /// Passthrough or cached I/O for a new open file.
+    /// Passthrough or cached I/O for a new open file. Whether it may pass
+    /// through (an fstat) is asked only when it could.
     fn open_mode(
         &self,
         ino: u64,
         fh: u64,
         backing: impl FnOnce(&std::os::fd::OwnedFd) -> std::io::Result<fuser::BackingId>,
     ) -> Open {
-        let (fd, eligible, generation) = self.backing_of(fh);
+        let file = self.fs.file_backing(fh);
+        let generation = file.as_ref().map_or(0, |(_, _, g)| *g);
         self.pt.open(
             (ino, generation),
             fh,
-            eligible && fd.is_some(),
-            || match &fd {
-                Some(fd) => backing(fd),
+            || {
+                file.as_ref()
+                    .is_some_and(|(fd, upper, _)| self.may_pass_through(fd, *upper))
+            },
+            || match &file {
+                Some((fd, _, _)) => backing(fd),
                 None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
             },
         )

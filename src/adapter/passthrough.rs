@@ -65,12 +65,13 @@ impl Passthrough {
     }
 
     /// Decides how `fh` of node `key` is opened. `eligible` says whether the file
-    /// may pass through; `backing` opens a backing id for it.
+    /// may pass through (asked only when the node has no mode yet and
+    /// passthrough is on); `backing` opens a backing id for it.
     pub fn open(
         &self,
         key: (u64, u64),
         fh: u64,
-        eligible: bool,
+        eligible: impl FnOnce() -> bool,
         backing: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> Open {
         let (slot, mut io) = loop {
@@ -94,7 +95,7 @@ impl Passthrough {
             }
             NodeIo::Idle => {
                 let want =
-                    eligible && self.mode != Mode::Off && self.enabled.load(Ordering::Relaxed);
+                    self.mode != Mode::Off && self.enabled.load(Ordering::Relaxed) && eligible();
                 match want.then(backing) {
                     Some(Ok(id)) => {
                         let id = Arc::new(id);
