@@ -114,7 +114,7 @@ impl Union {
         if flags & libc::O_TRUNC != 0
             && write
             && node.kind == libc::S_IFREG
-            && self.drop_setid(fd.as_fd(), c"", caller, false)?
+            && self.drop_setid(fd.as_fd(), caller, false)?
         {
             self.attributes_changed(node.ino);
         }
@@ -271,7 +271,7 @@ impl Union {
     /// The kernel's cached mode would still show them (after a write it only
     /// refetches times and size), so the node's attributes are invalidated.
     fn drop_setid_of(&self, h: &FileHandle, caller: &Caller, incapable: bool) -> Result<()> {
-        if self.drop_setid(h.fd().as_fd(), c"", caller, incapable)? {
+        if self.drop_setid(h.fd().as_fd(), caller, incapable)? {
             self.attributes_changed(h.node.ino);
         }
         Ok(())

@@ -781,8 +781,9 @@ impl Union {
                     sys::fs::ftruncate(f.as_fd(), size as i64)?;
                 }
             }
+            // A regular file here, so `dfd` is the file itself.
             if a.mode.is_none() {
-                self.drop_setid(dfd, &name, caller, false)?;
+                self.drop_setid(dfd, caller, false)?;
             }
         }
         if a.uid.is_some() || a.gid.is_some() {
@@ -838,24 +839,19 @@ impl Union {
         drop
     }
 
-    /// Drops what `setid_bits_to_drop` says from the file at (`dir`, `name`)
-    /// (`name` empty: `dir` is the file); true if it dropped any. The server
-    /// writes with CAP_FSETID, so its own write or truncate would keep them.
+    /// Drops what `setid_bits_to_drop` says from the file behind `file` (an
+    /// open or O_PATH fd); true if it dropped any. The server writes with
+    /// CAP_FSETID, so its own write or truncate would keep them.
     pub(crate) fn drop_setid(
         &self,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
+        file: BorrowedFd<'_>,
         caller: &Caller,
         incapable: bool,
     ) -> Result<bool> {
-        let st = if name.to_bytes().is_empty() {
-            sys::fs::fstat(dir)?
-        } else {
-            sys::fs::fstatat(dir, name, libc::AT_SYMLINK_NOFOLLOW)?
-        };
+        let st = sys::fs::fstat(file)?;
         let drop = self.setid_bits_to_drop(&st, caller, incapable);
         if drop != 0 {
-            sys::fs::fchmodat(dir, name, st.st_mode & 0o7777 & !drop)?;
+            sys::fs::fchmodat(file, c"", st.st_mode & 0o7777 & !drop)?;
         }
         Ok(drop != 0)
     }
