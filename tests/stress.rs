@@ -506,22 +506,10 @@ fn randomized_stress_finds_no_deadlock_panic_or_unexpected_error() {
     if !stats.unexpected.is_empty() {
         // With RUST_LOG=unionfs::reply=debug the daemon names the request
         // behind each unusual answer.
-        let answered: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains(" answered "))
-            .take(20)
-            .collect();
-        let tail: Vec<&str> = answered
-            .into_iter()
-            .chain(
-                log.lines()
-                    .rev()
-                    .take(30)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev(),
-            )
-            .collect();
+        let lines: Vec<&str> = log.lines().collect();
+        let answered = lines.iter().filter(|l| l.contains(" answered ")).take(20);
+        let last = &lines[lines.len().saturating_sub(30)..];
+        let tail: Vec<&str> = answered.chain(last).copied().collect();
         problems.push(format!(
             "errors the kernel would not give under these races (first {}):\n  {}\n  daemon log tail:\n{}",
             stats.unexpected.len(),
