@@ -34,6 +34,7 @@ impl Errno {
     pub const EINTR: Errno = Errno(libc::EINTR);
     pub const ESTALE: Errno = Errno(libc::ESTALE);
     pub const EOVERFLOW: Errno = Errno(libc::EOVERFLOW);
+    pub const ETXTBSY: Errno = Errno(libc::ETXTBSY);
 
     /// The calling thread's current errno (EIO if it is somehow zero).
     pub fn last() -> Errno {

@@ -104,6 +104,13 @@ pub struct Union {
         parking_lot::Mutex<std::collections::HashMap<usize, Arc<crate::hardlinks::LinkMap>>>,
 }
 
+/// Whether `mode` makes exec(2) raise privileges: setuid, or setgid with
+/// group exec (setgid alone marks mandatory locking and grants nothing).
+pub fn raises_privileges(mode: u32) -> bool {
+    let sgid = libc::S_ISGID | libc::S_IXGRP;
+    mode & libc::S_ISUID != 0 || mode & sgid == sgid
+}
+
 fn kind_of(st: &libc::stat) -> u32 {
     st.st_mode & libc::S_IFMT
 }
@@ -854,6 +861,36 @@ impl Union {
             sys::fs::fchmodat(file, c"", st.st_mode & 0o7777 & !drop)?;
         }
         Ok(drop != 0)
+    }
+
+    /// Whether a write by `writer` to a file owned by `owner` (as callers see
+    /// owners) would drop the file's set-id bits under the kernel's rule. A
+    /// passthrough write never reaches the server, so such a writer and such
+    /// bits must not meet. The owner is let through: the bits give nobody more
+    /// than the owner already has.
+    pub fn write_drops_setid(&self, writer: &Caller, owner: u32) -> bool {
+        writer.uid != owner && !sys::proc::proc_creds(writer.pid).is_some_and(|c| c.cap_fsetid)
+    }
+
+    /// Whether `writer` may write to the file behind `fd` without the server
+    /// seeing the writes: not when the file's bits would make exec raise
+    /// privileges and such a write would drop them.
+    pub fn may_write_unseen(&self, fd: &OwnedFd, writer: &Caller) -> bool {
+        sys::fs::fstat(fd.as_fd()).is_ok_and(|st| {
+            !(raises_privileges(st.st_mode)
+                && self.write_drops_setid(writer, self.opts.uid_map.to_inside(st.st_uid)))
+        })
+    }
+
+    /// The generation of node `ino` and the owner `a` leaves it with (as
+    /// callers see owners).
+    pub fn generation_and_owner_after(&self, ino: u64, a: &SetAttr) -> Result<(u64, u32)> {
+        let generation = self.node(ino)?.generation;
+        let owner = match a.uid {
+            Some(uid) => uid,
+            None => self.getattr(ino, None)?.st_uid,
+        };
+        Ok((generation, owner))
     }
 
     /// The upper location of a node that is in the upper layer: for a dir,

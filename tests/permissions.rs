@@ -206,3 +206,97 @@ fn sticky_dir_protects_other_users_files() {
         "a refused unlink left a whiteout"
     );
 }
+
+/// A chmod to 0o4777 through the mount; its errno on failure.
+fn chmod_res(p: &std::path::Path, mode: u32) -> Result<(), i32> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+        .map_err(|e| e.raw_os_error().unwrap_or(0))
+}
+
+/// Upper files pass through, and as root the server takes KILLPRIV_V2: the
+/// kernel then drops no set-id bits at a passthrough write and the server
+/// never sees it. So a file may not gain bits that make exec raise
+/// privileges while another user without CAP_FSETID writes to it in
+/// passthrough, nor such a user join those writers: both are refused with
+/// ETXTBSY instead of leaving a setuid file that user wrote. (Kernel
+/// overlayfs allows both and drops the bits at the user's write.)
+#[test]
+fn setid_bits_never_meet_passthrough_writes_by_other_users() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    if only_for_ours() {
+        return;
+    }
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).dir("l");
+    fx.upper()
+        .file_mode("f", b"d\n", 0o666)
+        .file_mode("g", b"d\n", 0o666)
+        .file_mode("own", b"d\n", 0o644)
+        .chown("own", UID, GID);
+    let m = fx.mount();
+
+    // Another user writes to f in passthrough: root's chmod u+s / g+s is refused.
+    let mut user = Command::new("setpriv")
+        .args([
+            &format!("--reuid={UID}"),
+            &format!("--regid={GID}"),
+            "--clear-groups",
+        ])
+        .args([
+            "sh",
+            "-c",
+            "exec 3>>f; echo 1 >&3; echo open; read x; echo 2 >&3",
+        ])
+        .current_dir(m.p(""))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run setpriv");
+    let mut line = String::new();
+    BufReader::new(user.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "open\n");
+    assert_eq!(chmod_res(&m.p("f"), 0o4777), Err(libc::ETXTBSY), "setuid");
+    assert_eq!(
+        chmod_res(&m.p("f"), 0o2777),
+        Err(libc::ETXTBSY),
+        "setgid+gx"
+    );
+    // Setgid without group exec raises nothing, and plain modes are fine.
+    assert_eq!(chmod_res(&m.p("f"), 0o2766), Ok(()));
+    assert_eq!(chmod_res(&m.p("f"), 0o666), Ok(()));
+    user.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(user.wait().unwrap().success());
+    assert_eq!(read(&m.p("f")), "d\n1\n2\n");
+    // Once that user closed it, the chmod goes through.
+    assert_eq!(chmod_res(&m.p("f"), 0o4777), Ok(()));
+
+    // Root writes to g in passthrough and makes it setuid (root keeps the
+    // bits on its writes); another user may then not join the writers.
+    let mut root_fd = fs::OpenOptions::new().append(true).open(m.p("g")).unwrap();
+    root_fd.write_all(b"r\n").unwrap();
+    assert_eq!(chmod_res(&m.p("g"), 0o4777), Ok(()));
+    let out = run_as(UID, GID, &m.p(""), "echo u >> g");
+    assert_sh_fails_with(&out, "Text file busy");
+    root_fd.write_all(b"r2\n").unwrap();
+    drop(root_fd);
+    assert_eq!(lstat(&m.p("g")).mode() & 0o7777, 0o4777);
+    // With root's handle closed the user's write goes through the server,
+    // which drops the bit as the kernel would.
+    assert_sh_ok(&run_as(UID, GID, &m.p(""), "echo u >> g"));
+    assert_eq!(read(&m.p("g")), "d\nr\nr2\nu\n");
+    assert_eq!(lstat(&m.p("g")).mode() & 0o7777, 0o777);
+
+    // The owner may make its own file setuid while writing it (`cp -p` and
+    // `install` chmod the open copy): the bits give it nothing new.
+    assert_sh_ok(&run_as(
+        UID,
+        GID,
+        &m.p(""),
+        "exec 3>>own; echo 1 >&3; chmod 4755 own; echo 2 >&3",
+    ));
+    assert_eq!(lstat(&m.up("own")).mode() & 0o7777, 0o4755);
+}

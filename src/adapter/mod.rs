@@ -87,27 +87,65 @@ impl Adapter {
     }
 
     /// Passthrough or cached I/O for a new open file. Whether it may pass
-    /// through (an fstat) is asked only when it could.
+    /// through (an fstat) is asked only when it could. `flags` are the open's;
+    /// a writer may be refused (`Open::Refused`) when its passthrough writes
+    /// would have to drop set-id bits.
     fn open_mode(
         &self,
         ino: u64,
         fh: u64,
+        flags: i32,
+        opener: Caller,
         backing: impl FnOnce(&std::os::fd::OwnedFd) -> std::io::Result<fuser::BackingId>,
     ) -> Open {
         let file = self.fs.file_backing(fh);
         let generation = file.as_ref().map_or(0, |(_, _, g)| *g);
+        let writer = (flags & libc::O_ACCMODE != libc::O_RDONLY).then_some(opener);
         self.pt.open(
             (ino, generation),
             fh,
+            writer,
             || {
                 file.as_ref()
                     .is_some_and(|(fd, upper, _)| self.may_pass_through(fd, *upper))
+            },
+            || {
+                !self.killpriv
+                    || file
+                        .as_ref()
+                        .is_some_and(|(fd, _, _)| self.fs.may_write_unseen(fd, &opener))
             },
             || match &file {
                 Some((fd, _, _)) => backing(fd),
                 None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
             },
         )
+    }
+
+    /// A setattr that refuses (ETXTBSY) to give a file bits that make exec
+    /// raise privileges while someone writes to it in passthrough whose
+    /// writes would drop them: with KILLPRIV_V2 nobody would. The kernel
+    /// would allow the chmod and drop the bits at that writer's next write.
+    fn setattr_guarded(
+        &self,
+        ino: u64,
+        a: SetAttr,
+        caller: &Caller,
+    ) -> crate::errno::Result<libc::stat> {
+        let risky = self.killpriv
+            && self.pt.mode() != passthrough::Mode::Off
+            && a.mode.is_some_and(crate::union::raises_privileges);
+        if !risky {
+            return self.fs.setattr(ino, a, caller);
+        }
+        let (generation, owner) = self.fs.generation_and_owner_after(ino, &a)?;
+        self.pt.with_writers((ino, generation), |writers| {
+            if writers.iter().any(|w| self.fs.write_drops_setid(w, owner)) {
+                log::info!("chmod of node {ino} refused: open for writing in passthrough");
+                return Err(Errno::ETXTBSY);
+            }
+            self.fs.setattr(ino, a, caller)
+        })
     }
 
     /// Adds the entries of `tail` with their attributes until the reply is
@@ -381,7 +419,7 @@ impl Filesystem for Adapter {
                 mtime: mtime.map(to_time),
                 fh: fh.map(|f| f.0),
             };
-            match self.fs.setattr(ino.0, a, &caller(req)) {
+            match self.setattr_guarded(ino.0, a, &caller(req)) {
                 Ok(st) => reply.attr(&self.ttl, &to_attr(&st)),
                 Err(e) => reply.error(ferr(e)),
             }
@@ -488,10 +526,17 @@ impl Filesystem for Adapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guarded("open", || {
-            match self.fs.open(ino.0, flags.0, &caller(req)) {
-                Ok(fh) => match self.open_mode(ino.0, fh, |fd| reply.open_backing(fd.as_fd())) {
+            let c = caller(req);
+            match self.fs.open(ino.0, flags.0, &c) {
+                Ok(fh) => match self
+                    .open_mode(ino.0, fh, flags.0, c, |fd| reply.open_backing(fd.as_fd()))
+                {
                     Open::Passthrough(id) => {
                         reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+                    }
+                    Open::Refused => {
+                        self.fs.release(fh);
+                        reply.error(FErrno::ETXTBSY)
                     }
                     // Data changes only through this mount: keep the page cache.
                     Open::Cached => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
@@ -726,10 +771,11 @@ impl Filesystem for Adapter {
         reply: ReplyCreate,
     ) {
         guarded("create", || {
-            match self.fs.create(parent.0, name, mode, flags, caller(req)) {
+            let c = caller(req);
+            match self.fs.create(parent.0, name, mode, flags, c) {
                 Ok((e, fh)) => {
                     let (attr, generation) = (to_attr(&e.attr), Generation(e.generation));
-                    match self.open_mode(e.ino, fh, |fd| reply.open_backing(fd.as_fd())) {
+                    match self.open_mode(e.ino, fh, flags, c, |fd| reply.open_backing(fd.as_fd())) {
                         Open::Passthrough(id) => reply.created_passthrough(
                             &self.ttl,
                             &attr,
@@ -745,6 +791,13 @@ impl Filesystem for Adapter {
                             FileHandle(fh),
                             FopenFlags::FOPEN_KEEP_CACHE,
                         ),
+                        // An O_CREAT open of an existing set-id file in
+                        // passthrough: the kernel takes no reference.
+                        Open::Refused => {
+                            self.fs.release(fh);
+                            self.fs.forget(e.ino, 1);
+                            reply.error(FErrno::ETXTBSY)
+                        }
                     }
                 }
                 Err(e) => reply.error(ferr(e)),

@@ -10,16 +10,20 @@
 //!   upper files, and every file of a read-only union (`passthrough=all`
 //!   also passes lower files, a documented deviation);
 //! - the kernel refuses passthrough in a user namespace (EPERM) and beyond
-//!   its stack depth (ELOOP): then the mount falls back to normal I/O.
+//!   its stack depth (ELOOP): then the mount falls back to normal I/O;
+//! - with FUSE_HANDLE_KILLPRIV_V2 a passthrough write drops no set-id bits
+//!   (the kernel leaves that to the server, which never sees the write), so
+//!   each node remembers who holds it open for writing in passthrough.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
 use fuser::BackingId;
-use parking_lot::Mutex;
+use parking_lot::{ArcMutexGuard, Mutex, RawMutex};
 
 pub use crate::options::PassthroughMode as Mode;
+use crate::union::Caller;
 
 #[derive(Default)]
 enum NodeIo {
@@ -29,12 +33,19 @@ enum NodeIo {
     Passthrough(Arc<BackingId>, u32),
 }
 
+#[derive(Default)]
+struct Slot {
+    io: NodeIo,
+    /// (fh, opener) of each passthrough handle open for writing.
+    writers: Vec<(u64, Caller)>,
+}
+
 pub struct Passthrough {
     mode: Mode,
     enabled: AtomicBool,
     /// Keyed by (inode number, node generation): a RELEASE of the old object
     /// may arrive after its number stands for a new one.
-    nodes: DashMap<(u64, u64), Arc<Mutex<NodeIo>>>,
+    nodes: DashMap<(u64, u64), Arc<Mutex<Slot>>>,
     /// fh -> (node key, passthrough?)
     handles: DashMap<u64, ((u64, u64), bool)>,
 }
@@ -43,6 +54,8 @@ pub struct Passthrough {
 pub enum Open {
     Cached,
     Passthrough(Arc<BackingId>),
+    /// The node is in passthrough and this writer may not join it (`may_join`).
+    Refused,
 }
 
 impl Passthrough {
@@ -64,28 +77,40 @@ impl Passthrough {
         self.enabled.store(true, Ordering::Relaxed);
     }
 
+    /// The live slot of node `key`, locked (made if missing).
+    fn lock_slot(&self, key: (u64, u64)) -> (Arc<Mutex<Slot>>, ArcMutexGuard<RawMutex, Slot>) {
+        loop {
+            let slot = self.nodes.entry(key).or_default().clone();
+            let guard = slot.lock_arc();
+            // A release may have retired this slot meanwhile: take the live one.
+            if self.nodes.get(&key).is_some_and(|s| Arc::ptr_eq(&s, &slot)) {
+                return (slot, guard);
+            }
+        }
+    }
+
     /// Decides how `fh` of node `key` is opened. `eligible` says whether the file
     /// may pass through (asked only when the node has no mode yet and
-    /// passthrough is on); `backing` opens a backing id for it.
+    /// passthrough is on); `backing` opens a backing id for it. `writer` is
+    /// the opener of a handle open for writing; `may_join` says whether it may
+    /// write through a node already in passthrough (asked only then).
     pub fn open(
         &self,
         key: (u64, u64),
         fh: u64,
+        writer: Option<Caller>,
         eligible: impl FnOnce() -> bool,
+        may_join: impl FnOnce() -> bool,
         backing: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> Open {
-        let (slot, mut io) = loop {
-            let slot = self.nodes.entry(key).or_default().clone();
-            let io = slot.lock_arc();
-            // A release may have retired this slot meanwhile: take the live one.
-            if self.nodes.get(&key).is_some_and(|s| Arc::ptr_eq(&s, &slot)) {
-                break (slot, io);
-            }
-        };
-        let _ = &slot;
-        let decision = match &mut *io {
+        let (_slot, mut guard) = self.lock_slot(key);
+        let Slot { io, writers } = &mut *guard;
+        let decision = match io {
             NodeIo::Passthrough(id, n) => {
                 // Must match the mode the inode is already in.
+                if writer.is_some() && !may_join() {
+                    return Open::Refused;
+                }
                 *n += 1;
                 Open::Passthrough(id.clone())
             }
@@ -120,9 +145,26 @@ impl Passthrough {
                 }
             }
         };
-        self.handles
-            .insert(fh, (key, matches!(decision, Open::Passthrough(_))));
+        let passthrough = matches!(decision, Open::Passthrough(_));
+        if let (true, Some(w)) = (passthrough, writer) {
+            writers.push((fh, w));
+        }
+        self.handles.insert(fh, (key, passthrough));
         decision
+    }
+
+    /// Runs `f` on the openers of node `key`'s passthrough handles open for
+    /// writing, with the node's I/O mode locked: an open of the node waits
+    /// until `f` is done, so what `f` checks stays true while it acts.
+    pub fn with_writers<R>(&self, key: (u64, u64), f: impl FnOnce(&[Caller]) -> R) -> R {
+        let (slot, guard) = self.lock_slot(key);
+        let openers: Vec<Caller> = guard.writers.iter().map(|(_, c)| *c).collect();
+        let r = f(&openers);
+        if matches!(guard.io, NodeIo::Idle) {
+            // No handle made this slot: retire it while still locked.
+            self.nodes.remove_if(&key, |_, s| Arc::ptr_eq(s, &slot));
+        }
+        r
     }
 
     /// Forgets `fh`; the node's backing id goes when its last handle does.
@@ -133,8 +175,9 @@ impl Passthrough {
         let Some(slot) = self.nodes.get(&key).map(|s| s.clone()) else {
             return;
         };
-        let mut io = slot.lock();
-        let left = match &mut *io {
+        let mut guard = slot.lock();
+        guard.writers.retain(|(f, _)| *f != fh);
+        let left = match &mut guard.io {
             NodeIo::Passthrough(_, n) | NodeIo::Cached(n) => {
                 *n = n.saturating_sub(1);
                 *n
@@ -142,7 +185,7 @@ impl Passthrough {
             NodeIo::Idle => 0,
         };
         if left == 0 {
-            *io = NodeIo::Idle;
+            guard.io = NodeIo::Idle;
             // Retired while still locked, so a racing open sees it gone.
             self.nodes.remove_if(&key, |_, s| Arc::ptr_eq(s, &slot));
         }
