@@ -198,11 +198,11 @@ pub fn proc_creds(pid: u32) -> Option<ProcCreds> {
         .split_whitespace()
         .filter_map(|g| g.parse().ok())
         .collect();
-    let same_ns = match (
-        std::fs::read_link(format!("/proc/{pid}/ns/user")),
-        std::fs::read_link("/proc/self/ns/user"),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
+    // Our own user namespace does not change, so it is read once.
+    static OWN_NS: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let own = OWN_NS.get_or_init(|| std::fs::read_link("/proc/self/ns/user").ok());
+    let same_ns = match (std::fs::read_link(format!("/proc/{pid}/ns/user")), own) {
+        (Ok(a), Some(b)) => a == *b,
         _ => false,
     };
     Some(ProcCreds {
