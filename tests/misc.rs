@@ -362,3 +362,33 @@ fn parallel_creates_and_unlinks_in_one_dir() {
         assert_whiteout(&m.up(&format!("d/low{i}")));
     }
 }
+
+/// INIT caps a FUSE mount's readahead at 128 KiB; as root the server raises
+/// it through sysfs so a cold sequential read comes as 1 MiB READs (one per
+/// max_write) instead of 256 KiB ones.
+#[test]
+fn readahead_of_the_mount_is_one_max_write() {
+    if only_for_ours() {
+        return;
+    }
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("f", b"x");
+    let m = fx.mount();
+    let dev = lstat(&m.p("")).dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    // The server raises it from a thread once the session runs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut kb = String::new();
+    while std::time::Instant::now() < deadline {
+        kb = fs::read_to_string(&knob).expect("read read_ahead_kb");
+        if kb.trim() == "1024" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(kb.trim(), "1024", "{knob}");
+}

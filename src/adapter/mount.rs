@@ -7,6 +7,7 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,6 +148,39 @@ fn mount_fuse(c: &MountConfig, allow_other: bool, default_perms: bool) -> Result
     Ok(fd)
 }
 
+/// The readahead of the mount, in KiB: one READ request of max_write size.
+const READAHEAD_KB: u64 = 1024;
+
+/// INIT caps the mount's readahead at the kernel's offer (128 KiB), so a cold
+/// sequential read through the server came as 256 KiB READs, a round trip
+/// each. Root may raise it afterwards through the mount's bdi in sysfs; a
+/// 1 GiB cold read then takes 1,024 READs instead of 4,096. The stat of the
+/// mount root needs the session running, so a thread does it.
+fn raise_readahead(merged: &Path) {
+    let merged = merged.to_path_buf();
+    let _ = std::thread::Builder::new()
+        .name("readahead".into())
+        .spawn(move || {
+            let Ok(md) = std::fs::metadata(&merged) else {
+                return;
+            };
+            let dev = md.dev();
+            let knob = format!(
+                "/sys/class/bdi/{}:{}/read_ahead_kb",
+                libc::major(dev),
+                libc::minor(dev)
+            );
+            let current = std::fs::read_to_string(&knob)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if current.is_some_and(|kb| kb < READAHEAD_KB) {
+                if let Err(e) = std::fs::write(&knob, READAHEAD_KB.to_string()) {
+                    log::info!("readahead stays at the kernel's: {knob}: {e}");
+                }
+            }
+        });
+}
+
 fn fuser_config(c: &MountConfig, allow_other: bool, default_perms: bool) -> Config {
     let mut cfg = Config::default();
     cfg.n_threads = Some(c.threads);
@@ -279,11 +313,13 @@ fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
     let session = match mount_fuse(c, allow_other, default_perms) {
         Ok(fd) => {
             let acl = cfg.acl;
-            Session::from_fd(adapter, fd, acl, cfg).map_err(|e| {
+            let session = Session::from_fd(adapter, fd, acl, cfg).map_err(|e| {
                 let target = CString::new(c.merged.as_os_str().as_bytes()).unwrap_or_default();
                 let _ = sys::proc::umount2(&target, libc::MNT_DETACH);
                 format!("FUSE handshake: {e}")
-            })?
+            })?;
+            raise_readahead(&c.merged);
+            session
         }
         Err(e) if e == Errno::EPERM => {
             // Not privileged for mount(2): let fusermount3 do it.
