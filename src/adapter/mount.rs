@@ -151,6 +151,8 @@ fn mount_fuse(c: &MountConfig, allow_other: bool, default_perms: bool) -> Result
 /// The readahead of the mount, in KiB: one READ request of max_write size.
 const READAHEAD_KB: u64 = 1024;
 
+const FUSE_SUPER_MAGIC: libc::c_long = 0x6573_5546;
+
 /// INIT caps the mount's readahead at the kernel's offer (128 KiB), so a cold
 /// sequential read through the server came as 256 KiB READs, a round trip
 /// each. Root may raise it afterwards through the mount's bdi in sysfs; a
@@ -161,9 +163,17 @@ fn raise_readahead(merged: &Path) {
     let _ = std::thread::Builder::new()
         .name("readahead".into())
         .spawn(move || {
-            let Ok(md) = std::fs::metadata(&merged) else {
+            let Ok(root) = std::fs::File::open(&merged) else {
                 return;
             };
+            // Only a FUSE mount there can be ours (nothing mounted over it yet).
+            let fuse = sys::fs::fstatfs(root.as_fd()).is_ok_and(|s| s.f_type == FUSE_SUPER_MAGIC);
+            let Ok(md) = root.metadata() else {
+                return;
+            };
+            if !fuse {
+                return;
+            }
             let dev = md.dev();
             let knob = format!(
                 "/sys/class/bdi/{}:{}/read_ahead_kb",
