@@ -863,12 +863,12 @@ impl Union {
         Ok(drop != 0)
     }
 
-    /// Whether a write by `writer` to a file owned by `owner` (as callers see
-    /// owners) would drop the file's set-id bits under the kernel's rule. A
-    /// passthrough write never reaches the server, so such a writer and such
-    /// bits must not meet. The owner is let through: the bits give nobody more
-    /// than the owner already has.
-    pub fn write_drops_setid(&self, writer: &Caller, owner: u32) -> bool {
+    /// Whether writes by `writer` that the server never sees (passthrough)
+    /// must not meet set-id bits of a file owned by `owner` (as callers see
+    /// owners): the kernel would drop the bits at such a write (the writer
+    /// lacks CAP_FSETID), and nobody can. The owner is let through: the bits
+    /// give nobody more than the owner already has.
+    pub fn unseen_writes_unsafe(&self, writer: &Caller, owner: u32) -> bool {
         writer.uid != owner && !sys::proc::proc_creds(writer.pid).is_some_and(|c| c.cap_fsetid)
     }
 
@@ -878,7 +878,7 @@ impl Union {
     pub fn may_write_unseen(&self, fd: &OwnedFd, writer: &Caller) -> bool {
         sys::fs::fstat(fd.as_fd()).is_ok_and(|st| {
             !(raises_privileges(st.st_mode)
-                && self.write_drops_setid(writer, self.opts.uid_map.to_inside(st.st_uid)))
+                && self.unseen_writes_unsafe(writer, self.opts.uid_map.to_inside(st.st_uid)))
         })
     }
 

@@ -140,7 +140,10 @@ impl Adapter {
         }
         let (generation, owner) = self.fs.generation_and_owner_after(ino, &a)?;
         self.pt.with_writers((ino, generation), |writers| {
-            if writers.iter().any(|w| self.fs.write_drops_setid(w, owner)) {
+            if writers
+                .iter()
+                .any(|w| self.fs.unseen_writes_unsafe(w, owner))
+            {
                 log::info!("chmod of node {ino} refused: open for writing in passthrough");
                 return Err(Errno::ETXTBSY);
             }

@@ -168,13 +168,9 @@ fn raise_readahead(merged: &Path) {
             };
             // Only a FUSE mount there can be ours (nothing mounted over it yet).
             let fuse = sys::fs::fstatfs(root.as_fd()).is_ok_and(|s| s.f_type == FUSE_SUPER_MAGIC);
-            let Ok(md) = root.metadata() else {
+            let Some(dev) = root.metadata().ok().filter(|_| fuse).map(|md| md.dev()) else {
                 return;
             };
-            if !fuse {
-                return;
-            }
-            let dev = md.dev();
             let knob = format!(
                 "/sys/class/bdi/{}:{}/read_ahead_kb",
                 libc::major(dev),
