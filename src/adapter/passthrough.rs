@@ -46,8 +46,8 @@ pub struct Passthrough {
     /// Keyed by (inode number, node generation): a RELEASE of the old object
     /// may arrive after its number stands for a new one.
     nodes: DashMap<(u64, u64), Arc<Mutex<Slot>>>,
-    /// fh -> (node key, passthrough?)
-    handles: DashMap<u64, ((u64, u64), bool)>,
+    /// fh -> node key.
+    handles: DashMap<u64, (u64, u64)>,
 }
 
 /// How to answer an open.
@@ -145,11 +145,10 @@ impl Passthrough {
                 }
             }
         };
-        let passthrough = matches!(decision, Open::Passthrough(_));
-        if let (true, Some(w)) = (passthrough, writer) {
+        if let (Open::Passthrough(_), Some(w)) = (&decision, writer) {
             writers.push((fh, w));
         }
-        self.handles.insert(fh, (key, passthrough));
+        self.handles.insert(fh, key);
         decision
     }
 
@@ -169,7 +168,7 @@ impl Passthrough {
 
     /// Forgets `fh`; the node's backing id goes when its last handle does.
     pub fn release(&self, fh: u64) {
-        let Some((_, (key, _))) = self.handles.remove(&fh) else {
+        let Some((_, key)) = self.handles.remove(&fh) else {
             return;
         };
         let Some(slot) = self.nodes.get(&key).map(|s| s.clone()) else {
