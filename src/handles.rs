@@ -13,7 +13,7 @@ use crate::errno::{Errno, Result};
 use crate::format::{cname, EntryKind};
 use crate::node::{DirBody, Node};
 use crate::sys;
-use crate::sys::fs::bfd;
+use crate::sys::fs::{bfd, Time};
 use crate::union::{Caller, Entry, Union};
 
 /// An open regular file.
@@ -79,7 +79,6 @@ impl Union {
         fh
     }
 
-    /// An open file's fd and whether it is the upper copy (for passthrough).
     /// An open file's fd, whether it is in the upper layer, and its node's
     /// generation (an inode number can stand for a new object later).
     pub fn file_backing(&self, fh: u64) -> Option<(Arc<OwnedFd>, bool, u64)> {
@@ -103,6 +102,11 @@ impl Union {
         if node.is_dir() {
             return Err(Errno::EISDIR);
         }
+        let flags = if node.kind == libc::S_IFREG {
+            self.real_file_flags(flags)
+        } else {
+            flags
+        };
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if write {
             if !self.has_upper() {
@@ -234,18 +238,33 @@ impl Union {
     }
 
     /// Writes to open file `fh`. `kill_setid`: the kernel asks to drop the
-    /// set-id bits first (FUSE_WRITE_KILL_SUIDGID) for this caller.
+    /// set-id bits first (FUSE_WRITE_KILL_SUIDGID) for this caller, and
+    /// whether its finding that the caller lacks CAP_FSETID holds (it checks
+    /// the initial user namespace only).
     pub fn write(
         &self,
         fh: u64,
         offset: u64,
         data: &[u8],
-        kill_setid: Option<&Caller>,
+        kill_setid: Option<(&Caller, bool)>,
     ) -> Result<u32> {
         let h = self.file(fh)?;
         let fd = h.fd();
-        if let Some(c) = kill_setid {
-            self.drop_setid_of(&h, c, true)?;
+        if let Some((c, incapable)) = kill_setid {
+            self.drop_setid_of(&h, c, incapable)?;
+        }
+        if self.writeback() {
+            // The kernel stamped the write's mtime when it took the data and
+            // sends it with a SETATTR, maybe before this write: keep ours.
+            let _turn = h.node.times_lock.lock();
+            let before = sys::fs::fstat(fd.as_fd())?;
+            let n = sys::fs::pwrite(fd.as_fd(), data, offset as i64)?;
+            sys::fs::futimens_any(
+                fd.as_fd(),
+                Time::Omit,
+                Time::At(before.st_mtime, before.st_mtime_nsec),
+            )?;
+            return Ok(n as u32);
         }
         let n = if h.flags & libc::O_APPEND != 0 {
             sys::fs::write(fd.as_fd(), data)?

@@ -113,6 +113,10 @@ pub struct Node {
     pub state: RwLock<State>,
     pub copy_lock: Mutex<()>,
     pub dir_lock: Mutex<()>,
+    /// With the writeback cache the kernel keeps a file's mtime and sends
+    /// it later: a data write (which would move it) and a change of times
+    /// take turns (see `Union::write`).
+    pub times_lock: Mutex<()>,
     /// Set once the object has been copied up; read handles reopen on it.
     pub copied_up: AtomicBool,
     /// A dir's listing between reads that continue it (see `dir_listing`).
@@ -134,6 +138,7 @@ impl Node {
             state: RwLock::new(state),
             copy_lock: Mutex::new(()),
             dir_lock: Mutex::new(()),
+            times_lock: Mutex::new(()),
             copied_up: AtomicBool::new(copied),
             listing: Mutex::new(None),
         }

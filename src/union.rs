@@ -4,7 +4,7 @@
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -102,6 +102,8 @@ pub struct Union {
     /// Per lower layer: multiply-linked inodes and their names (lazy).
     pub(crate) link_maps:
         parking_lot::Mutex<std::collections::HashMap<usize, Arc<crate::hardlinks::LinkMap>>>,
+    /// The kernel's writeback cache is on (see `real_file_flags`).
+    writeback: AtomicBool,
 }
 
 /// Whether `mode` makes exec(2) raise privileges: setuid, or setgid with
@@ -164,6 +166,7 @@ impl Union {
             root_ino: ROOT_INO,
             invalidator: parking_lot::RwLock::new(None),
             link_maps: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            writeback: AtomicBool::new(false),
         })
         .map(|mut u| {
             if let Ok(st) = Self::dir_top(&root_body).and_then(|fd| sys::fs::fstat(bfd(&*fd))) {
@@ -810,6 +813,7 @@ impl Union {
             sys::fs::fchmodat(dfd, &name, mode & 0o7777)?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
+            let _turn = node.times_lock.lock();
             sys::fs::utimens_entry(
                 dfd,
                 &name,
@@ -844,6 +848,31 @@ impl Union {
             }
         }
         drop
+    }
+
+    /// Called once the kernel agreed to cache writes (FUSE_WRITEBACK_CACHE).
+    pub fn use_writeback_cache(&self) {
+        self.writeback.store(true, Ordering::Relaxed);
+    }
+
+    /// The flags a regular file is really opened with for an open with
+    /// `flags`. With the writeback cache the kernel reads around a partial
+    /// page write through whatever file is open (also a write-only one),
+    /// and it places appends itself: its writes carry their offsets.
+    pub(crate) fn writeback(&self) -> bool {
+        self.writeback.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn real_file_flags(&self, flags: i32) -> i32 {
+        if !self.writeback.load(Ordering::Relaxed) {
+            return flags;
+        }
+        let f = flags & !libc::O_APPEND;
+        if f & libc::O_ACCMODE == libc::O_WRONLY {
+            (f & !libc::O_ACCMODE) | libc::O_RDWR
+        } else {
+            f
+        }
     }
 
     /// Drops what `setid_bits_to_drop` says from the file behind `file` (an
@@ -1137,6 +1166,7 @@ impl Union {
     ) -> Result<(Entry, u64)> {
         let parent = self.node(parent_ino)?;
         let perm = mode & 0o7777;
+        let flags = self.real_file_flags(flags);
         let mut opened: Option<OwnedFd> = None;
         let open_flags = (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC))
             | libc::O_CREAT

@@ -626,6 +626,9 @@ fn rootless_run_with_a_single_uid_map() {
     for dir in [&s.upper, &s.tmp] {
         chown(dir, Some(USER), Some(USER)).unwrap();
     }
+    let mine = s.image.join("mine");
+    fs::write(&mine, "mine\n").unwrap();
+    chown(&mine, Some(USER), Some(USER)).unwrap();
     let _fuse = FuseDeviceOpen::new();
     let rootless = |args: &[&OsStr]| {
         rootless_run(&bin, &s.tmp)
@@ -638,6 +641,8 @@ fn rootless_run_with_a_single_uid_map() {
 read inner outer count < /proc/self/uid_map; echo map $inner $outer $count
 echo written > /wfile
 ls -ln /etc/hello
+echo more >> /mine
+cat /mine
 echo discarded > /dev/null || exit 20
 test -c /dev/pts/ptmx || exit 21
 exit 5";
@@ -654,6 +659,13 @@ exit 5";
     );
     // The image's root-owned files: unmapped, so nobody (65534).
     assert!(out.contains(" 65534 65534 "), "{}", describe(&o));
+    // Appended through the writeback cache (on by default here): the kernel
+    // reads the last page through the write-only file first.
+    assert!(out.ends_with("mine\nmore\n"), "{}", describe(&o));
+    assert_eq!(
+        fs::read_to_string(s.upper.join("mine")).unwrap(),
+        "mine\nmore\n"
+    );
     let written = s.upper.join("wfile");
     assert_eq!(fs::read_to_string(&written).unwrap(), "written\n");
     assert_eq!(fs::metadata(&written).unwrap().uid(), USER);

@@ -41,15 +41,28 @@ pub struct Adapter {
     /// on (not setattr's or open's), so the union decides those itself from
     /// the caller's credentials.
     killpriv: bool,
+    /// Whether the kernel's FUSE_WRITE_KILL_SUIDGID can be taken as is: it
+    /// means "lacks CAP_FSETID in the initial user namespace", which says
+    /// nothing about a caller in a user namespace.
+    trust_kill: bool,
+    /// FUSE_WRITEBACK_CACHE: asked for by `new`, then whether the kernel
+    /// agreed. Small writes then gather in the page cache, where each would
+    /// otherwise be a round trip; it excludes passthrough.
+    writeback: bool,
 }
 
 impl Adapter {
+    /// `initial_ns`: the server runs in the initial user namespace, where
+    /// the set-id handling of KILLPRIV_V2 was checked against the kernel;
+    /// elsewhere it is asked for only with the writeback cache, whose
+    /// per-write `security.capability` question it saves.
     pub fn new(
         fs: Arc<Union>,
         ttl: Duration,
         pt: passthrough::Mode,
         stack_depth: u32,
-        killpriv: bool,
+        initial_ns: bool,
+        writeback: bool,
     ) -> Adapter {
         Adapter {
             fs,
@@ -57,7 +70,9 @@ impl Adapter {
             pt: Passthrough::new(pt),
             stack_depth,
             no_opendir: false,
-            killpriv,
+            killpriv: initial_ns || writeback,
+            trust_kill: initial_ns,
+            writeback,
         }
     }
 
@@ -350,6 +365,13 @@ impl Filesystem for Adapter {
         for flag in wanted.iter() {
             let _ = config.add_capabilities(flag);
         }
+        self.writeback = self.writeback
+            && config
+                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_ok();
+        if self.writeback {
+            self.fs.use_writeback_cache();
+        }
         self.killpriv = self.killpriv
             && config
                 .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
@@ -360,7 +382,9 @@ impl Filesystem for Adapter {
             .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
             // Tests set this to exercise the per-handle path of older kernels.
             && std::env::var_os("UNIONFS_OPENDIR").is_none();
+        // The kernel refuses backing files while the writeback cache is on.
         if self.pt.mode() != passthrough::Mode::Off
+            && !self.writeback
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(self.stack_depth).is_ok()
         {
@@ -581,7 +605,7 @@ impl Filesystem for Adapter {
         let c = caller(req);
         let kill = write_flags
             .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
-            .then_some(&c);
+            .then_some((&c, self.trust_kill));
         guarded("write", || match self.fs.write(fh.0, offset, data, kill) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(ferr(e)),

@@ -310,9 +310,11 @@ fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
         Duration::from_secs_f64(c.timeout),
         c.passthrough,
         stack_depth,
-        // Checked against overlayfs as root only; in a user namespace the
-        // kernel keeps making the set-id checks itself.
         !in_user_namespace(),
+        // Where passthrough cannot work, small writes would each be a round
+        // trip (two without KILLPRIV_V2).
+        c.writeback
+            .unwrap_or(in_user_namespace() || sys::proc::geteuid() != 0),
     );
     let cfg = fuser_config(c, allow_other, default_perms);
 

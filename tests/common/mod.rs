@@ -7,7 +7,8 @@
 //!   kernel overlayfs (`mount -t overlay`); `Drop` always unmounts (lazily if
 //!   busy) and reaps our child. `UNIONFS_TEST_IMPL=kernel` switches every
 //!   per-rule test to kernel overlayfs, which is how the expectations are
-//!   validated.
+//!   validated. `UNIONFS_TEST_OURS_OPTS=OPTS` adds `-o OPTS` to every mount
+//!   of ours (to run a suite in another mode, e.g. `writeback`).
 //! * Snapshots ([`tree`]) and raw upper-dir inspection (whiteouts, opaque).
 //!
 //! Without root or /dev/fuse the tests return early with a reason, except
@@ -743,6 +744,11 @@ impl Mounted {
         if let Some(extra) = &self.ours_opts {
             args.push("-o".to_string());
             args.push(extra.clone());
+        }
+        // For running a suite against another mode, e.g. `writeback`.
+        if let Ok(extra) = std::env::var("UNIONFS_TEST_OURS_OPTS") {
+            args.push("-o".to_string());
+            args.push(extra);
         }
         args
     }
