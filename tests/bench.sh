@@ -10,7 +10,8 @@
 #   SCALE=only SIZE=smoke bash tests/bench.sh   # just the scale part, tiny
 #
 # Environment: SIZE=smoke|default|large, REPS=3, BENCH_DIR=/var/tmp/unionfs-bench,
-# IMPLS="kernel ours ours-pt-all fuse-overlayfs", BIN=target/release/unionfs-fuse,
+# IMPLS="kernel ours ours-pt-all ours-wb fuse-overlayfs" (ours-wb: the writeback
+# cache, the default of rootless mounts), BIN=target/release/unionfs-fuse,
 # SCALE=|1|only, SCALE_LAYERS, SCALE_FILES, SCALE_ENTRIES (override the SIZE's).
 set -euo pipefail
 export LC_ALL=C
@@ -38,7 +39,7 @@ if [ "$SCALE_LAYERS" -lt 2 ] || [ "$SCALE_FILES" -lt 1 ] || [ "$SCALE_ENTRIES" -
     echo "bench.sh: need SCALE_LAYERS >= 2, SCALE_FILES >= 1, SCALE_ENTRIES >= 1000" >&2; exit 2
 fi
 if [ -z "${IMPLS:-}" ]; then
-    IMPLS="kernel ours ours-pt-all"
+    IMPLS="kernel ours ours-pt-all ours-wb"
     command -v fuse-overlayfs >/dev/null && IMPLS="$IMPLS fuse-overlayfs"
 fi
 [ -x "$BIN" ] || cargo build --release --quiet
@@ -292,6 +293,7 @@ mount_impl() { # IMPL
         kernel) mount -t overlay overlay -o "lowerdir=$B/top:$B/base,upperdir=$B/upper,workdir=$B/work" "$MNT" ;;
         ours) "$BIN" "$B/top:$B/base" "$B/upper" "$MNT" -o "workdir=$B/work" ;;
         ours-pt-all) "$BIN" "$B/top:$B/base" "$B/upper" "$MNT" -o "workdir=$B/work,passthrough=all" ;;
+        ours-wb) "$BIN" "$B/top:$B/base" "$B/upper" "$MNT" -o "workdir=$B/work,writeback" ;;
         fuse-overlayfs) fuse-overlayfs -o "lowerdir=$B/top:$B/base,upperdir=$B/upper,workdir=$B/work" "$MNT" ;;
     esac
 }
