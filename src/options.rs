@@ -39,11 +39,11 @@ OPTIONS (-o, comma separated, repeatable; named like kernel overlayfs):
                       for upper files and read-only unions; all also for
                       lower files (an fd opened before a copy-up then keeps
                       reading the old data)
-  writeback=on|off    the kernel's writeback cache: writes gather in the page
-                      cache and reach the layers in large requests (at
-                      close, fsync or writeback). Excludes passthrough. The
-                      default is on where passthrough cannot work (in a user
-                      namespace, or not root), off as root
+  writeback[=on|off]  the kernel's writeback cache (default off): writes
+                      gather in the page cache and reach the upper at close,
+                      fsync or writeback, in large requests. For small writes
+                      where passthrough cannot work (rootless). Excludes
+                      passthrough; see the README's Deviations
   timeout=SECS        kernel attribute/entry cache time (default 30)
   threads=N           FUSE worker threads (default 16)
   allow_other, default_permissions, dev, nodev, suid, nosuid, exec, noexec,
@@ -119,8 +119,7 @@ pub struct MountConfig {
     pub uid_map: crate::idmap::IdMap,
     pub gid_map: crate::idmap::IdMap,
     pub passthrough: PassthroughMode,
-    /// None: on exactly where passthrough cannot work (see `--help`).
-    pub writeback: Option<bool>,
+    pub writeback: bool,
 }
 
 /// Splits a lowerdir list on unescaped colons (`\:` is a literal colon).
@@ -208,7 +207,7 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
         uid_map: Default::default(),
         gid_map: Default::default(),
         passthrough: PassthroughMode::Safe,
-        writeback: None,
+        writeback: false,
     };
     let mut lowerdir_opt: Option<Vec<PathBuf>> = None;
     for item in cli.opts.iter().flat_map(|o| split_opts(o)) {
@@ -254,7 +253,7 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
                     }
                 }
             }
-            "writeback" => c.writeback = Some(on_off(&k, v.as_deref().unwrap_or("on"))?),
+            "writeback" => c.writeback = on_off(&k, v.as_deref().unwrap_or("on"))?,
             "uidmapping" => c.uid_map = crate::idmap::IdMap::parse(&need(&v)?)?,
             "gidmapping" => c.gid_map = crate::idmap::IdMap::parse(&need(&v)?)?,
             "oci_whiteouts" => c.oci_whiteouts = on_off(&k, &need(&v)?)?,

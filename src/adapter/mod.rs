@@ -34,10 +34,11 @@ pub struct Adapter {
     /// OPENDIR/RELEASEDIR again (two round trips less per dir open) and
     /// caches listings by default.
     no_opendir: bool,
-    /// FUSE_HANDLE_KILLPRIV_V2: asked for by `new`, then whether the kernel
-    /// agreed. The kernel then stops asking for `security.capability` before
-    /// every write(2) (a round trip each) and leaves dropping set-id bits on
-    /// write and truncate to us. fuser 0.18 passes only the write's kill flag
+    /// FUSE_HANDLE_KILLPRIV_V2: asked for in the initial user namespace or
+    /// with the writeback cache, then whether the kernel agreed. The kernel
+    /// then stops asking for `security.capability` before every write(2)
+    /// (a round trip each) and leaves dropping set-id bits on write and
+    /// truncate to us. fuser 0.18 passes only the write's kill flag
     /// on (not setattr's or open's), so the union decides those itself from
     /// the caller's credentials.
     killpriv: bool,
@@ -70,7 +71,7 @@ impl Adapter {
             pt: Passthrough::new(pt),
             stack_depth,
             no_opendir: false,
-            killpriv: initial_ns || writeback,
+            killpriv: initial_ns,
             trust_kill: initial_ns,
             writeback,
         }
@@ -372,7 +373,7 @@ impl Filesystem for Adapter {
         if self.writeback {
             self.fs.use_writeback_cache();
         }
-        self.killpriv = self.killpriv
+        self.killpriv = (self.killpriv || self.writeback)
             && config
                 .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
                 .is_ok();

@@ -311,10 +311,7 @@ fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
         c.passthrough,
         stack_depth,
         !in_user_namespace(),
-        // Where passthrough cannot work, small writes would each be a round
-        // trip (two without KILLPRIV_V2).
-        c.writeback
-            .unwrap_or(in_user_namespace() || sys::proc::geteuid() != 0),
+        c.writeback,
     );
     let cfg = fuser_config(c, allow_other, default_perms);
 
