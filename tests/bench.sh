@@ -10,8 +10,8 @@
 #   SCALE=only SIZE=smoke bash tests/bench.sh   # just the scale part, tiny
 #
 # Environment: SIZE=smoke|default|large, REPS=3, BENCH_DIR=/var/tmp/unionfs-bench,
-# IMPLS="kernel ours ours-pt-all ours-wb fuse-overlayfs" (ours-wb: the writeback
-# cache, the default of rootless mounts), BIN=target/release/unionfs-fuse,
+# IMPLS="kernel ours ours-pt-all ours-wb fuse-overlayfs" (ours-wb: -o writeback,
+# the rootless small-write mode), BIN=target/release/unionfs-fuse,
 # SCALE=|1|only, SCALE_LAYERS, SCALE_FILES, SCALE_ENTRIES (override the SIZE's).
 set -euo pipefail
 export LC_ALL=C
