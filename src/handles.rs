@@ -253,24 +253,27 @@ impl Union {
         if let Some((c, incapable)) = kill_setid {
             self.drop_setid_of(&h, c, incapable)?;
         }
-        if self.writeback() {
-            // The kernel stamped the write's mtime when it took the data and
-            // sends it with a SETATTR, maybe before this write: keep ours.
-            let _turn = h.node.times_lock.lock();
-            let before = sys::fs::fstat(fd.as_fd())?;
-            let n = sys::fs::pwrite(fd.as_fd(), data, offset as i64)?;
-            sys::fs::futimens_any(
-                fd.as_fd(),
-                Time::Omit,
-                Time::At(before.st_mtime, before.st_mtime_nsec),
-            )?;
-            return Ok(n as u32);
-        }
+        // With the writeback cache the kernel stamped the write's mtime when
+        // it took the data and sends it with a SETATTR, maybe before this
+        // write: the file keeps its mtime.
+        let keep_mtime = if self.writeback() {
+            let turn = h.node.times_lock.lock();
+            Some((turn, sys::fs::fstat(fd.as_fd())?))
+        } else {
+            None
+        };
         let n = if h.flags & libc::O_APPEND != 0 {
             sys::fs::write(fd.as_fd(), data)?
         } else {
             sys::fs::pwrite(fd.as_fd(), data, offset as i64)?
         };
+        if let Some((_turn, before)) = keep_mtime {
+            sys::fs::futimens_any(
+                fd.as_fd(),
+                Time::Omit,
+                Time::At(before.st_mtime, before.st_mtime_nsec),
+            )?;
+        }
         Ok(n as u32)
     }
 

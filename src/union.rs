@@ -855,16 +855,16 @@ impl Union {
         self.writeback.store(true, Ordering::Relaxed);
     }
 
-    /// The flags a regular file is really opened with for an open with
-    /// `flags`. With the writeback cache the kernel reads around a partial
-    /// page write through whatever file is open (also a write-only one),
-    /// and it places appends itself: its writes carry their offsets.
     pub(crate) fn writeback(&self) -> bool {
         self.writeback.load(Ordering::Relaxed)
     }
 
+    /// The flags a regular file is really opened with for an open with
+    /// `flags`. With the writeback cache the kernel reads around a partial
+    /// page write through whatever file is open (also a write-only one),
+    /// and it places appends itself: its writes carry their offsets.
     pub(crate) fn real_file_flags(&self, flags: i32) -> i32 {
-        if !self.writeback.load(Ordering::Relaxed) {
+        if !self.writeback() {
             return flags;
         }
         let f = flags & !libc::O_APPEND;
