@@ -71,12 +71,11 @@ fn write_and_look(m: &Mounted) -> Vec<(String, u32, u64, Vec<u8>)> {
     drop(f);
 
     // A writer without CAP_FSETID drops the set-id bits.
-    let st = Command::new("setpriv")
-        .args(["--bounding-set=-fsetid", "sh", "-c", "printf x >> \"$0\""])
-        .arg(m.p("setid"))
-        .status()
-        .expect("setpriv");
-    assert!(st.success(), "setpriv write: {st}");
+    run_ok(
+        Command::new("setpriv")
+            .args(["--bounding-set=-fsetid", "sh", "-c", "printf x >> \"$0\""])
+            .arg(m.p("setid")),
+    );
 
     // After fsync the data is in the upper file, not only in the cache.
     let mut f = OpenOptions::new()
