@@ -7,7 +7,6 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,40 +150,70 @@ fn mount_fuse(c: &MountConfig, allow_other: bool, default_perms: bool) -> Result
 /// The readahead of the mount, in KiB: one READ request of max_write size.
 const READAHEAD_KB: u64 = 1024;
 
-const FUSE_SUPER_MAGIC: libc::c_long = 0x6573_5546;
-
 /// INIT caps the mount's readahead at the kernel's offer (128 KiB), so a cold
 /// sequential read through the server came as 256 KiB READs, a round trip
 /// each. Root may raise it afterwards through the mount's bdi in sysfs; a
-/// 1 GiB cold read then takes 1,024 READs instead of 4,096. The stat of the
-/// mount root needs the session running, so a thread does it.
+/// 1 GiB cold read then takes 1,024 READs instead of 4,096.
+///
+/// The bdi is named by the mount's device number, taken from mountinfo: a
+/// stat or open of the mount root would need the session running, and an fd
+/// on it made an `umount` right after the mount fail with EBUSY.
 fn raise_readahead(merged: &Path) {
-    let merged = merged.to_path_buf();
-    let _ = std::thread::Builder::new()
-        .name("readahead".into())
-        .spawn(move || {
-            let Ok(root) = std::fs::File::open(&merged) else {
-                return;
-            };
-            // Only a FUSE mount there can be ours (nothing mounted over it yet).
-            let fuse = sys::fs::fstatfs(root.as_fd()).is_ok_and(|s| s.f_type == FUSE_SUPER_MAGIC);
-            let Some(dev) = root.metadata().ok().filter(|_| fuse).map(|md| md.dev()) else {
-                return;
-            };
-            let knob = format!(
-                "/sys/class/bdi/{}:{}/read_ahead_kb",
-                libc::major(dev),
-                libc::minor(dev)
-            );
-            let current = std::fs::read_to_string(&knob)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            if current.is_some_and(|kb| kb < READAHEAD_KB) {
-                if let Err(e) = std::fs::write(&knob, READAHEAD_KB.to_string()) {
-                    log::info!("readahead stays at the kernel's: {knob}: {e}");
-                }
-            }
+    let Some((major, minor)) = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|info| fuse_dev_at(&info, merged))
+    else {
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    let current = std::fs::read_to_string(&knob)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if current.is_some_and(|kb| kb < READAHEAD_KB) {
+        if let Err(e) = std::fs::write(&knob, READAHEAD_KB.to_string()) {
+            log::info!("readahead stays at the kernel's: {knob}: {e}");
+        }
+    }
+}
+
+/// The device number of the topmost FUSE mount at `at` in a mountinfo text.
+fn fuse_dev_at(mountinfo: &str, at: &Path) -> Option<(u32, u32)> {
+    let at = at.as_os_str().as_bytes();
+    mountinfo.lines().rev().find_map(|line| {
+        let (mine, theirs) = line.split_once(" - ")?;
+        let f: Vec<&str> = mine.split(' ').collect();
+        let fstype = theirs.split(' ').next()?;
+        let point = unescape_octal(f.get(4)?);
+        if point != at || !(fstype == "fuse" || fstype.starts_with("fuse.")) {
+            return None;
+        }
+        let (major, minor) = f.get(2)?.split_once(':')?;
+        Some((major.parse().ok()?, minor.parse().ok()?))
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as `\ooo`.
+fn unescape_octal(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let code = b.get(i + 1..i + 4).and_then(|d| {
+            let d = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(d, 8).ok()
         });
+        match code {
+            Some(c) if b[i] == b'\\' => {
+                out.push(c);
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 fn fuser_config(c: &MountConfig, allow_other: bool, default_perms: bool) -> Config {
@@ -377,5 +406,32 @@ fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
             Ok(())
         }
         r => r.map_err(|e| format!("session: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fuse_dev_at_takes_the_topmost_fuse_mount_with_escaped_path() {
+        let info = "\
+22 1 8:1 / / rw - ext4 /dev/sda1 rw
+40 22 0:51 / /m\\040n rw,nosuid - fuse.unionfs-fuse unionfs-fuse rw
+41 40 0:52 / /m\\040n rw - tmpfs tmpfs rw
+42 41 0:53 / /m\\040n rw,nosuid - fuse.unionfs-fuse unionfs-fuse rw
+43 22 0:54 / /m rw - fuse fuse rw
+";
+        assert_eq!(fuse_dev_at(info, Path::new("/m n")), Some((0, 53)));
+        assert_eq!(fuse_dev_at(info, Path::new("/m")), Some((0, 54)));
+        assert_eq!(fuse_dev_at(info, Path::new("/")), None);
+        assert_eq!(fuse_dev_at(info, Path::new("/x")), None);
+    }
+
+    #[test]
+    fn unescape_octal_leaves_short_or_odd_escapes_alone() {
+        assert_eq!(unescape_octal("a\\134b"), b"a\\b");
+        assert_eq!(unescape_octal("a\\01"), b"a\\01");
+        assert_eq!(unescape_octal("a\\x12"), b"a\\x12");
     }
 }
