@@ -255,6 +255,17 @@ fn pids_mentioning(needle: &str) -> Vec<u32> {
     out
 }
 
+/// Our binary over lower 0, without -f.
+fn daemon_cmd(fx: &Fixture) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg(fx.lower(0).root)
+        .arg(fx.upper().root)
+        .arg(fx.merged())
+        .arg("-o")
+        .arg(work_opt(fx));
+    cmd
+}
+
 #[test]
 fn without_f_daemonises_and_exits_zero_once_mounted() {
     let Some(fx) = Fixture::new() else { return };
@@ -262,13 +273,8 @@ fn without_f_daemonises_and_exits_zero_once_mounted() {
         return;
     }
     fx.lower(0).file("f", b"daemon");
-    let (l0, u, m, w) = (fx.lower(0).root, fx.upper().root, fx.merged(), fx.work());
-    let mut child = Command::new(BIN)
-        .arg(&l0)
-        .arg(&u)
-        .arg(&m)
-        .arg("-o")
-        .arg(format!("workdir={}", w.display()))
+    let m = fx.merged();
+    let mut child = daemon_cmd(&fx)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -316,16 +322,9 @@ fn umount_right_after_the_mount_returns_is_not_busy() {
         return;
     }
     fx.lower(0).file("f", b"x");
-    let (l0, u, m, w) = (fx.lower(0).root, fx.upper().root, fx.merged(), fx.work());
+    let m = fx.merged();
     for round in 0..40 {
-        run_ok(
-            Command::new(BIN)
-                .arg(&l0)
-                .arg(&u)
-                .arg(&m)
-                .arg("-o")
-                .arg(format!("workdir={}", w.display())),
-        );
+        run_ok(&mut daemon_cmd(&fx));
         let read = fs::read_to_string(m.join("f"));
         if let Err(e) = sys::umount2(&m, 0) {
             let _ = sys::umount2(&m, libc::MNT_DETACH);
