@@ -255,17 +255,6 @@ fn pids_mentioning(needle: &str) -> Vec<u32> {
     out
 }
 
-/// Our binary over lower 0, without -f.
-fn daemon_cmd(fx: &Fixture) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg(fx.lower(0).root)
-        .arg(fx.upper().root)
-        .arg(fx.merged())
-        .arg("-o")
-        .arg(work_opt(fx));
-    cmd
-}
-
 #[test]
 fn without_f_daemonises_and_exits_zero_once_mounted() {
     let Some(fx) = Fixture::new() else { return };
@@ -310,28 +299,6 @@ fn without_f_daemonises_and_exits_zero_once_mounted() {
         left.is_empty(),
         "daemon {left:?} still running after umount"
     );
-}
-
-/// `mount; cat; umount` in a script must not meet EBUSY: the server once
-/// opened the mount root from a thread of its own after signalling ready,
-/// and 5 of 300 such umounts failed.
-#[test]
-fn umount_right_after_the_mount_returns_is_not_busy() {
-    let Some(fx) = Fixture::new() else { return };
-    if only_for_ours() {
-        return;
-    }
-    fx.lower(0).file("f", b"x");
-    let m = fx.merged();
-    for round in 0..40 {
-        run_ok(&mut daemon_cmd(&fx));
-        let read = fs::read_to_string(m.join("f"));
-        if let Err(e) = sys::umount2(&m, 0) {
-            let _ = sys::umount2(&m, libc::MNT_DETACH);
-            panic!("round {round}: umount right after the mount: {e}");
-        }
-        assert_eq!(read.expect("read f"), "x");
-    }
 }
 
 fn nofile_limits(pid: u32) -> (String, String) {

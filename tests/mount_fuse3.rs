@@ -40,6 +40,25 @@ impl Drop for Unmount<'_> {
     }
 }
 
+/// umount(8), retried while the mount is busy: a child that the other test
+/// is spawning holds copies of this process's fds until it execs, which can
+/// pin a file under `merged` that this test has already closed.
+fn umount(merged: &Path) {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = Command::new("umount").arg(merged).output().expect("umount");
+        if out.status.success() {
+            return;
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !last.contains("busy") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("umount {}: {last}", merged.display());
+}
+
 fn layers(fx: &Fixture) -> String {
     fx.lower(1).file("a", b"bottom").file("d/x", b"x");
     fx.lower(0).file("a", b"top").whiteout("d");
@@ -80,11 +99,7 @@ fn mount_t_fuse_unionfs_fuse_works_through_mount_fuse3() {
     assert!(!merged.join("d").exists());
     write(&merged.join("new"), b"n");
     assert_eq!(read(&fx.upper().root.join("new")), "n");
-    let st = Command::new("umount")
-        .arg(&merged)
-        .status()
-        .expect("umount");
-    assert!(st.success());
+    umount(&merged);
     assert!(mount_type(&merged).is_none());
 }
 
@@ -121,9 +136,5 @@ fn fstab_line_mounts_with_mount_dir() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(read(&merged.join("a")), "top");
-    let st = Command::new("umount")
-        .arg(&merged)
-        .status()
-        .expect("umount");
-    assert!(st.success());
+    umount(&merged);
 }

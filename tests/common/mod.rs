@@ -178,6 +178,18 @@ impl Drop for TempDir {
 // ---------------------------------------------------------------------------
 
 /// Decodes the octal escapes (`\040`, `\011`, `\012`, `\134`, `\072`) of mountinfo.
+/// Our binary over lower 0 and the upper, without -f: it daemonises and
+/// exits once the mount is ready.
+pub fn daemon_cmd(fx: &Fixture) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg(fx.lower(0).root)
+        .arg(fx.upper().root)
+        .arg(fx.merged())
+        .arg("-o")
+        .arg(format!("workdir={}", fx.work().display()));
+    cmd
+}
+
 fn unescape_mountinfo(s: &str) -> PathBuf {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
