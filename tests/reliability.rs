@@ -503,7 +503,7 @@ fn crash_at_random_points_leaves_a_consistent_upper() {
             ));
         } else {
             let kernel = snapshot(&merged, SnapOpts::basic());
-            sys::umount2(&merged, 0).expect("umount kernel overlay");
+            umount_when_idle(&merged).expect("umount kernel overlay");
             let d = ours.diff(&kernel);
             if !d.is_empty() {
                 problems.push(format!(

@@ -190,6 +190,22 @@ pub fn daemon_cmd(fx: &Fixture) -> Command {
     cmd
 }
 
+/// umount2(2), retried for half a second while the mount is busy: a child
+/// that another test thread spawns holds copies of this process's fds until
+/// it execs, which can pin a file under the mount that was already closed.
+pub fn umount_when_idle(mp: &Path) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match sys::umount2(mp, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
+                tries += 1;
+                thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
 fn unescape_mountinfo(s: &str) -> PathBuf {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -841,25 +857,13 @@ impl Mounted {
         let mut errors = Vec::new();
         if self.mounted {
             self.mounted = false;
-            let mut done = false;
-            for _ in 0..50 {
-                match sys::umount2(&self.merged, 0) {
-                    Ok(()) => {
-                        done = true;
-                        break;
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        thread::sleep(Duration::from_millis(10))
-                    }
-                    Err(e) => {
-                        errors.push(format!("umount {}: {e}", self.merged.display()));
-                        break;
-                    }
+            match umount_when_idle(&self.merged) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    errors.push("mount stayed busy; detached lazily".to_string());
+                    let _ = sys::umount2(&self.merged, libc::MNT_DETACH);
                 }
-            }
-            if !done {
-                errors.push("mount stayed busy; detached lazily".to_string());
-                let _ = sys::umount2(&self.merged, libc::MNT_DETACH);
+                Err(e) => errors.push(format!("umount {}: {e}", self.merged.display())),
             }
         }
         if let Some(w) = self.watchdog.take() {
