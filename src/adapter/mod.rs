@@ -585,9 +585,16 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        guarded("read", || match self.fs.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(ferr(e)),
+        guarded("read", || {
+            let mut reply = Some(reply);
+            let sent = self.fs.read_with(fh.0, offset, size, |d| {
+                if let Some(r) = reply.take() {
+                    r.data(d);
+                }
+            });
+            if let (Err(e), Some(r)) = (sent, reply) {
+                r.error(ferr(e));
+            }
         });
     }
 
