@@ -221,37 +221,38 @@ impl Union {
         sys::fs::fstat(fd.as_fd())
     }
 
-    /// Reads up to `size` bytes of open file `fh` at `offset` and hands them
-    /// to `reply`. The bytes sit in a buffer this thread keeps: a fresh zeroed
-    /// 1 MiB per READ cost a memset and page faults on every request of a
-    /// sequential read.
+    /// Reads up to `size` bytes of open file `fh` at `offset` and hands them,
+    /// or the error, to `reply`. The bytes sit in a buffer this thread keeps:
+    /// a fresh zeroed 1 MiB per READ cost a memset and page faults on every
+    /// request of a sequential read.
     pub fn read_with<R>(
         &self,
         fh: u64,
         offset: u64,
         size: u32,
-        reply: impl FnOnce(&[u8]) -> R,
-    ) -> Result<R> {
+        reply: impl FnOnce(Result<&[u8]>) -> R,
+    ) -> R {
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let h = self.file(fh)?;
-        let fd = self.current_fd(&h)?;
+        let fd = match self.file(fh).and_then(|h| self.current_fd(&h)) {
+            Ok(fd) => fd,
+            Err(e) => return reply(Err(e)),
+        };
         BUF.with_borrow_mut(|buf| {
             let size = size as usize;
             if buf.len() < size {
                 buf.resize(size, 0);
             }
-            let buf = &mut buf[..size];
             let mut got = 0;
             while got < size {
-                let n = sys::fs::pread(fd.as_fd(), &mut buf[got..], offset as i64 + got as i64)?;
-                if n == 0 {
-                    break;
+                match sys::fs::pread(fd.as_fd(), &mut buf[got..size], offset as i64 + got as i64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) => return reply(Err(e)),
                 }
-                got += n;
             }
-            Ok(reply(&buf[..got]))
+            reply(Ok(&buf[..got]))
         })
     }
 

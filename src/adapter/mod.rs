@@ -586,15 +586,10 @@ impl Filesystem for Adapter {
         reply: ReplyData,
     ) {
         guarded("read", || {
-            let mut reply = Some(reply);
-            let sent = self.fs.read_with(fh.0, offset, size, |d| {
-                if let Some(r) = reply.take() {
-                    r.data(d);
-                }
-            });
-            if let (Err(e), Some(r)) = (sent, reply) {
-                r.error(ferr(e));
-            }
+            self.fs.read_with(fh.0, offset, size, |r| match r {
+                Ok(d) => reply.data(d),
+                Err(e) => reply.error(ferr(e)),
+            })
         });
     }
 

@@ -177,19 +177,6 @@ impl Drop for TempDir {
 // mountinfo
 // ---------------------------------------------------------------------------
 
-/// Decodes the octal escapes (`\040`, `\011`, `\012`, `\134`, `\072`) of mountinfo.
-/// Our binary over lower 0 and the upper, without -f: it daemonises and
-/// exits once the mount is ready.
-pub fn daemon_cmd(fx: &Fixture) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg(fx.lower(0).root)
-        .arg(fx.upper().root)
-        .arg(fx.merged())
-        .arg("-o")
-        .arg(format!("workdir={}", fx.work().display()));
-    cmd
-}
-
 /// umount2(2), retried for half a second while the mount is busy: a child
 /// that another test thread spawns holds copies of this process's fds until
 /// it execs, which can pin a file under the mount that was already closed.
@@ -206,6 +193,7 @@ pub fn umount_when_idle(mp: &Path) -> io::Result<()> {
     }
 }
 
+/// Decodes the octal escapes (`\040`, `\011`, `\012`, `\134`, `\072`) of mountinfo.
 fn unescape_mountinfo(s: &str) -> PathBuf {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -1189,6 +1177,18 @@ pub fn bin_piped() -> Command {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    cmd
+}
+
+/// Our binary over lower 0 and the upper, without -f: it daemonises and
+/// exits once the mount is ready.
+pub fn daemon_cmd(fx: &Fixture) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg(fx.lower(0).root)
+        .arg(fx.upper().root)
+        .arg(fx.merged())
+        .arg("-o")
+        .arg(format!("workdir={}", fx.work().display()));
     cmd
 }
 
