@@ -197,13 +197,7 @@ impl Union {
         lst: &libc::stat,
         layer: usize,
     ) -> Result<()> {
-        let src = sys::fs::openat(
-            ldir,
-            name,
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME,
-            0,
-        )
-        .or_else(|_| sys::fs::openat(ldir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0))?;
+        let src = sys::fs::openat_noatime(ldir, name, libc::O_RDONLY | libc::O_NOFOLLOW)?;
         copy_data(src.as_fd(), dst.as_fd(), lst.st_size)?;
         self.copy_meta(ldir, name, dst.as_fd(), c"", lst)?;
         self.set_origin(ldir, name, dst.as_fd(), c"", layer)?;

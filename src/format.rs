@@ -211,7 +211,7 @@ impl Format {
         if !self.oci && !keep {
             return out;
         }
-        let Ok(rfd) = sys::fs::openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) else {
+        let Ok(rfd) = sys::fs::openat_noatime(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY) else {
             return out;
         };
         let Ok(entries) = sys::dir::read_all(std::os::fd::AsFd::as_fd(&rfd)) else {

@@ -134,12 +134,12 @@ impl Union {
     fn open_object(&self, node: &Arc<Node>, flags: i32) -> Result<OwnedFd> {
         let base = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
         let (dir, name) = self.leaf_loc(node)?;
-        let by_name = sys::fs::openat(
-            bfd(&*dir),
-            &name,
-            base | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-            0,
-        )
+        let by_flags = base | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        let by_name = if self.leaf_is_lower(node) {
+            sys::fs::openat_noatime(bfd(&*dir), &name, by_flags)
+        } else {
+            sys::fs::openat(bfd(&*dir), &name, by_flags, 0)
+        }
         .and_then(|fd| {
             let st = sys::fs::fstat(fd.as_fd())?;
             let same = (st.st_dev, st.st_ino) == self.leaf_real(node)
@@ -495,9 +495,13 @@ impl Union {
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
         for ld in d.upper.iter().chain(d.lowers.iter()) {
-            let rfd = sys::fs::openat(bfd(&*ld.fd), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-            let dev = self.layers.list.get(ld.layer).map(|l| l.dev).unwrap_or(0);
             let is_lower = ld.layer >= first_lower;
+            let rfd = if is_lower {
+                sys::fs::openat_noatime(bfd(&*ld.fd), c".", libc::O_RDONLY | libc::O_DIRECTORY)?
+            } else {
+                sys::fs::openat(bfd(&*ld.fd), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?
+            };
+            let dev = self.layers.list.get(ld.layer).map(|l| l.dev).unwrap_or(0);
             // The kernel's emptiness check (rmdir, rename over a dir) does
             // not recognise xattr whiteouts: such a dir is not empty.
             let xwh = ld.xwh && !first_only;

@@ -23,18 +23,18 @@ pub(crate) fn scan_layer(root: &OwnedFd) -> LinkMap {
     let mut map = LinkMap::new();
     // Pending dirs: (their parent fd, name, path). Fds are opened when popped.
     let mut stack: Vec<(Arc<OwnedFd>, OsString, Vec<OsString>)> = Vec::new();
-    let root_fd = match sys::fs::openat(root.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
-        Ok(fd) => Arc::new(fd),
-        Err(_) => return map,
-    };
+    let root_fd =
+        match sys::fs::openat_noatime(root.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY) {
+            Ok(fd) => Arc::new(fd),
+            Err(_) => return map,
+        };
     scan_dir(&root_fd, &[], &mut map, &mut stack);
     while let Some((parent, name, path)) = stack.pop() {
         let Ok(c) = cname(&name) else { continue };
-        let Ok(fd) = sys::fs::openat(
+        let Ok(fd) = sys::fs::openat_noatime(
             bfd(&*parent),
             &c,
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
         ) else {
             continue;
         };

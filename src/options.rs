@@ -15,7 +15,7 @@ USAGE FORMS:
   unionfs-fuse SOURCE MERGED -o lowerdir=..,upperdir=..   (mount.fuse3 / fstab form)
 
 LOWER1 is the top lower layer, as in overlayfs lowerdir=. Write \\: for a
-colon inside a path.
+colon inside a path, and \\, for a comma inside an -o value.
 
 OPTIONS (-o, comma separated, repeatable; named like kernel overlayfs):
   lowerdir=L1:L2      lower layers, top first
@@ -23,7 +23,8 @@ OPTIONS (-o, comma separated, repeatable; named like kernel overlayfs):
   workdir=W           work dir on the upper's filesystem, for atomic copy-up
                       (without it: O_TMPFILE + linkat for files, and a
                       short-lived temporary name in the upper dir otherwise)
-  ro                  read-only mount (no upper is used)
+  ro                  read-only mount; a given upper is shown read-only, as the
+                      top layer (as a read-only overlayfs mount shows it)
   userxattr           store overlay xattrs as user.overlay.* (automatic when
                       running in a user namespace)
   redirect_dir=off    renaming a lower or merged dir gives EXDEV (default)
@@ -45,13 +46,14 @@ OPTIONS (-o, comma separated, repeatable; named like kernel overlayfs):
                       where passthrough cannot work (rootless). Excludes
                       passthrough; see the README's Deviations
   timeout=SECS        kernel attribute/entry cache time (default 30)
-  threads=N           FUSE worker threads (default 16)
+  threads=N           FUSE worker threads, 1..64 (default 16)
   allow_other, default_permissions, dev, nodev, suid, nosuid, exec, noexec,
   atime, noatime      as for any FUSE mount. As root the default is
                       default_permissions,allow_other,suid,dev.
-  fsname=NAME         source name shown in /proc/mounts
-  rw, defaults, auto, noauto, nofail, _netdev, user, users, x-*   accepted
-                      and ignored (for fstab and mount.fuse3)
+  fsname=NAME         source name shown in /proc/mounts (wins over SOURCE)
+  rw, defaults, auto, noauto, nofail, _netdev, user, users, x-*, xino,
+  index, uuid, nfs_export, metacopy=off   accepted and ignored (for fstab,
+                      mount.fuse3 and podman)
 
 SIGNALS: SIGTERM, SIGINT and SIGHUP unmount (lazily) and exit 0; so does an
 external umount or fusermount3 -u.";
@@ -210,6 +212,8 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
         writeback: false,
     };
     let mut lowerdir_opt: Option<Vec<PathBuf>> = None;
+    let mut fsname: Option<String> = None;
+    let mut passthrough_given = false;
     for item in cli.opts.iter().flat_map(|o| split_opts(o)) {
         let (k, v) = match item.split_once('=') {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
@@ -244,6 +248,7 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
             },
             "volatile" => c.volatile = true,
             "passthrough" => {
+                passthrough_given = true;
                 c.passthrough = match v.as_deref() {
                     None | Some("on") => PassthroughMode::Safe,
                     Some("off") => PassthroughMode::Off,
@@ -287,7 +292,12 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
             "noexec" => c.exec = false,
             "atime" => c.noatime = false,
             "noatime" => c.noatime = true,
-            "fsname" => c.source = need(&v)?,
+            "fsname" => {
+                fsname = Some(need(&v)?).filter(|n| !n.is_empty());
+                if fsname.is_none() {
+                    return Err("option fsname= needs a non-empty name".into());
+                }
+            }
             _ => return Err(format!("unknown option '{item}' (see --help)")),
         }
     }
@@ -324,9 +334,22 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
     if c.lowers.is_empty() || c.lowers.iter().any(|l| l.as_os_str().is_empty()) {
         return Err("empty lower directory in the lower list".into());
     }
+    if let Some(name) = fsname {
+        c.source = name;
+    }
     if c.ro {
-        c.upper = None;
+        // As a read-only overlayfs mount: the upper's content stays visible,
+        // its whiteouts and opaque dirs included, which a lower layer honours
+        // the same way.
+        if let Some(u) = c.upper.take() {
+            c.lowers.insert(0, u);
+        }
         c.work = None;
+    }
+    if c.writeback && passthrough_given && c.passthrough != PassthroughMode::Off {
+        return Err(
+            "options writeback and passthrough exclude each other: pass one of them".into(),
+        );
     }
     if c.redirect_dir && c.userxattr {
         return Err("redirect_dir=on cannot be used with userxattr (as in overlayfs)".into());
@@ -473,6 +496,9 @@ mod tests {
         assert_eq!(c.upper, Some(PathBuf::from("u")));
         let c = p(&["l1:l2", "m", "-o", "ro"]).unwrap_or_else(|e| panic!("{e}"));
         assert!(c.upper.is_none());
+        let c = p(&["l1:l2", "u", "m", "-o", "ro,workdir=w"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.upper, c.work), (None, None));
+        assert_eq!(c.lowers, ["u", "l1", "l2"].map(PathBuf::from));
         let c =
             p(&["-o", "lowerdir=a:b,upperdir=u,workdir=w,", "m"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.work, Some(PathBuf::from("w")));
@@ -485,6 +511,23 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.source, "src");
         assert_eq!(c.merged, PathBuf::from("m"));
+    }
+
+    #[test]
+    fn explicit_fsname_wins_over_source() {
+        let c = p(&["src", "m", "-o", "lowerdir=a,fsname=mine"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.source, "mine");
+        assert!(p(&["a", "m", "-o", "fsname="]).is_err());
+    }
+
+    #[test]
+    fn writeback_refuses_an_explicit_passthrough() {
+        assert!(p(&["l", "u", "m", "-o", "writeback,passthrough=all"]).is_err());
+        assert!(p(&["l", "u", "m", "-o", "passthrough,writeback"]).is_err());
+        let c = p(&["l", "u", "m", "-o", "writeback,passthrough=off"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.writeback);
+        assert!(p(&["l", "u", "m", "-o", "writeback"]).is_ok());
     }
 
     #[test]

@@ -674,6 +674,11 @@ impl Union {
         }
     }
 
+    /// Whether a non-dir node is still only in a lower layer.
+    pub(crate) fn leaf_is_lower(&self, node: &Node) -> bool {
+        matches!(&node.state.read().body, Body::Leaf(l) if l.upper.is_none())
+    }
+
     /// The fd of a directory's topmost part.
     pub(crate) fn dir_top(body: &DirBody) -> Result<Arc<OwnedFd>> {
         body.upper

@@ -275,6 +275,55 @@ fn read_only_union_without_upper() {
     );
 }
 
+/// `-o ro` with an upper, as a read-only overlayfs mount: the upper's
+/// files, whiteouts and opaque dirs stay in force, nothing can be written,
+/// and the upper is left as it was.
+#[test]
+fn read_only_mount_keeps_the_upper_visible() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0)
+        .file("f", b"lower")
+        .file("gone", b"x")
+        .file("d/old", b"old");
+    fx.upper()
+        .file("f", b"upper")
+        .file("new", b"new")
+        .whiteout("gone")
+        .file("d/fresh", b"fresh")
+        .opaque("d");
+    let before = snapshot(&fx.upper().root, SnapOpts::with_times());
+    let (lowers, upper, work) = (fx.lowers(), fx.upper().root, fx.work());
+    let m = match fx.kind {
+        Impl::Kernel => Mounted::mount_kernel_opts(
+            fx.kind,
+            &lowers,
+            Some(&upper),
+            Some(&work),
+            &fx.merged(),
+            "ro",
+        ),
+        Impl::Ours => Mounted::mount_ours_opts(
+            fx.kind,
+            &lowers,
+            Some(&upper),
+            Some(&work),
+            &fx.merged(),
+            "ro",
+        ),
+    };
+    assert_eq!(ls(&m.p("")), ["d", "f", "new"]);
+    assert_eq!(ls(&m.p("d")), ["fresh"]);
+    assert_eq!(read(&m.p("f")), "upper");
+    assert_errno(fs::write(m.p("f"), b"x"), libc::EROFS, "write");
+    assert_errno(fs::remove_file(m.p("new")), libc::EROFS, "unlink");
+    drop(m);
+    assert_same(
+        &before,
+        &snapshot(&fx.upper().root, SnapOpts::with_times()),
+        "upper after a read-only mount",
+    );
+}
+
 /// A stack of six lowers, where the server answers lookups from each lower
 /// dir's name list instead of probing every layer: whiteouts, opaque dirs and
 /// the topmost-wins rule hold as with two layers, also for a lower dir too

@@ -392,3 +392,26 @@ fn readahead_of_the_mount_is_one_max_write() {
     }
     assert_eq!(kb.trim(), "1024", "{knob}");
 }
+
+/// Reading through the union leaves a lower layer's atimes alone, as the
+/// kernel does (it opens lower objects with O_NOATIME): the layer may be
+/// shared by other mounts. With an atime far in the past, relatime would
+/// otherwise update it at the first read.
+#[test]
+fn reading_does_not_touch_lower_atimes() {
+    let Some(fx) = Fixture::new() else { return };
+    const OLD: Ts = Ts(978_307_200, 0); // 2001-01-01
+    fx.lower(0)
+        .file("d/f", b"data")
+        .file("d/g", b"more")
+        .times("d/f", OLD, OLD)
+        .times("d", OLD, OLD);
+    let m = fx.mount();
+    assert_eq!(read(&m.p("d/f")), "data");
+    assert_eq!(ls(&m.p("d")), ["f", "g"]);
+    drop(m);
+    for rel in ["d", "d/f"] {
+        let st = lstat(&fx.lower(0).path(rel));
+        assert_eq!(st.atime(), OLD.0, "atime of lower {rel} changed");
+    }
+}
