@@ -52,6 +52,10 @@ pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// For a create: the caller's umask, which the server applies unless
+    /// the new object's upper parent has a default ACL (the filesystem then
+    /// derives the mode from the ACL, as for the kernel). 0 elsewhere.
+    pub umask: u32,
 }
 
 /// A node handed to the kernel: its number, generation and attributes.
@@ -999,12 +1003,16 @@ impl Union {
     /// Runs `build` to create an object named `name` in parent's upper dir,
     /// replacing a whiteout there atomically. New dirs over a whiteout are
     /// made opaque. Returns nothing; the caller looks the entry up.
+    ///
+    /// `build` gets the bits to clear from the new object's mode: the
+    /// caller's umask, or none where the upper parent has a default ACL.
     fn create_in_upper(
         &self,
         parent: &Arc<Node>,
         name: &OsStr,
         is_dir: bool,
-        build: &mut dyn FnMut(BorrowedFd<'_>, &CStr) -> Result<()>,
+        umask: u32,
+        build: &mut dyn FnMut(BorrowedFd<'_>, &CStr, u32) -> Result<()>,
     ) -> Result<()> {
         self.require_upper()?;
         if self.fmt.is_oci_name(name) {
@@ -1016,6 +1024,8 @@ impl Union {
         let upper = body.upper.clone().ok_or(Errno::EIO)?;
         let ufd = bfd(&*upper.fd);
         let cn = cname(name)?;
+        let acl_default = umask != 0 && has_default_acl(ufd);
+        let clear = if acl_default { 0 } else { umask };
         let _g = parent.dir_lock.lock();
         let existing = match sys::fs::lstatat(ufd, &cn) {
             Ok(st) => Some(st),
@@ -1024,7 +1034,7 @@ impl Union {
         };
         match existing {
             None => {
-                build(ufd, &cn)?;
+                build(ufd, &cn, clear)?;
                 // With redirect_dir=on a new dir in a merged parent is opaque,
                 // so a redirect can never merge something into it (as the
                 // kernel does). It also keeps hiding what an OCI whiteout hid.
@@ -1037,9 +1047,15 @@ impl Union {
                 Ok(())
             }
             Some(st) if self.fmt.classify(ufd, &cn, &st, upper.xwh) == EntryKind::Whiteout => {
-                let stage = self.stage_dir(ufd);
+                // Staged in the parent itself where its default ACL must be
+                // inherited: the work dir has none to give.
+                let stage = if acl_default {
+                    ufd
+                } else {
+                    self.stage_dir(ufd)
+                };
                 let tmp = self.tmp_name();
-                build(stage, &tmp)?;
+                build(stage, &tmp, clear)?;
                 let r = if is_dir {
                     self.fmt
                         .set_opaque(stage, &tmp)
@@ -1081,14 +1097,17 @@ impl Union {
         let c = Caller {
             uid: self.opts.uid_map.to_outside(c.uid),
             gid,
-            pid: c.pid,
+            ..c
         };
         let euid = sys::proc::geteuid();
         if c.uid != euid || gid != sys::proc::getegid() {
             sys::fs::fchownat(dir, name, c.uid, gid, libc::AT_SYMLINK_NOFOLLOW)?;
-            // chown clears setuid/setgid: put them back.
-            if mode & (libc::S_ISUID | libc::S_ISGID) != 0 && mode & libc::S_IFMT != libc::S_IFLNK {
-                sys::fs::fchmodat(dir, name, mode & 0o7777)?;
+            // chown clears setuid/setgid: put them back (onto the mode the
+            // filesystem gave, which a default ACL may have narrowed).
+            let setid = mode & (libc::S_ISUID | libc::S_ISGID);
+            if setid != 0 && mode & libc::S_IFMT != libc::S_IFLNK {
+                let st = sys::fs::lstatat(dir, name)?;
+                sys::fs::fchmodat(dir, name, (st.st_mode & 0o7777) | setid)?;
             }
         }
         // A dir made in a setgid dir is setgid too. One staged in the work
@@ -1108,14 +1127,14 @@ impl Union {
         name: &OsStr,
         c: Caller,
         mode: u32,
-        make: &dyn Fn(BorrowedFd<'_>, &CStr) -> Result<()>,
+        make: &dyn Fn(BorrowedFd<'_>, &CStr, u32) -> Result<()>,
     ) -> Result<Entry> {
         let parent = self.node(parent_ino)?;
         let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
         let parent2 = parent.clone();
-        self.create_in_upper(&parent, name, is_dir, &mut |dir, n| {
-            make(dir, n)?;
-            if let Err(e) = self.own_new(&parent2, dir, n, c, mode) {
+        self.create_in_upper(&parent, name, is_dir, c.umask, &mut |dir, n, clear| {
+            make(dir, n, clear)?;
+            if let Err(e) = self.own_new(&parent2, dir, n, c, mode & !clear) {
                 self.discard_staged(dir, n);
                 return Err(e);
             }
@@ -1126,8 +1145,8 @@ impl Union {
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, c: Caller) -> Result<Entry> {
         let perm = mode & 0o7777;
-        self.make_node(parent, name, c, libc::S_IFDIR | perm, &|d, n| {
-            sys::fs::mkdirat(d, n, perm)
+        self.make_node(parent, name, c, libc::S_IFDIR | perm, &|d, n, clear| {
+            sys::fs::mkdirat(d, n, perm & !clear)
         })
     }
 
@@ -1147,15 +1166,16 @@ impl Union {
             // Would read back as a whiteout; the kernel refuses it too.
             return Err(Errno::EPERM);
         }
-        self.make_node(parent, name, c, mode, &|d, n| {
-            sys::fs::mknodat(d, n, mode, rdev)
+        self.make_node(parent, name, c, mode, &|d, n, clear| {
+            sys::fs::mknodat(d, n, mode & !clear, rdev)
         })
     }
 
     pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, c: Caller) -> Result<Entry> {
         let t = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(target))
             .map_err(|_| Errno::EINVAL)?;
-        self.make_node(parent, name, c, libc::S_IFLNK | 0o777, &|d, n| {
+        let c = Caller { umask: 0, ..c };
+        self.make_node(parent, name, c, libc::S_IFLNK | 0o777, &|d, n, _| {
             sys::fs::symlinkat(&t, d, n)
         })
     }
@@ -1178,9 +1198,9 @@ impl Union {
             | libc::O_EXCL
             | libc::O_NOFOLLOW;
         let parent2 = parent.clone();
-        self.create_in_upper(&parent, name, false, &mut |dir, n| {
-            let fd = sys::fs::openat(dir, n, open_flags, perm)?;
-            if let Err(e) = self.own_new(&parent2, dir, n, c, libc::S_IFREG | perm) {
+        self.create_in_upper(&parent, name, false, c.umask, &mut |dir, n, clear| {
+            let fd = sys::fs::openat(dir, n, open_flags, perm & !clear)?;
+            if let Err(e) = self.own_new(&parent2, dir, n, c, libc::S_IFREG | (perm & !clear)) {
                 self.discard_staged(dir, n);
                 return Err(e);
             }
@@ -1203,7 +1223,7 @@ impl Union {
         // Linked through an fd checked to be this object: the source name
         // may be renamed or replaced meanwhile.
         let src = self.leaf_path_fd(&node)?;
-        self.create_in_upper(&np, newname, false, &mut |dir, n| {
+        self.create_in_upper(&np, newname, false, 0, &mut |dir, n, _| {
             sys::fs::link_tmpfile(src.as_fd(), dir, n)
         })?;
         self.lookup(newparent, newname)
@@ -1684,4 +1704,10 @@ impl Union {
         let (fd, name) = self.xattr_loc(&node)?;
         sys::xattr::remove(bfd(&*fd), &name, &k)
     }
+}
+
+/// Whether upper dir `dir` has a default ACL, which then decides the mode
+/// of what is created in it instead of the caller's umask.
+fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
+    sys::xattr::get(dir, c"", c"system.posix_acl_default").is_ok()
 }

@@ -63,6 +63,52 @@ fn files_created_by_caller_belong_to_caller_and_honour_umask() {
     assert_eq!((d.uid(), d.mode() & 0o7777), (0, 0o777));
 }
 
+/// `system.posix_acl_default` in the xattr format: user::rwx,
+/// user:1000:rwx, group::r-x, mask::rwx, other::r-x.
+fn default_acl() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 7u16, u32::MAX),
+        (0x02, 7, UID),
+        (0x04, 5, u32::MAX),
+        (0x10, 7, u32::MAX),
+        (0x20, 5, u32::MAX),
+    ] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// In a dir with a default ACL the umask does not apply: the new object's
+/// mode and ACL come from the default ACL and the mode asked for, as on
+/// the kernel, also for a name over a whiteout (staged elsewhere first).
+#[test]
+fn default_acl_of_the_parent_wins_over_the_umask() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0)
+        .dir_mode("acl", 0o777)
+        .xattr("acl", "system.posix_acl_default", &default_acl())
+        .file("acl/old", b"");
+    let m = fx.mount();
+    let out = run_as(
+        0,
+        0,
+        &m.p("acl"),
+        "umask 022 && : > f && mkdir d && mkfifo p && rm old && : > old",
+    );
+    assert_sh_ok(&out);
+    for base in [m.p("acl"), m.up("acl")] {
+        for (name, mode) in [("f", 0o664), ("d", 0o775), ("p", 0o664), ("old", 0o664)] {
+            let md = lstat(&base.join(name));
+            assert_eq!(md.mode() & 0o7777, mode, "{}", base.join(name).display());
+        }
+    }
+    let access = sys::lgetxattr(&m.p("acl/f"), "system.posix_acl_access");
+    assert!(access.is_ok(), "no access ACL inherited: {access:?}");
+}
+
 #[test]
 fn setgid_dir_passes_group_to_new_entries() {
     let Some(fx) = Fixture::new() else { return };

@@ -120,16 +120,19 @@ fn caller(i: u8) -> Caller {
             uid: 0,
             gid: 0,
             pid: 0,
+            umask: if i & 4 != 0 { 0o022 } else { 0 },
         },
         2 => Caller {
             uid: 1000,
             gid: 1000,
             pid: 0,
+            umask: if i & 4 != 0 { 0o022 } else { 0 },
         },
         _ => Caller {
             uid: 0,
             gid: 1000,
             pid: 0,
+            umask: if i & 4 != 0 { 0o022 } else { 0 },
         },
     }
 }

@@ -315,6 +315,16 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: 0,
+    }
+}
+
+/// The caller of a create, with the umask the kernel left to the server
+/// (FUSE_DONT_MASK).
+fn creator(req: &Request, umask: u32) -> Caller {
+    Caller {
+        umask,
+        ..caller(req)
     }
 }
 
@@ -362,7 +372,10 @@ impl Filesystem for Adapter {
             | InitFlags::FUSE_AUTO_INVAL_DATA
             // The kernel then checks ACLs and caches them (also their
             // absence), which saves a getxattr round trip per `ls -l` entry.
-            | InitFlags::FUSE_POSIX_ACL;
+            | InitFlags::FUSE_POSIX_ACL
+            // With ACLs the umask must not be applied where the parent has a
+            // default ACL: the kernel leaves it to the server.
+            | InitFlags::FUSE_DONT_MASK;
         for flag in wanted.iter() {
             let _ = config.add_capabilities(flag);
         }
@@ -467,14 +480,14 @@ impl Filesystem for Adapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         guarded("mknod", || {
             let r = self
                 .fs
-                .mknod(parent.0, name, mode, decode_rdev(rdev), caller(req));
+                .mknod(parent.0, name, mode, decode_rdev(rdev), creator(req, umask));
             self.entry(reply, r)
         });
     }
@@ -485,11 +498,14 @@ impl Filesystem for Adapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         guarded("mkdir", || {
-            self.entry(reply, self.fs.mkdir(parent.0, name, mode, caller(req)))
+            self.entry(
+                reply,
+                self.fs.mkdir(parent.0, name, mode, creator(req, umask)),
+            )
         });
     }
 
@@ -796,12 +812,12 @@ impl Filesystem for Adapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         guarded("create", || {
-            let c = caller(req);
+            let c = creator(req, umask);
             match self.fs.create(parent.0, name, mode, flags, c) {
                 Ok((e, fh)) => {
                     let (attr, generation) = (to_attr(&e.attr), Generation(e.generation));
