@@ -415,3 +415,24 @@ fn reading_does_not_touch_lower_atimes() {
         assert_eq!(st.atime(), OLD.0, "atime of lower {rel} changed");
     }
 }
+
+/// Times before 1970 with a fraction of a second are stored as given:
+/// 1969-12-31 23:59:59.25 is (-1 s, 250,000,000 ns), through the union and
+/// in the upper.
+#[test]
+fn pre_epoch_times_keep_their_nanoseconds() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("f", b"x");
+    let m = fx.mount();
+    let (a, mt) = (Ts(-1, 250_000_000), Ts(-86_401, 999_999_999));
+    sys::utimensat(&m.p("f"), a, mt, true).expect("utimensat");
+    for p in [m.p("f"), m.up("f")] {
+        let st = lstat(&p);
+        assert_eq!(
+            (st.atime(), st.atime_nsec(), st.mtime(), st.mtime_nsec()),
+            (a.0, a.1, mt.0, mt.1),
+            "{}",
+            p.display()
+        );
+    }
+}

@@ -252,15 +252,14 @@ fn to_time(t: TimeOrNow) -> Time {
         TimeOrNow::Now => Time::Now,
         TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
             Ok(d) => Time::At(d.as_secs() as i64, d.subsec_nanos() as i64),
-            Err(e) => {
-                let d = e.duration();
-                let (mut s, mut ns) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
-                if ns < 0 {
-                    s -= 1;
-                    ns += 1_000_000_000;
-                }
-                Time::At(s, ns)
-            }
+            // fuser 0.18 turns the kernel's (sec < 0, nsec) into EPOCH -
+            // (|sec| + nsec) instead of EPOCH - |sec| + nsec, so the
+            // duration before the epoch holds the kernel's two fields as they
+            // were: 1969-12-31 23:59:59.25 is (-1, 250000000).
+            Err(e) => Time::At(
+                -(e.duration().as_secs() as i64),
+                e.duration().subsec_nanos() as i64,
+            ),
         },
     }
 }
