@@ -1226,6 +1226,14 @@ impl Union {
         self.create_in_upper(&np, newname, false, 0, &mut |dir, n, _| {
             sys::fs::link_tmpfile(src.as_fd(), dir, n)
         })?;
+        // A name whose number comes from an origin makes the dir impure,
+        // as a copy-up or rename into it does.
+        if let Some(u) = Self::dir_body(&np)?.upper {
+            let cn = cname(newname)?;
+            if self.fmt.has_origin(bfd(&*u.fd), &cn) {
+                let _ = self.fmt.set_impure(bfd(&*u.fd), c"");
+            }
+        }
         self.lookup(newparent, newname)
     }
 

@@ -156,3 +156,18 @@ fn link_of_lower_fifo_and_device_copies_them_up() {
     fs::set_permissions(m.p("p2"), fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(lstat(&m.p("p")).mode() & 0o777, 0o600);
 }
+
+/// Linking a copied-up file (one with an origin) into a dir that exists only
+/// in the upper marks that dir impure, as the kernel does, so a later
+/// kernel mount of the upper reports the entry's d_ino from the origin.
+#[test]
+fn link_of_copied_up_file_marks_new_parent_impure() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("f", b"x");
+    let m = fx.mount();
+    fs::create_dir(m.p("new")).unwrap();
+    fs::hard_link(m.p("f"), m.p("new/g")).unwrap();
+    drop(m);
+    let impure = sys::lgetxattr(&fx.upper().path("new"), "trusted.overlay.impure");
+    assert_eq!(impure.ok().as_deref(), Some(&b"y"[..]), "new/ not impure");
+}
