@@ -30,6 +30,42 @@ const MANY_LOWERS: usize = 3;
 const MAX_KEPT_NAMES: usize = 4096;
 
 /// Whether a dir's lower parts keep their name lists (see `MANY_LOWERS`).
+/// What a lookup asks the lower layers for, as redirects met on the way
+/// down change it (the kernel's `ovl_lookup` name and `absolute_redirect`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Want {
+    /// The name looked up, in the parent's lower dirs.
+    Own,
+    /// Another name in the parent's lower dirs (a relative redirect).
+    Name(OsString),
+    /// A path from each layer's root (an absolute redirect).
+    Path(Vec<OsString>),
+}
+
+impl From<Redirect> for Want {
+    fn from(r: Redirect) -> Want {
+        match r {
+            Redirect::Relative(n) => Want::Name(n),
+            Redirect::Absolute(p) => Want::Path(p),
+        }
+    }
+}
+
+impl Want {
+    /// A redirect found in a lower dir applies to the layers below it: a
+    /// relative one renames the last step, an absolute one starts over.
+    fn then(self, r: Redirect) -> Want {
+        match (self, r) {
+            (Want::Path(mut p), Redirect::Relative(n)) => {
+                p.pop();
+                p.push(n);
+                Want::Path(p)
+            }
+            (_, r) => Want::from(r),
+        }
+    }
+}
+
 fn merges_many(d: &DirBody) -> bool {
     d.lowers.len() >= MANY_LOWERS
 }
@@ -273,29 +309,24 @@ impl Union {
             }
         }
         let mut lower_present = false;
-        // A renamed upper dir finds its lower dirs where its redirect says.
-        let redirected = match (&dir, &parent.upper) {
+        // Where the layers below look: a renamed dir (upper or lower) finds
+        // its lower dirs where its redirect says, as on the kernel.
+        let mut want = match (&dir, &parent.upper) {
             (Some(_), Some(u)) => self
                 .fmt
                 .redirect(bfd(&*u.fd), &cn)
-                .map(|r| self.redirect_targets(parent, &r)),
-            _ => None,
-        };
-        // Lower dirs found through a redirect are not this name's own.
-        let follows_redirect = redirected.is_some();
-        let targets: Vec<(LayerDir, CString, OsString)> = match redirected {
-            Some(t) => t,
-            None => parent
-                .lowers
-                .iter()
-                .map(|l| (l.clone(), cn.clone(), name.to_os_string()))
-                .collect(),
+                .map_or(Want::Own, Want::from),
+            _ => Want::Own,
         };
         let many = merges_many(parent);
-        for (l, cn, name) in &targets {
+        let layer_count = self.layers.list.len();
+        for idx in self.layers.first_lower()..layer_count {
+            let Some((l, cn, name)) = self.lower_target(parent, idx, &want, &cn, name) else {
+                continue;
+            };
             let (cn, name) = (cn.as_c_str(), name.as_os_str());
-            if many && Self::known_absent(l, name) {
-                if self.oci_hides(l, name, many) {
+            if many && Self::known_absent(&l, name) {
+                if self.oci_hides(&l, name, many) {
                     break;
                 }
                 continue;
@@ -330,18 +361,27 @@ impl Union {
                         Arc::new(fd),
                         opacity == Opacity::XattrWhiteouts,
                     ));
-                    lower_present = !follows_redirect;
+                    // Lower dirs found through a redirect are not this
+                    // name's own.
+                    if want == Want::Own {
+                        lower_present = true;
+                    }
                     if top.is_none() {
                         top = Some(st);
                     }
                     if opacity == Opacity::Opaque {
                         break;
                     }
+                    if idx + 1 < layer_count {
+                        if let Some(r) = self.fmt.redirect(bfd(&*l.fd), cn) {
+                            want = want.then(r);
+                        }
+                    }
                 }
                 Err(e) if is_absent(e) => {}
                 Err(e) => return Err(e),
             }
-            if self.oci_hides(l, name, many) {
+            if self.oci_hides(&l, name, many) {
                 break;
             }
         }
@@ -351,47 +391,27 @@ impl Union {
         }
     }
 
-    /// The lower dirs (parent level) and name a redirect points at.
-    fn redirect_targets(
+    /// Where lower layer `idx` holds the object looked up: the dir to look
+    /// in and the name. None if that layer has no such dir.
+    fn lower_target(
         &self,
         parent: &DirBody,
-        r: &Redirect,
-    ) -> Vec<(LayerDir, CString, OsString)> {
-        match r {
-            Redirect::Relative(n) => match cname(n) {
-                Ok(c) => parent
-                    .lowers
-                    .iter()
-                    .map(|l| (l.clone(), c.clone(), n.clone()))
-                    .collect(),
-                Err(_) => Vec::new(),
-            },
-            Redirect::Absolute(comps) => {
-                let Some((last, dirs)) = comps.split_last() else {
-                    return Vec::new();
-                };
-                let Ok(clast) = cname(last) else {
-                    return Vec::new();
-                };
-                let mut out = Vec::new();
-                'layers: for (i, layer) in self
-                    .layers
-                    .list
-                    .iter()
-                    .enumerate()
-                    .skip(self.layers.first_lower())
-                {
-                    let mut fd = layer.fd.clone();
-                    for c in dirs {
-                        let Ok(cc) = cname(c) else { continue 'layers };
-                        match sys::fs::open_dir_path(bfd(&*fd), &cc) {
-                            Ok(next) => fd = Arc::new(next),
-                            Err(_) => continue 'layers,
-                        }
-                    }
-                    out.push((LayerDir::new(i, fd, false), clast.clone(), last.clone()));
+        idx: usize,
+        want: &Want,
+        own: &CStr,
+        name: &OsStr,
+    ) -> Option<(LayerDir, CString, OsString)> {
+        let in_parent = || parent.lowers.iter().find(|l| l.layer == idx).cloned();
+        match want {
+            Want::Own => Some((in_parent()?, own.to_owned(), name.to_os_string())),
+            Want::Name(n) => Some((in_parent()?, cname(n).ok()?, n.clone())),
+            Want::Path(comps) => {
+                let (last, dirs) = comps.split_last()?;
+                let mut fd = self.layers.list.get(idx)?.fd.clone();
+                for c in dirs {
+                    fd = Arc::new(sys::fs::open_dir_path(bfd(&*fd), &cname(c).ok()?).ok()?);
                 }
-                out
+                Some((LayerDir::new(idx, fd, false), cname(last).ok()?, last.clone()))
             }
         }
     }

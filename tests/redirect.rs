@@ -118,3 +118,32 @@ fn redirect_dir_off_keeps_exdev() {
     let e = fs::rename(m.p("a"), m.p("a2")).expect_err("merged dir rename");
     assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
 }
+
+/// Redirects stored in lower layers (an old `redirect_dir=on` upper reused
+/// as a lower) send the lookup in the layers below elsewhere, as on the
+/// kernel: absolute ones from each layer's root, relative ones in the same
+/// parent, and one redirect found below another one applies on top of it.
+#[test]
+fn redirects_in_lower_layers_are_followed() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(2)
+        .file("red/r1", b"1")
+        .file("a/src/s1", b"s")
+        .file("rel_target/t", b"t");
+    fx.lower(1)
+        .file("moved/own1", b"o")
+        .xattr("moved", "trusted.overlay.redirect", b"/red")
+        .dir("rel")
+        .xattr("rel", "trusted.overlay.redirect", b"rel_target")
+        .file("b/dst/own", b"o")
+        .xattr("b/dst", "trusted.overlay.redirect", b"/a/src");
+    fx.lower(0)
+        .file("x/top", b"t")
+        .xattr("x", "trusted.overlay.redirect", b"moved");
+    let m = fx.mount();
+    assert_eq!(ls(&m.p("moved")), ["own1", "r1"]);
+    assert_eq!(ls(&m.p("rel")), ["t"]);
+    assert_eq!(ls(&m.p("b/dst")), ["own", "s1"]);
+    assert_eq!(ls(&m.p("x")), ["own1", "r1", "top"]);
+    assert_eq!(read(&m.p("x/r1")), "1");
+}
