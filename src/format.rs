@@ -350,6 +350,13 @@ impl Format {
         }
     }
 
+    /// Whether a real xattr is one the kernel keeps under the *other*
+    /// prefix (`user.overlay.origin` when this format uses `trusted.`):
+    /// the sign of an upper written in the other mode.
+    pub fn is_other_mode_xattr(&self, real: &[u8]) -> bool {
+        overlay_key(real).is_some_and(|(prefix, _)| prefix != self.prefix)
+    }
+
     /// Whether a real xattr must not be copied up (private to this overlay).
     pub fn is_private_xattr(&self, real: &[u8]) -> bool {
         match real.strip_prefix(self.prefix.as_bytes()) {
@@ -357,6 +364,26 @@ impl Format {
             None => false,
         }
     }
+}
+
+/// The keys the kernel stores under its overlay prefix.
+const OVERLAY_KEYS: &[&str] = &[
+    "opaque", "whiteout", "redirect", "origin", "impure", "nlink", "upper", "uuid", "metacopy",
+    "protattr",
+];
+
+/// Splits a real xattr name into one of the two overlay prefixes and a key
+/// the kernel uses, if it is such a name.
+pub fn overlay_key(real: &[u8]) -> Option<(&'static str, &str)> {
+    ["trusted.overlay.", "user.overlay."]
+        .into_iter()
+        .find_map(|prefix| {
+            let key = real.strip_prefix(prefix.as_bytes())?;
+            OVERLAY_KEYS
+                .iter()
+                .find(|k| k.as_bytes() == key)
+                .map(|k| (prefix, *k))
+        })
 }
 
 /// Converts a name from the kernel into a C string (NUL is impossible there).

@@ -411,7 +411,11 @@ impl Union {
                 for c in dirs {
                     fd = Arc::new(sys::fs::open_dir_path(bfd(&*fd), &cname(c).ok()?).ok()?);
                 }
-                Some((LayerDir::new(idx, fd, false), cname(last).ok()?, last.clone()))
+                Some((
+                    LayerDir::new(idx, fd, false),
+                    cname(last).ok()?,
+                    last.clone(),
+                ))
             }
         }
     }

@@ -759,3 +759,49 @@ fn export_layer_is_reproducible_with_a_fixed_mtime() {
     }
     assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
 }
+
+/// `--export-layer UPPER -` writes the layer to stdout (the digest to
+/// stderr), leaves out the empty /proc, /dev and /sys a run made in the
+/// upper but keeps an opaque one, and a reader that closes the pipe early
+/// gets no panic from the launcher.
+#[test]
+fn export_layer_to_stdout_without_run_made_mount_dirs() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    fs::write(s.upper.join("f"), "x").unwrap();
+    for d in ["proc", "dev", "sys"] {
+        fs::create_dir(s.upper.join(d)).unwrap();
+    }
+    let set = Command::new("setfattr")
+        .args(["-n", "trusted.overlay.opaque", "-v", "y"])
+        .arg(s.upper.join("sys"))
+        .status()
+        .unwrap();
+    assert!(set.success());
+    let tar = s.dir.0.join("out.tar");
+    let o = Command::new(RUN)
+        .args(["--export-layer".as_ref(), s.upper.as_os_str(), "-".as_ref()])
+        .stdout(fs::File::create(&tar).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).starts_with("sha256:"));
+    assert!(!s.upper.parent().unwrap().join("-").exists());
+    let names = Command::new("tar").arg("tf").arg(&tar).output().unwrap();
+    let names = String::from_utf8_lossy(&names.stdout).into_owned();
+    let names: Vec<&str> = names.lines().collect();
+    assert_eq!(names, ["f", "sys/", "sys/.wh..wh..opq"]);
+
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{RUN}' --export-layer '{}' - | head -c 0",
+            s.upper.display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}

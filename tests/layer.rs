@@ -621,6 +621,14 @@ fn upper_format_details_and_userxattr() {
         ["user.keep"]
     );
 
+    // An upper of the other mode is refused, not exported with its
+    // bookkeeping (host file handles) as if it were user data.
+    let e = layer::export(&uup.root, &mut Vec::new(), &ExportOptions::default());
+    assert!(
+        matches!(&e, Err(LayerError::Unsupported(m)) if m.contains("--userxattr")),
+        "{e:?}"
+    );
+
     // What a layer cannot carry is refused with a reason.
     let bad = Layer::new(tmp.path().join("bad1"));
     bad.dir("moved")

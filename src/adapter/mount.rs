@@ -22,18 +22,6 @@ use crate::union::{Options, Union};
 
 const SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
-/// Whether this process runs inside a user namespace other than the initial
-/// one, where trusted.* xattrs are out of reach.
-fn in_user_namespace() -> bool {
-    match std::fs::read_to_string("/proc/self/uid_map") {
-        Ok(m) => {
-            let f: Vec<&str> = m.split_whitespace().collect();
-            !(f.len() == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295")
-        }
-        Err(_) => false,
-    }
-}
-
 /// Clears debris a crash left in `WORKDIR/work` and returns its fd.
 fn prepare_workdir(work: &Path) -> Result<OwnedFd, String> {
     let wfd = open_dir(work).map_err(|e| format!("work dir {}: {e}", work.display()))?;
@@ -86,7 +74,7 @@ fn build_union(c: &MountConfig) -> Result<Union, String> {
         None => None,
     };
     let layers = Layers::new(upper, lowers, work).map_err(|e| format!("layers: {e}"))?;
-    let userxattr = c.userxattr || in_user_namespace() || sys::proc::geteuid() != 0;
+    let userxattr = c.userxattr || sys::proc::needs_userxattr();
     if userxattr && c.redirect_dir {
         return Err(
             "redirect_dir=on needs trusted.* xattrs: not available without privilege".into(),
@@ -339,7 +327,7 @@ fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
         Duration::from_secs_f64(c.timeout),
         c.passthrough,
         stack_depth,
-        !in_user_namespace(),
+        !sys::proc::in_user_namespace(),
         c.writeback,
     );
     let cfg = fuser_config(c, allow_other, default_perms);

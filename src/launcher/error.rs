@@ -179,6 +179,8 @@ impl fmt::Display for Error {
         let detail = self.detail();
         if detail.is_empty() {
             write!(f, "step `{}` failed: {}", self.step(), self.errno())
+        } else if self.errno() == Errno(0) {
+            write!(f, "step `{}` failed: {detail}", self.step())
         } else {
             write!(
                 f,

@@ -154,19 +154,34 @@ fn server_argv(server: &Path, lowers: &[PathBuf], plan: &Plan, opts: &[String]) 
 
 /// Steps `check layers` and `scratch dir`.
 pub fn prepare<S: Sys>(sys: &mut S, config: &Config, host: &Host) -> Result<Plan, Error> {
-    let mut canon = |p: &PathBuf| {
+    // The error names the path with its role: "upper dir /x".
+    let mut canon = |role: &str, p: &PathBuf| {
         sys.canonical_dir(p)
-            .map_err(|e| Error::Layers(p.clone(), e))
+            .map_err(|e| Error::Layers(PathBuf::from(format!("{role} {}", p.display())), e))
     };
     let lowers = config
         .lowers
         .iter()
-        .map(&mut canon)
+        .map(|l| canon("lower dir", l))
         .collect::<Result<Vec<_>, _>>()?;
-    let upper = config.upper.as_ref().map(&mut canon).transpose()?;
-    let work = config.workdir.as_ref().map(&mut canon).transpose()?;
+    let upper = config
+        .upper
+        .as_ref()
+        .map(|u| canon("upper dir", u))
+        .transpose()?;
+    let work = config
+        .workdir
+        .as_ref()
+        .map(|w| canon("work dir", w))
+        .transpose()?;
     if lowers.is_empty() {
         return Err(Error::Layers(PathBuf::new(), Errno::EINVAL));
+    }
+    if work.is_some() && upper.is_none() {
+        return Err(Error::Layers(
+            PathBuf::from("--workdir needs an UPPER after the lower dirs"),
+            Errno::EINVAL,
+        ));
     }
 
     let scratch = make_scratch(sys, host)?;
@@ -312,7 +327,8 @@ pub fn start_union<S: Sys>(sys: &mut S, plan: &Plan) -> Result<(), Error> {
                 "unionfs-fuse exited with status {} before mounting (its message is above)",
                 process::exit_status(raw)
             );
-            return Err(Error::UnionReady(msg, Errno(libc::ENOTCONN)));
+            // No errno of ours to add: the server printed the reason.
+            return Err(Error::UnionReady(msg, Errno(0)));
         }
         if start.elapsed() > MOUNT_TIMEOUT {
             let msg = format!(
@@ -377,7 +393,7 @@ pub fn run(config: &Config) -> Result<i32, Error> {
         log::debug!("step: commit");
         let mut out = out.clone();
         out.userxattr = !matches!(host.mode, Mode::Root);
-        if commit_layer(&plan.upper, &out, &config.lowers).is_err() {
+        if commit_layer(&plan.upper, &out, Some(&config.lowers)).is_err() {
             result = Ok(error::EXIT_LAUNCHER);
         }
     }
@@ -417,17 +433,21 @@ pub enum LayerJob {
 /// Runs a layer job; prints the diff_id, or the error. Returns the exit code.
 pub fn run_layer_job(job: &LayerJob) -> i32 {
     let r = match job {
-        LayerJob::Export(upper, out) => commit_layer(upper, out, &[]).map(|_| ()),
+        LayerJob::Export(upper, out) => {
+            // Unprivileged, only user.overlay.* can be what the upper uses.
+            let out = LayerOut {
+                userxattr: out.userxattr || crate::sys::proc::needs_userxattr(),
+                ..out.clone()
+            };
+            commit_layer(upper, &out, None)
+        }
         LayerJob::Unpack(file, dir, userxattr) => {
             let opts = crate::layer::UnpackOptions {
                 userxattr: *userxattr,
                 ..Default::default()
             };
             match crate::layer::unpack_file(file, dir, &opts) {
-                Ok(rep) => {
-                    println!("{}", rep.diff_id);
-                    Ok(())
-                }
+                Ok(rep) => print_digest(&rep.diff_id.to_string(), false),
                 Err(e) => {
                     eprintln!("unionfs-run: unpack {}: {e}", file.display());
                     Err(())
@@ -442,17 +462,20 @@ pub fn run_layer_job(job: &LayerJob) -> i32 {
     }
 }
 
-/// Exports `upper` as a layer tarball and prints its diff_id. The empty
-/// /proc, /dev and /sys dirs a run creates for its mounts (when no lower
-/// has them) are not part of the layer.
-fn commit_layer(upper: &Path, out: &LayerOut, lowers: &[PathBuf]) -> Result<(), ()> {
+/// Exports `upper` as a layer tarball (`-`: to stdout) and prints its
+/// diff_id. The empty /proc, /dev and /sys dirs a run creates for its
+/// mounts are not part of the layer: after a run (`lowers` given) those no
+/// lower has; for an upper alone, those made in it (no overlay xattrs).
+fn commit_layer(upper: &Path, out: &LayerOut, lowers: Option<&[PathBuf]>) -> Result<(), ()> {
     let mut exclude = Vec::new();
-    if !lowers.is_empty() {
-        for d in ["proc", "dev", "sys"] {
-            let empty = std::fs::read_dir(upper.join(d)).is_ok_and(|mut r| r.next().is_none());
-            if empty && !lowers.iter().any(|l| l.join(d).exists()) {
-                exclude.push(PathBuf::from(d));
-            }
+    for d in ["proc", "dev", "sys"] {
+        let empty = std::fs::read_dir(upper.join(d)).is_ok_and(|mut r| r.next().is_none());
+        let made_by_run = match lowers {
+            Some(lowers) => !lowers.iter().any(|l| l.join(d).exists()),
+            None => crate::layer::is_plain_upper_dir(upper, d),
+        };
+        if empty && made_by_run {
+            exclude.push(PathBuf::from(d));
         }
     }
     let opts = crate::layer::ExportOptions {
@@ -464,16 +487,35 @@ fn commit_layer(upper: &Path, out: &LayerOut, lowers: &[PathBuf]) -> Result<(), 
         gzip: out.gzip,
         exclude,
     };
-    match crate::layer::export_file(upper, &out.file, &opts) {
-        Ok(d) => {
-            println!("{}", d.diff_id);
-            Ok(())
-        }
+    let to_stdout = out.file.as_os_str() == "-";
+    let r = if to_stdout {
+        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+        crate::layer::export(upper, &mut w, &opts).and_then(|d| {
+            std::io::Write::flush(&mut w).map_err(crate::layer::LayerError::Write)?;
+            Ok(d)
+        })
+    } else {
+        crate::layer::export_file(upper, &out.file, &opts)
+    };
+    match r {
+        // With the layer on stdout, the digest goes to stderr.
+        Ok(d) => print_digest(&d.diff_id.to_string(), to_stdout),
         Err(e) => {
             eprintln!("unionfs-run: export {}: {e}", upper.display());
             Err(())
         }
     }
+}
+
+/// Prints a digest line; a closed stdout (`| head`) is an error, not a panic.
+fn print_digest(digest: &str, to_stderr: bool) -> Result<(), ()> {
+    use std::io::Write;
+    let r = if to_stderr {
+        writeln!(std::io::stderr(), "{digest}")
+    } else {
+        writeln!(std::io::stdout(), "{digest}")
+    };
+    r.map_err(|e| eprintln!("unionfs-run: printing the digest: {e}"))
 }
 
 /// The steps between `scratch dir` and the cleanup.

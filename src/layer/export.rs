@@ -187,6 +187,24 @@ impl Exporter<'_> {
             Err(e) => return Err(fs_err("listxattr", path)(e)),
         };
         for real in names {
+            if self.fmt.is_other_mode_xattr(&real) {
+                return Err(LayerError::Unsupported(format!(
+                    "{}: has {}, so the upper was written with{} userxattr; export \
+                     it {} --userxattr",
+                    display(path),
+                    String::from_utf8_lossy(&real),
+                    if real.starts_with(b"user.") {
+                        ""
+                    } else {
+                        "out"
+                    },
+                    if real.starts_with(b"user.") {
+                        "with"
+                    } else {
+                        "without"
+                    },
+                )));
+            }
             if self.fmt.is_private_xattr(&real) {
                 if real.ends_with(b".redirect") || real.ends_with(b".metacopy") {
                     return Err(LayerError::Unsupported(format!(

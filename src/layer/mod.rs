@@ -174,6 +174,29 @@ pub fn export(
     export::export(upper, out, opts)
 }
 
+/// Whether `upper`/`name` is a dir made in that upper (not copied up, not
+/// opaque): one with no overlay xattrs of either mode.
+pub fn is_plain_upper_dir(upper: &Path, name: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(up), Ok(cn)) = (
+        std::ffi::CString::new(upper.as_os_str().as_bytes()),
+        std::ffi::CString::new(name),
+    ) else {
+        return false;
+    };
+    let Ok(dir) = crate::sys::fs::openat(
+        crate::sys::fs::cwd(),
+        &up,
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    ) else {
+        return false;
+    };
+    use std::os::fd::AsFd;
+    crate::sys::xattr::list(dir.as_fd(), &cn)
+        .is_ok_and(|keys| keys.iter().all(|k| crate::format::overlay_key(k).is_none()))
+}
+
 /// [`export`] to a file, written under a temporary name in the same dir
 /// and renamed into place once complete.
 pub fn export_file(

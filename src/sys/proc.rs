@@ -210,3 +210,21 @@ pub fn proc_creds(pid: u32) -> Option<ProcCreds> {
         groups,
     })
 }
+
+/// Whether this process runs inside a user namespace other than the initial
+/// one, where trusted.* xattrs are out of reach.
+pub fn in_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(m) => {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            !(f.len() == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether trusted.* xattrs are out of reach here, so overlay xattrs live
+/// in user.overlay.* (as overlayfs `userxattr`).
+pub fn needs_userxattr() -> bool {
+    geteuid() != 0 || in_user_namespace()
+}
