@@ -453,6 +453,17 @@ pub fn validate(mut c: MountConfig) -> Result<MountConfig, String> {
         }
     }
     for l in &lowers {
+        if let Some(w) = &work {
+            // As the kernel's overlap check: the work dir's churn would
+            // show up in a layer, or the lower under the work dir.
+            if inside(w, l) || inside(l, w) {
+                return Err(format!(
+                    "work dir {} and lower dir {} must not contain each other",
+                    w.display(),
+                    l.display()
+                ));
+            }
+        }
         if inside(&merged, l) {
             return Err(format!(
                 "mount point {} is inside lower dir {}",

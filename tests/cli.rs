@@ -118,6 +118,24 @@ fn lower_inside_upper_is_rejected() {
 }
 
 #[test]
+fn work_dir_inside_a_lower_is_rejected() {
+    let Some(fx) = Fixture::new() else { return };
+    if only_for_ours() {
+        return;
+    }
+    let l = fx.lower(0);
+    l.dir("w");
+    let (u, m) = (fx.upper().root, fx.merged());
+    let opt = format!("workdir={}", l.path("w").display());
+    assert_rejected(
+        &fx,
+        &[&l.root, &u, &m],
+        &["-o", &opt],
+        "work dir inside lower",
+    );
+}
+
+#[test]
 fn merged_inside_upper_is_rejected() {
     let Some(fx) = Fixture::new() else { return };
     if only_for_ours() {
