@@ -260,7 +260,7 @@ impl Union {
 
     /// Records the lower object as the copy's `overlay.origin`, as the kernel
     /// does, so its inode number survives copy-up and remount.
-    fn set_origin(
+    pub(crate) fn set_origin(
         &self,
         ldir: BorrowedFd<'_>,
         lname: &CStr,

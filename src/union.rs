@@ -278,6 +278,7 @@ impl Union {
             return Ok(None);
         }
         let cn = cname(name)?;
+        let top_name = cn.clone();
         let mut dir: Option<DirBody> = None;
         let mut top: Option<libc::stat> = None;
         if let Some(u) = &parent.upper {
@@ -356,6 +357,11 @@ impl Union {
                     let fd = sys::fs::open_dir_path(bfd(&*l.fd), cn)?;
                     let opacity = self.fmt.opacity(bfd(&*l.fd), cn, true);
                     let d = dir.get_or_insert_with(DirBody::default);
+                    if d.lowers.is_empty() {
+                        if let (Some(pu), Some(du)) = (&parent.upper, &d.upper) {
+                            self.fix_origin(pu, du, &l, cn, &top_name);
+                        }
+                    }
                     d.lowers.push(LayerDir::new(
                         l.layer,
                         Arc::new(fd),
@@ -389,6 +395,33 @@ impl Union {
             (Some(d), Some(st)) => Ok(Some(self.resolved_dir(d, st, lower_present))),
             _ => Ok(None),
         }
+    }
+
+    /// An upper dir merged with a lower one but without an origin (made
+    /// outside any overlay mount) gets the lower dir as its origin, and its
+    /// parent is marked impure, at its first lookup, as the kernel's
+    /// `ovl_fix_origin` does: its number is then the lower dir's, under
+    /// either implementation.
+    fn fix_origin(
+        &self,
+        parent_upper: &LayerDir,
+        upper: &LayerDir,
+        lower: &LayerDir,
+        lower_name: &CStr,
+        name: &CStr,
+    ) {
+        if !self.layers.has_upper || self.fmt.has_origin(bfd(&*upper.fd), c"") {
+            return;
+        }
+        let _ = self
+            .set_origin(bfd(&*lower.fd), lower_name, bfd(&*upper.fd), c"", lower.layer)
+            .and_then(|()| {
+                if self.fmt.has_origin(bfd(&*parent_upper.fd), name) {
+                    self.fmt.set_impure(bfd(&*parent_upper.fd), c"")
+                } else {
+                    Ok(())
+                }
+            });
     }
 
     /// Where lower layer `idx` holds the object looked up: the dir to look

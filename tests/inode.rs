@@ -126,3 +126,24 @@ fn readdir_d_ino_matches_st_ino() {
         }
     }
 }
+
+/// An upper dir that merges with a lower one but has no origin (the upper
+/// was filled without an overlay mount) gets the lower dir as its origin at
+/// its first lookup, and its parent is marked impure, as the kernel does:
+/// its number is the lower dir's from then on.
+#[test]
+fn merge_dir_without_origin_gets_one_at_lookup() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("d/l", b"l");
+    fx.upper().file("d/u", b"u");
+    let m = fx.mount();
+    assert_eq!(ls(&m.p("d")), ["l", "u"]);
+    assert_eq!(lstat(&m.p("d")).ino(), lstat(&fx.lower(0).path("d")).ino());
+    drop(m);
+    let up = fx.upper();
+    assert!(sys::lgetxattr(&up.path("d"), "trusted.overlay.origin").is_ok());
+    assert_eq!(
+        sys::lgetxattr(&up.root, "trusted.overlay.impure").ok().as_deref(),
+        Some(&b"y"[..])
+    );
+}
