@@ -112,8 +112,7 @@ impl Union {
     ) -> Result<OwnedFd> {
         let lst = sys::fs::fstat(lower)?;
         let stage = self.stage_dir(pfd);
-        let tmp = self.tmp_name();
-        sys::fs::mkdirat(stage, &tmp, 0o700)?;
+        let tmp = self.stage_new(&mut |t| sys::fs::mkdirat(stage, t, 0o700))?;
         // The fd is taken before the rename (it follows the dir), so nothing
         // can fail once the dir is in place.
         let r = sys::fs::open_dir_path(stage, &tmp).and_then(|fd| {
@@ -146,7 +145,6 @@ impl Union {
         let lst = sys::fs::lstatat(ldir, name)?;
         let kind = lst.st_mode & libc::S_IFMT;
         let stage = self.stage_dir(pfd);
-        let tmp = self.tmp_name();
 
         if kind == libc::S_IFREG && self.layers.work.is_none() {
             // No work dir: an unnamed O_TMPFILE is linked in once complete.
@@ -162,21 +160,27 @@ impl Union {
             }
         }
 
-        let built = match kind {
-            libc::S_IFREG => sys::fs::openat(
-                stage,
-                &tmp,
-                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                0o600,
-            )
-            .and_then(|dst| self.fill_regular(ldir, name, &dst, &lst, layer)),
-            libc::S_IFLNK => sys::fs::readlinkat(ldir, name)
-                .and_then(|t| std::ffi::CString::new(t).map_err(|_| Errno::EIO))
-                .and_then(|t| sys::fs::symlinkat(&t, stage, &tmp))
-                .and_then(|_| self.copy_meta(ldir, name, stage, &tmp, &lst))
-                .and_then(|_| self.set_origin(ldir, name, stage, &tmp, layer)),
-            _ => sys::fs::mknodat(stage, &tmp, kind | 0o600, lst.st_rdev)
-                .and_then(|_| self.copy_meta(ldir, name, stage, &tmp, &lst))
+        let link_target = match kind {
+            libc::S_IFLNK => Some(
+                sys::fs::readlinkat(ldir, name)
+                    .and_then(|t| std::ffi::CString::new(t).map_err(|_| Errno::EIO))?,
+            ),
+            _ => None,
+        };
+        let mut dst: Option<OwnedFd> = None;
+        let tmp = self.stage_new(&mut |t| match (kind, &link_target) {
+            (libc::S_IFREG, _) => {
+                let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+                dst = Some(sys::fs::openat(stage, t, flags, 0o600)?);
+                Ok(())
+            }
+            (_, Some(target)) => sys::fs::symlinkat(target, stage, t),
+            _ => sys::fs::mknodat(stage, t, kind | 0o600, lst.st_rdev),
+        })?;
+        let built = match &dst {
+            Some(dst) => self.fill_regular(ldir, name, dst, &lst, layer),
+            None => self
+                .copy_meta(ldir, name, stage, &tmp, &lst)
                 .and_then(|_| self.set_origin(ldir, name, stage, &tmp, layer)),
         };
         let r =
@@ -240,8 +244,13 @@ impl Union {
                 Err(e) => return Err(e),
             };
             if let Err(e) = sys::xattr::set(ddir, dname, &key, &v, 0) {
-                // Security labels may be refused by an LSM; everything else counts.
-                if !key.to_bytes().starts_with(b"security.") {
+                // Security labels may be refused by an LSM. An upper that
+                // cannot store a namespace (EOPNOTSUPP) loses those xattrs,
+                // as on the kernel, except ACLs, which decide access.
+                let k = key.to_bytes();
+                let droppable = k.starts_with(b"security.")
+                    || (e == Errno::ENOTSUP && !k.starts_with(b"system.posix_acl_"));
+                if !droppable {
                     return Err(e);
                 }
             }

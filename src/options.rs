@@ -184,6 +184,10 @@ pub fn parse(argv: Vec<OsString>) -> Result<MountConfig, clap::Error> {
     from_cli(cli).map_err(|m| clap::Error::raw(clap::error::ErrorKind::InvalidValue, m + "\n"))
 }
 
+/// The longest `timeout=` in seconds (about 31 years): longer ones would
+/// overflow the kernel's and fuser's time fields.
+const MAX_TIMEOUT: f64 = 1e9;
+
 fn from_cli(cli: Cli) -> Result<MountConfig, String> {
     let mut c = MountConfig {
         lowers: Vec::new(),
@@ -266,9 +270,9 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
                 c.timeout = need(&v)?
                     .parse::<f64>()
                     .ok()
-                    .filter(|t| t.is_finite() && *t >= 0.0)
+                    .filter(|t| (0.0..=MAX_TIMEOUT).contains(t))
                     .ok_or(format!(
-                        "option timeout={}: expected seconds",
+                        "option timeout={}: expected seconds, 0 to {MAX_TIMEOUT}",
                         v.unwrap_or_default()
                     ))?
             }
@@ -539,6 +543,17 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(c.writeback);
         assert!(p(&["l", "u", "m", "-o", "writeback"]).is_ok());
+    }
+
+    #[test]
+    fn timeout_must_be_a_sane_number_of_seconds() {
+        for bad in ["-1", "nan", "inf", "1e20", "99999999999999999999", "x"] {
+            assert!(
+                p(&["l", "m", "-o", &format!("timeout={bad}")]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(p(&["l", "m", "-o", "timeout=1e9"]).is_ok());
     }
 
     #[test]

@@ -201,7 +201,9 @@ impl Union {
             files: DashMap::new(),
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
-            tmp_counter: AtomicU64::new(0),
+            // A random start: names left by a crashed server with the same
+            // pid, or made by callers, are then unlikely to be met.
+            tmp_counter: AtomicU64::new(sys::proc::random_u64() >> 16),
             root,
             root_ino: ROOT_INO,
             invalidator: parking_lot::RwLock::new(None),
@@ -414,7 +416,13 @@ impl Union {
             return;
         }
         let _ = self
-            .set_origin(bfd(&*lower.fd), lower_name, bfd(&*upper.fd), c"", lower.layer)
+            .set_origin(
+                bfd(&*lower.fd),
+                lower_name,
+                bfd(&*upper.fd),
+                c"",
+                lower.layer,
+            )
             .and_then(|()| {
                 if self.fmt.has_origin(bfd(&*parent_upper.fd), name) {
                     self.fmt.set_impure(bfd(&*parent_upper.fd), c"")
@@ -1023,6 +1031,25 @@ impl Union {
         CString::new(format!("#ufs{:x}.{:x}", sys::proc::getpid(), n)).unwrap_or_default()
     }
 
+    /// Creates a staging object in `stage` under a fresh temporary name and
+    /// returns the name. A name that is taken is skipped, never touched:
+    /// without a work dir, callers can make such names in an upper dir, and
+    /// a crashed server with the same pid may have left one.
+    pub(crate) fn stage_new(&self, create: &mut dyn FnMut(&CStr) -> Result<()>) -> Result<CString> {
+        for _ in 0..16 {
+            let tmp = self.tmp_name();
+            match create(&tmp) {
+                Err(e) if e == Errno::EEXIST => {
+                    // Names near a taken one may be taken too: jump away.
+                    self.tmp_counter
+                        .fetch_add(sys::proc::random_u64() >> 16, Ordering::Relaxed);
+                }
+                r => return r.map(|()| tmp),
+            }
+        }
+        Err(Errno::EEXIST)
+    }
+
     /// Where to stage objects destined for `target` (an upper dir): the work
     /// dir when there is one, else the target dir itself.
     pub(crate) fn stage_dir<'a>(&'a self, target: BorrowedFd<'a>) -> BorrowedFd<'a> {
@@ -1111,8 +1138,7 @@ impl Union {
                 } else {
                     self.stage_dir(ufd)
                 };
-                let tmp = self.tmp_name();
-                build(stage, &tmp, clear)?;
+                let tmp = self.stage_new(&mut |t| build(stage, t, clear))?;
                 let r = if is_dir {
                     self.fmt
                         .set_opaque(stage, &tmp)
@@ -1350,8 +1376,7 @@ impl Union {
                 }
                 (true, true) => {
                     let stage = self.stage_dir(ufd);
-                    let tmp = self.tmp_name();
-                    Format::make_whiteout(stage, &tmp)?;
+                    let tmp = self.stage_new(&mut |t| Format::make_whiteout(stage, t))?;
                     let flags = if is_dir { libc::RENAME_EXCHANGE } else { 0 };
                     if let Err(e) = sys::fs::renameat2(stage, &tmp, ufd, &cn, flags) {
                         let _ = sys::fs::unlinkat(stage, &tmp, 0);
@@ -1775,4 +1800,55 @@ impl Union {
 /// of what is created in it instead of the caller's umask.
 fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
     sys::xattr::get(dir, c"", c"system.posix_acl_default").is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, MetadataExt};
+
+    /// Without a work dir, staging names live in the upper dir, where a
+    /// caller may have made them first: copy-up skips them, and the files
+    /// there stay as they were.
+    #[test]
+    fn copy_up_skips_taken_staging_names() {
+        let root = std::env::temp_dir().join(format!("ufs-stage-{}", std::process::id()));
+        let (lower, upper) = (root.join("lower"), root.join("upper"));
+        std::fs::create_dir_all(lower.join("d")).unwrap();
+        std::fs::create_dir_all(&upper).unwrap();
+        symlink("target", lower.join("d/link")).unwrap();
+        let layers = Layers::new(
+            Some(crate::layers::open_dir(&upper).unwrap()),
+            vec![crate::layers::open_dir(&lower).unwrap()],
+            None,
+        )
+        .unwrap();
+        let opts = Options {
+            userxattr: false,
+            oci_whiteouts: false,
+            volatile: true,
+            redirect_dir: false,
+            uid_map: Default::default(),
+            gid_map: Default::default(),
+        };
+        let u = Union::new(layers, opts).unwrap();
+        u.tmp_counter.store(0, Ordering::Relaxed);
+        let pid = sys::proc::getpid();
+        let taken: Vec<String> = (0..40).map(|n| format!("#ufs{pid:x}.{n:x}")).collect();
+        for t in &taken {
+            std::fs::write(upper.join(t), b"mine").unwrap();
+        }
+        let d = u.lookup(ROOT_INO, OsStr::new("d")).unwrap();
+        let link = u.lookup(d.ino, OsStr::new("link")).unwrap();
+        u.copy_up(&link.node).unwrap();
+        for t in &taken {
+            assert_eq!(std::fs::read(upper.join(t)).unwrap(), b"mine", "{t}");
+        }
+        assert_eq!(
+            std::fs::read_link(upper.join("d/link")).unwrap().to_str(),
+            Some("target")
+        );
+        assert!(std::fs::symlink_metadata(upper.join("d")).unwrap().ino() != 0);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

@@ -493,3 +493,65 @@ fn truncate_extending_lower_file_zero_fills() {
     assert_eq!(fs::read(m.p("f")).unwrap(), b"abc\0\0\0\0\0\0\0");
     assert_eq!(fs::read(m.up("f")).unwrap(), b"abc\0\0\0\0\0\0\0");
 }
+
+/// Without a work dir, copy-up stages objects under `#ufs<pid>.<n>` names
+/// in the upper dir itself, which anyone can create through the union
+/// first (or a crashed server with the same pid left). Such names are
+/// skipped, never deleted: the copy-ups work and the caller's files stay.
+/// (`union::tests` makes every staging attempt meet a taken name.)
+#[test]
+fn taken_staging_names_are_skipped_not_deleted() {
+    let Some(fx) = Fixture::new() else { return };
+    if only_for_ours() {
+        return;
+    }
+    fx.lower(0)
+        .symlink("d/link", "target")
+        .fifo("d/fifo")
+        .file("d/sub/f", b"f")
+        .dir("d/sub2");
+    let upper = fx.upper().root;
+    let m = Mounted::mount(fx.kind, &fx.lowers(), Some(&upper), None, &fx.merged());
+    let pid = m.pid().expect("server pid");
+    let taken: Vec<String> = (0..64).map(|n| format!("#ufs{pid:x}.{n:x}")).collect();
+    for dir in ["", "d", "d/sub"] {
+        for t in &taken {
+            fs::write(m.p(dir).join(t), b"mine").unwrap();
+        }
+    }
+    std::os::unix::fs::lchown(m.p("d/link"), Some(1), Some(1)).expect("lchown of a lower symlink");
+    std::os::unix::fs::chown(m.p("d/fifo"), Some(1), Some(1)).expect("chown of a lower fifo");
+    fs::write(m.p("d/sub2/new"), b"x").expect("create in a lower dir");
+    append(&m.p("d/sub/f"), b"+");
+    fs::remove_file(m.p("d/sub/f")).expect("unlink over a lower file");
+    for dir in ["", "d", "d/sub"] {
+        for t in &taken {
+            assert_eq!(read(&m.p(dir).join(t)), "mine", "{dir}/{t} was touched");
+        }
+    }
+    assert_eq!(lstat(&m.p("d/link")).uid(), 1);
+    assert!(!exists(&m.p("d/sub/f")));
+}
+
+/// An upper that cannot store user xattrs (ramfs) still takes copy-ups:
+/// those xattrs are dropped, as the kernel drops them.
+#[test]
+fn copy_up_to_an_upper_without_xattrs_drops_user_xattrs() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("f", b"data\n").xattr("f", "user.x", b"1");
+    let ram = Tmpfs::mount_type(&fx.dir("ram"), "ramfs", "mode=0755");
+    let (upper, work) = (ram.0.join("upper"), ram.0.join("work"));
+    fs::create_dir(&upper).unwrap();
+    fs::create_dir(&work).unwrap();
+    let m = Mounted::mount(
+        fx.kind,
+        &fx.lowers(),
+        Some(&upper),
+        Some(&work),
+        &fx.merged(),
+    );
+    append(&m.p("f"), b"more\n");
+    assert_eq!(read(&m.p("f")), "data\nmore\n");
+    drop(m);
+    assert_eq!(fs::read(upper.join("f")).unwrap(), b"data\nmore\n");
+}

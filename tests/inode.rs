@@ -143,7 +143,9 @@ fn merge_dir_without_origin_gets_one_at_lookup() {
     let up = fx.upper();
     assert!(sys::lgetxattr(&up.path("d"), "trusted.overlay.origin").is_ok());
     assert_eq!(
-        sys::lgetxattr(&up.root, "trusted.overlay.impure").ok().as_deref(),
+        sys::lgetxattr(&up.root, "trusted.overlay.impure")
+            .ok()
+            .as_deref(),
         Some(&b"y"[..])
     );
 }

@@ -531,10 +531,15 @@ pub struct Tmpfs(pub PathBuf);
 
 impl Tmpfs {
     pub fn mount(at: &Path, opts: &str) -> Tmpfs {
+        Tmpfs::mount_type(at, "tmpfs", opts)
+    }
+
+    /// A memory filesystem of another type (`ramfs`: no xattrs at all).
+    pub fn mount_type(at: &Path, fstype: &str, opts: &str) -> Tmpfs {
         fs::create_dir_all(at).expect("mkdir tmpfs mount point");
         run_ok(
             Command::new("mount")
-                .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+                .args(["-t", fstype, "-o", opts, fstype])
                 .arg(at),
         );
         Tmpfs(at.to_path_buf())
@@ -752,10 +757,11 @@ impl Mounted {
         }
         args.push(self.merged.display().to_string());
         args.push("-f".to_string());
-        args.push("-o".to_string());
-        match &self.work {
-            Some(w) => args.push(format!("workdir={}", w.display())),
-            None => args.push("ro".to_string()),
+        // An upper without a work dir is ours alone (the kernel needs one).
+        match (&self.upper, &self.work) {
+            (_, Some(w)) => args.extend(["-o".to_string(), format!("workdir={}", w.display())]),
+            (None, None) => args.extend(["-o".to_string(), "ro".to_string()]),
+            (Some(_), None) => {}
         }
         if let Some(extra) = &self.ours_opts {
             args.push("-o".to_string());
