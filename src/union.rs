@@ -323,8 +323,25 @@ impl Union {
         };
         let many = merges_many(parent);
         let layer_count = self.layers.list.len();
-        for idx in self.layers.first_lower()..layer_count {
-            let Some((l, cn, name)) = self.lower_target(parent, idx, &want, &cn, name) else {
+        // The next layer to ask, and where the parent's lower dirs (in layer
+        // order) are up to: one pass over each, also for deep stacks.
+        let (mut next, mut cursor) = (self.layers.first_lower(), 0);
+        while next < layer_count {
+            let idx = match want {
+                Want::Path(_) => next,
+                _ => {
+                    while parent.lowers.get(cursor).is_some_and(|l| l.layer < next) {
+                        cursor += 1;
+                    }
+                    match parent.lowers.get(cursor) {
+                        Some(l) => l.layer,
+                        None => break,
+                    }
+                }
+            };
+            next = idx + 1;
+            let in_parent = parent.lowers.get(cursor).filter(|l| l.layer == idx);
+            let Some((l, cn, name)) = self.lower_target(in_parent, idx, &want, &cn, name) else {
                 continue;
             };
             let (cn, name) = (cn.as_c_str(), name.as_os_str());
@@ -434,18 +451,18 @@ impl Union {
 
     /// Where lower layer `idx` holds the object looked up: the dir to look
     /// in and the name. None if that layer has no such dir.
+    /// `in_parent` is the parent's own dir in that layer, if any.
     fn lower_target(
         &self,
-        parent: &DirBody,
+        in_parent: Option<&LayerDir>,
         idx: usize,
         want: &Want,
         own: &CStr,
         name: &OsStr,
     ) -> Option<(LayerDir, CString, OsString)> {
-        let in_parent = || parent.lowers.iter().find(|l| l.layer == idx).cloned();
         match want {
-            Want::Own => Some((in_parent()?, own.to_owned(), name.to_os_string())),
-            Want::Name(n) => Some((in_parent()?, cname(n).ok()?, n.clone())),
+            Want::Own => Some((in_parent?.clone(), own.to_owned(), name.to_os_string())),
+            Want::Name(n) => Some((in_parent?.clone(), cname(n).ok()?, n.clone())),
             Want::Path(comps) => {
                 let (last, dirs) = comps.split_last()?;
                 let mut fd = self.layers.list.get(idx)?.fd.clone();
