@@ -405,6 +405,7 @@ impl Union {
             let mut v = self.listing_of(&h.node)?;
             for (i, e) in v.iter_mut().enumerate() {
                 e.cookie = i as u64 + 1;
+                e.offset = e.cookie;
             }
             *cur = Some(Arc::new(v));
         }
@@ -437,10 +438,16 @@ impl Union {
                 v[i].cookie = v[i - 1].cookie + 1;
             }
         }
+        for e in v.iter_mut() {
+            e.offset = e.cookie;
+        }
         // A reader that got to the end stays there, as on the kernel: names
-        // created later must not show up after the last entry it read.
+        // created later must not show up after the last entry it read. Only
+        // the offset says so; the cookie stays the name's, or a reader that
+        // stopped just before the end would meet that entry again after
+        // another reader's snapshot made it the last one.
         if let Some(last) = v.last_mut() {
-            last.cookie = i64::MAX as u64;
+            last.offset = i64::MAX as u64;
         }
         let v = Arc::new(v);
         *node.listing.lock() = Some(v.clone());
@@ -464,12 +471,14 @@ impl Union {
                 kind: libc::S_IFDIR,
                 ino: self.shown_ino(node.ino),
                 cookie: 0,
+                offset: 0,
             },
             DirEntry {
                 name: "..".into(),
                 kind: libc::S_IFDIR,
                 ino: self.shown_ino(parent_ino),
                 cookie: 0,
+                offset: 0,
             },
         ];
         v.extend(self.merged_entries(&body, false)?);
@@ -546,6 +555,7 @@ impl Union {
                     kind,
                     ino: self.nodes.shown_id(ino),
                     cookie: 0,
+                    offset: 0,
                 });
                 if first_only {
                     return Ok(out);

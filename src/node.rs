@@ -59,8 +59,12 @@ pub struct DirEntry {
     /// S_IFMT bits, or 0 when unknown.
     pub kind: u32,
     pub ino: u64,
-    /// The readdir offset of the entry after this one is read.
+    /// Where the entry sits in its listing: a read at offset `o` resumes
+    /// with the first entry whose cookie is above `o`.
     pub cookie: u64,
+    /// The offset handed to the kernel with the entry (where a read resumes
+    /// after it): its cookie, except past the end of a listing.
+    pub offset: u64,
 }
 
 /// Where a directory's parts live.

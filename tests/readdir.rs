@@ -277,3 +277,37 @@ fn readdir_at_the_end_stays_there_after_a_create() {
         assert!(names(&read_rest(&f, 4096)).contains(&"zz_new".to_string()));
     }
 }
+
+/// A reader that stopped one entry short of the end, while that last entry
+/// is unlinked and another reader lists the dir afresh, goes on without
+/// seeing an entry twice (the entry it stopped at is now the last one).
+#[test]
+fn resumed_listing_after_the_last_entry_went_repeats_nothing() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("mg/lower", b"");
+    for i in 1..=10 {
+        fx.upper().file(&format!("mg/f{i}"), b"");
+    }
+    let m = fx.mount();
+    let order: Vec<OsString> = {
+        let f = File::open(m.p("mg")).unwrap();
+        read_rest(&f, 4096).into_iter().map(|e| e.name).collect()
+    };
+    let last = order.last().unwrap().clone();
+    assert!(last != "." && last != "..", "{order:?}");
+    // 32 bytes hold exactly one of these entries.
+    let f = File::open(m.p("mg")).unwrap();
+    let mut seen: Vec<OsString> = Vec::new();
+    while seen.len() < order.len() - 1 {
+        let chunk = sys::getdents64(f.as_fd(), 32).expect("getdents64");
+        assert_eq!(chunk.len(), 1);
+        seen.extend(chunk.into_iter().map(|e| e.name));
+    }
+    fs::remove_file(m.p("mg").join(&last)).unwrap();
+    assert_eq!(fs::read_dir(m.p("mg")).unwrap().count(), order.len() - 3);
+    seen.extend(read_rest(&f, 32).into_iter().map(|e| e.name));
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "an entry came twice: {seen:?}");
+}

@@ -188,7 +188,7 @@ impl Adapter {
             };
             let full = reply.add(
                 INodeNo(st.st_ino),
-                e.cookie,
+                e.offset,
                 &e.name,
                 &self.ttl,
                 &to_attr(&st),
@@ -698,7 +698,7 @@ impl Filesystem for Adapter {
         guarded("readdir", || match self.listing_from(ino.0, fh.0, offset) {
             Ok(tail) => {
                 for e in tail.iter() {
-                    if reply.add(INodeNo(e.ino), e.cookie, file_type(e.kind), &e.name) {
+                    if reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), &e.name) {
                         break;
                     }
                 }
