@@ -225,7 +225,15 @@ impl Union {
         // Owner first: a chown after the xattrs would strip
         // security.capability (and setuid, which the chmod below restores).
         let own_flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH;
-        sys::fs::fchownat(ddir, dname, st.st_uid, st.st_gid, own_flags)?;
+        // An owner this user namespace cannot map (shown as the overflow
+        // id) cannot be given to the copy: EOVERFLOW, as the kernel says.
+        sys::fs::fchownat(ddir, dname, st.st_uid, st.st_gid, own_flags).map_err(|e| {
+            if e == Errno::EINVAL {
+                Errno::EOVERFLOW
+            } else {
+                e
+            }
+        })?;
         let keys = match sys::xattr::list(sdir, sname) {
             Ok(k) => k,
             Err(e) if e == Errno::ENOTSUP => Vec::new(),

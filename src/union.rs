@@ -340,6 +340,12 @@ impl Union {
                 }
             };
             next = idx + 1;
+            // With user.overlay.* xattrs, which their owner can set on a
+            // layer by hand, the kernel refuses to follow redirects
+            // (userxattr implies redirect_dir=nofollow).
+            if self.opts.userxattr && want != Want::Own {
+                return Err(Errno::EPERM);
+            }
             let in_parent = parent.lowers.get(cursor).filter(|l| l.layer == idx);
             let Some((l, cn, name)) = self.lower_target(in_parent, idx, &want, &cn, name) else {
                 continue;

@@ -147,3 +147,41 @@ fn redirects_in_lower_layers_are_followed() {
     assert_eq!(ls(&m.p("x")), ["own1", "r1", "top"]);
     assert_eq!(read(&m.p("x/r1")), "1");
 }
+
+/// With userxattr a redirect is not followed but refused (EPERM), as the
+/// kernel refuses it: user.overlay.* can be set on a layer by its owner.
+#[test]
+fn userxattr_refuses_to_follow_redirects() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(1).file("red/r1", b"1").file("moved/below", b"b");
+    fx.lower(0)
+        .file("moved/own", b"o")
+        .xattr("moved", "user.overlay.redirect", b"/red")
+        .file("plain/p", b"p");
+    let (lowers, upper, work) = (fx.lowers(), fx.upper().root, fx.work());
+    let m = match fx.kind {
+        Impl::Kernel => Mounted::mount_kernel_opts(
+            fx.kind,
+            &lowers,
+            Some(&upper),
+            Some(&work),
+            &fx.merged(),
+            "userxattr",
+        ),
+        Impl::Ours => Mounted::mount_ours_opts(
+            fx.kind,
+            &lowers,
+            Some(&upper),
+            Some(&work),
+            &fx.merged(),
+            "userxattr",
+        ),
+    };
+    assert_errno(
+        fs::read_dir(m.p("moved")),
+        libc::EPERM,
+        "lookup of a redirected dir",
+    );
+    assert_eq!(ls(&m.p("plain")), ["p"]);
+    assert_eq!(ls(&m.p("red")), ["r1"]);
+}
