@@ -335,12 +335,6 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
             c.merged = args[2].clone();
         }
     }
-    if c.lowers.is_empty() || c.lowers.iter().any(|l| l.as_os_str().is_empty()) {
-        return Err("empty lower directory in the lower list".into());
-    }
-    if let Some(name) = fsname {
-        c.source = name;
-    }
     if c.ro {
         // As a read-only overlayfs mount: the upper's content stays visible,
         // its whiteouts and opaque dirs included, which a lower layer honours
@@ -349,6 +343,12 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
             c.lowers.insert(0, u);
         }
         c.work = None;
+    }
+    if c.lowers.is_empty() || c.lowers.iter().any(|l| l.as_os_str().is_empty()) {
+        return Err("empty directory name in the lower list (or upperdir= with ro)".into());
+    }
+    if let Some(name) = fsname {
+        c.source = name;
     }
     if c.writeback && passthrough_given && c.passthrough != PassthroughMode::Off {
         return Err(
@@ -514,6 +514,7 @@ mod tests {
         let c = p(&["l1:l2", "u", "m", "-o", "ro,workdir=w"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((c.upper, c.work), (None, None));
         assert_eq!(c.lowers, ["u", "l1", "l2"].map(PathBuf::from));
+        assert!(p(&["l1:l2", "m", "-o", "upperdir=,ro"]).is_err());
         let c =
             p(&["-o", "lowerdir=a:b,upperdir=u,workdir=w,", "m"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.work, Some(PathBuf::from("w")));
