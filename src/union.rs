@@ -317,7 +317,7 @@ impl Union {
         let mut want = match (&dir, &parent.upper) {
             (Some(_), Some(u)) => self
                 .fmt
-                .redirect(bfd(&*u.fd), &cn)
+                .checked_redirect(bfd(&*u.fd), &cn)?
                 .map_or(Want::Own, Want::from),
             _ => Want::Own,
         };
@@ -404,7 +404,7 @@ impl Union {
                         break;
                     }
                     if idx + 1 < layer_count {
-                        if let Some(r) = self.fmt.redirect(bfd(&*l.fd), cn) {
+                        if let Some(r) = self.fmt.checked_redirect(bfd(&*l.fd), cn)? {
                             want = want.then(r);
                         }
                     }

@@ -185,3 +185,30 @@ fn userxattr_refuses_to_follow_redirects() {
     assert_eq!(ls(&m.p("plain")), ["p"]);
     assert_eq!(ls(&m.p("red")), ["r1"]);
 }
+
+/// A malformed redirect fails the lookup as on the kernel: EINVAL for an
+/// empty component or a `/` in a relative one, EACCES for `.` or `..`.
+#[test]
+fn malformed_redirects_fail_the_lookup_like_the_kernel() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(1).file("real/r", b"r");
+    let cases: [(&str, &[u8], i32); 6] = [
+        ("d1", b"//real", libc::EINVAL),
+        ("d2", b"/real/", libc::EINVAL),
+        ("d3", b"a/b", libc::EINVAL),
+        ("d4", b"..", libc::EACCES),
+        ("d5", b"/../real", libc::EACCES),
+        ("d6", b"/./real", libc::EACCES),
+    ];
+    for (d, v, _) in &cases {
+        fx.lower(0).dir(d).xattr(d, "trusted.overlay.redirect", v);
+    }
+    fx.lower(0)
+        .dir("ok")
+        .xattr("ok", "trusted.overlay.redirect", b"/real");
+    let m = fx.mount();
+    for (d, _, errno) in &cases {
+        assert_errno(fs::read_dir(m.p(d)), *errno, d);
+    }
+    assert_eq!(ls(&m.p("ok")), ["r"]);
+}
