@@ -29,7 +29,6 @@ const MANY_LOWERS: usize = 3;
 /// Lower dirs bigger than this are probed, not listed in memory.
 const MAX_KEPT_NAMES: usize = 4096;
 
-/// Whether a dir's lower parts keep their name lists (see `MANY_LOWERS`).
 /// What a lookup asks the lower layers for, as redirects met on the way
 /// down change it (the kernel's `ovl_lookup` name and `absolute_redirect`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +65,7 @@ impl Want {
     }
 }
 
+/// Whether a dir's lower parts keep their name lists (see `MANY_LOWERS`).
 fn merges_many(d: &DirBody) -> bool {
     d.lowers.len() >= MANY_LOWERS
 }
@@ -456,8 +456,8 @@ impl Union {
     }
 
     /// Where lower layer `idx` holds the object looked up: the dir to look
-    /// in and the name. None if that layer has no such dir.
-    /// `in_parent` is the parent's own dir in that layer, if any.
+    /// in and the name, or None if that layer has no such dir. `in_parent`
+    /// is the parent's own dir in that layer, if any.
     fn lower_target(
         &self,
         in_parent: Option<&LayerDir>,
@@ -1054,8 +1054,9 @@ impl Union {
         CString::new(format!("#ufs{:x}.{:x}", sys::proc::getpid(), n)).unwrap_or_default()
     }
 
-    /// Creates a staging object in `stage` under a fresh temporary name and
-    /// returns the name. A name that is taken is skipped, never touched:
+    /// Runs `create` (which makes a staging object) with fresh temporary
+    /// names until one is free, and returns it. A taken name is skipped,
+    /// never touched:
     /// without a work dir, callers can make such names in an upper dir, and
     /// a crashed server with the same pid may have left one.
     pub(crate) fn stage_new(&self, create: &mut dyn FnMut(&CStr) -> Result<()>) -> Result<CString> {
