@@ -1414,6 +1414,13 @@ impl Union {
             }
         }
         self.forget_name(&parent, &cn, r.ino);
+        // With the writeback cache the kernel keeps a file's cached
+        // attributes across an unlink and only drops nlink itself, so an fd
+        // still open on an object that lives on (a lower file, now whited
+        // out) would show nlink 0. Let the next stat ask.
+        if self.writeback() && !is_dir {
+            self.attributes_changed(r.ino);
+        }
         Ok(())
     }
 

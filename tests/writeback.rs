@@ -142,3 +142,27 @@ fn writes_through_the_writeback_cache_match_the_kernel() {
     assert_eq!(ours[2].3, b"abbabbabb");
     assert_eq!(ours[4].1, 0o777, "set-id bits dropped");
 }
+
+/// An fd still open on a lower file that is unlinked sees nlink 1, as on
+/// the kernel (the lower file is still there, behind a whiteout): the
+/// writeback cache would otherwise keep the kernel's own nlink 0.
+#[test]
+fn open_fd_of_an_unlinked_lower_file_keeps_its_nlink() {
+    for kind in [Impl::Ours, Impl::Kernel] {
+        let Some(fx) = Fixture::for_impl(kind) else {
+            return;
+        };
+        fx.lower(0).file("u/a", b"data");
+        let m = Mounted::mount_ours_opts(
+            kind,
+            &fx.lowers(),
+            Some(&fx.upper().root),
+            Some(&fx.work()),
+            &fx.merged(),
+            "writeback",
+        );
+        let f = fs::File::open(m.p("u/a")).expect("open");
+        fs::remove_file(m.p("u/a")).expect("unlink");
+        assert_eq!(f.metadata().expect("fstat").nlink(), 1, "{kind:?}");
+    }
+}
