@@ -51,11 +51,6 @@ pub enum Redirect {
 }
 
 impl Redirect {
-    /// Parses an `overlay.redirect` value; None if malformed.
-    pub fn parse(v: &[u8]) -> Option<Redirect> {
-        Redirect::check(v).ok()
-    }
-
     /// Parses an `overlay.redirect` value, failing as a kernel lookup that
     /// meets it fails: EINVAL for an empty value, an empty component (`//`,
     /// a trailing `/`) or a `/` in a relative one, EACCES for a `.` or `..`
@@ -117,9 +112,9 @@ impl Format {
     pub fn new(userxattr: bool, oci: bool) -> Format {
         Format {
             prefix: if userxattr {
-                "user.overlay."
+                USER_PREFIX
             } else {
-                "trusted.overlay."
+                TRUSTED_PREFIX
             },
             oci,
         }
@@ -388,6 +383,10 @@ impl Format {
     }
 }
 
+/// The two places the kernel keeps its overlay xattrs (`userxattr`: user.).
+const TRUSTED_PREFIX: &str = "trusted.overlay.";
+const USER_PREFIX: &str = "user.overlay.";
+
 /// The keys the kernel stores under its overlay prefix.
 const OVERLAY_KEYS: &[&str] = &[
     "opaque", "whiteout", "redirect", "origin", "impure", "nlink", "upper", "uuid", "metacopy",
@@ -397,7 +396,7 @@ const OVERLAY_KEYS: &[&str] = &[
 /// Splits a real xattr name into one of the two overlay prefixes and a key
 /// the kernel uses, if it is such a name.
 pub fn overlay_key(real: &[u8]) -> Option<(&'static str, &str)> {
-    ["trusted.overlay.", "user.overlay."]
+    [TRUSTED_PREFIX, USER_PREFIX]
         .into_iter()
         .find_map(|prefix| {
             let key = real.strip_prefix(prefix.as_bytes())?;
@@ -440,12 +439,12 @@ mod tests {
 
     #[test]
     fn redirect_values() {
-        assert_eq!(Redirect::parse(b"g"), Some(Redirect::Relative("g".into())));
-        let abs = Redirect::parse(b"/a/b").unwrap_or(Redirect::Relative("x".into()));
+        assert_eq!(Redirect::check(b"g"), Ok(Redirect::Relative("g".into())));
+        let abs = Redirect::check(b"/a/b").unwrap_or(Redirect::Relative("x".into()));
         assert_eq!(abs, Redirect::Absolute(vec!["a".into(), "b".into()]));
         assert_eq!(abs.encode(), b"/a/b");
-        assert_eq!(Redirect::parse(b"a/b"), None);
-        assert_eq!(Redirect::parse(b"/a/../b"), None);
+        assert_eq!(Redirect::check(b"a/b"), Err(Errno::EINVAL));
+        assert_eq!(Redirect::check(b"/a/../b"), Err(Errno::EACCES));
         // The errnos of a kernel lookup that meets them (measured on 6.18).
         for (v, e) in [
             (&b"//real"[..], Errno::EINVAL),

@@ -280,7 +280,6 @@ impl Union {
             return Ok(None);
         }
         let cn = cname(name)?;
-        let top_name = cn.clone();
         let mut dir: Option<DirBody> = None;
         let mut top: Option<libc::stat> = None;
         if let Some(u) = &parent.upper {
@@ -304,7 +303,8 @@ impl Union {
                     });
                     top = Some(st);
                     if opacity == Opacity::Opaque {
-                        return Ok(Some(self.resolved_dir(dir.unwrap_or_default(), st, false)));
+                        let d = dir.unwrap_or_default();
+                        return Ok(Some(self.resolved_dir(d, st, false, None)));
                     }
                 }
                 Err(e) if is_absent(e) => {}
@@ -312,6 +312,10 @@ impl Union {
             }
         }
         let mut lower_present = false;
+        // Whether the upper dir has an origin, once `fix_origin` looked.
+        let mut upper_origin = None;
+        // The name asked for; the loop below shadows `cn` per layer.
+        let own: &CStr = &cn;
         // Where the layers below look: a renamed dir (upper or lower) finds
         // its lower dirs where its redirect says, as on the kernel.
         let mut want = match (&dir, &parent.upper) {
@@ -347,7 +351,7 @@ impl Union {
                 return Err(Errno::EPERM);
             }
             let in_parent = parent.lowers.get(cursor).filter(|l| l.layer == idx);
-            let Some((l, cn, name)) = self.lower_target(in_parent, idx, &want, &cn, name) else {
+            let Some((l, cn, name)) = self.lower_target(in_parent, idx, &want, own, name) else {
                 continue;
             };
             let (cn, name) = (cn.as_c_str(), name.as_os_str());
@@ -384,7 +388,7 @@ impl Union {
                     let d = dir.get_or_insert_with(DirBody::default);
                     if d.lowers.is_empty() {
                         if let (Some(pu), Some(du)) = (&parent.upper, &d.upper) {
-                            self.fix_origin(pu, du, &l, cn, &top_name);
+                            upper_origin = Some(self.fix_origin(pu, du, &l, cn, own));
                         }
                     }
                     d.lowers.push(LayerDir::new(
@@ -417,7 +421,7 @@ impl Union {
             }
         }
         match (dir, top) {
-            (Some(d), Some(st)) => Ok(Some(self.resolved_dir(d, st, lower_present))),
+            (Some(d), Some(st)) => Ok(Some(self.resolved_dir(d, st, lower_present, upper_origin))),
             _ => Ok(None),
         }
     }
@@ -426,7 +430,7 @@ impl Union {
     /// outside any overlay mount) gets the lower dir as its origin, and its
     /// parent is marked impure, at its first lookup, as the kernel's
     /// `ovl_fix_origin` does: its number is then the lower dir's, under
-    /// either implementation.
+    /// either implementation. Returns whether the upper dir has an origin.
     fn fix_origin(
         &self,
         parent_upper: &LayerDir,
@@ -434,25 +438,25 @@ impl Union {
         lower: &LayerDir,
         lower_name: &CStr,
         name: &CStr,
-    ) {
-        if !self.layers.has_upper || self.fmt.has_origin(bfd(&*upper.fd), c"") {
-            return;
+    ) -> bool {
+        // Asked through the parent: one path step, not a /proc walk.
+        let has = || self.fmt.has_origin(bfd(&*parent_upper.fd), name);
+        if has() {
+            return true;
         }
-        let _ = self
-            .set_origin(
-                bfd(&*lower.fd),
-                lower_name,
-                bfd(&*upper.fd),
-                c"",
-                lower.layer,
-            )
-            .and_then(|()| {
-                if self.fmt.has_origin(bfd(&*parent_upper.fd), name) {
-                    self.fmt.set_impure(bfd(&*parent_upper.fd), c"")
-                } else {
-                    Ok(())
-                }
-            });
+        // Without a file handle for the lower dir nothing is written.
+        let _ = self.set_origin(
+            bfd(&*lower.fd),
+            lower_name,
+            bfd(&*upper.fd),
+            c"",
+            lower.layer,
+        );
+        let fixed = has();
+        if fixed {
+            let _ = self.fmt.set_impure(bfd(&*parent_upper.fd), c"");
+        }
+        fixed
     }
 
     /// Where lower layer `idx` holds the object looked up: the dir to look
@@ -484,8 +488,15 @@ impl Union {
         }
     }
 
-    fn resolved_dir(&self, d: DirBody, top: libc::stat, lower_present: bool) -> Resolved {
-        let ino = self.dir_ino(&d, &top);
+    /// `upper_origin`: whether the upper dir has an origin, if known.
+    fn resolved_dir(
+        &self,
+        d: DirBody,
+        top: libc::stat,
+        lower_present: bool,
+        upper_origin: Option<bool>,
+    ) -> Resolved {
+        let ino = self.dir_ino_known(&d, &top, upper_origin);
         Resolved {
             kind: libc::S_IFDIR,
             st: top,
@@ -499,9 +510,18 @@ impl Union {
     /// there is no upper dir or the upper dir is a copy-up (has an origin),
     /// else the upper dir's. Copy-up and remount therefore never change it.
     pub(crate) fn dir_ino(&self, d: &DirBody, top: &libc::stat) -> u64 {
+        self.dir_ino_known(d, top, None)
+    }
+
+    /// [`Union::dir_ino`], told whether the upper dir has an origin when
+    /// the caller already looked.
+    fn dir_ino_known(&self, d: &DirBody, top: &libc::stat, upper_origin: Option<bool>) -> u64 {
         let from_lower = match &d.upper {
             None => true,
-            Some(u) => !d.lowers.is_empty() && self.fmt.has_origin(bfd(&*u.fd), c""),
+            Some(u) => {
+                !d.lowers.is_empty()
+                    && upper_origin.unwrap_or_else(|| self.fmt.has_origin(bfd(&*u.fd), c""))
+            }
         };
         let st = if from_lower {
             d.lowers

@@ -232,7 +232,7 @@ pub fn needs_userxattr() -> bool {
 /// 64 random bits from the kernel (0 if it has none to give yet).
 pub fn random_u64() -> u64 {
     let mut v = 0u64;
-    // SAFETY: getrandom writes at most 8 bytes into v; flags 0 is valid.
+    // SAFETY: getrandom writes at most 8 bytes into v, which has 8.
     let n = unsafe { libc::getrandom((&mut v as *mut u64).cast(), 8, libc::GRND_NONBLOCK) };
     if n == 8 {
         v
