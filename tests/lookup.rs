@@ -293,24 +293,14 @@ fn read_only_mount_keeps_the_upper_visible() {
         .opaque("d");
     let before = snapshot(&fx.upper().root, SnapOpts::with_times());
     let (lowers, upper, work) = (fx.lowers(), fx.upper().root, fx.work());
-    let m = match fx.kind {
-        Impl::Kernel => Mounted::mount_kernel_opts(
-            fx.kind,
-            &lowers,
-            Some(&upper),
-            Some(&work),
-            &fx.merged(),
-            "ro",
-        ),
-        Impl::Ours => Mounted::mount_ours_opts(
-            fx.kind,
-            &lowers,
-            Some(&upper),
-            Some(&work),
-            &fx.merged(),
-            "ro",
-        ),
-    };
+    let m = Mounted::mount_opts(
+        fx.kind,
+        &lowers,
+        Some(&upper),
+        Some(&work),
+        &fx.merged(),
+        "ro",
+    );
     assert_eq!(ls(&m.p("")), ["d", "f", "new"]);
     assert_eq!(ls(&m.p("d")), ["fresh"]);
     assert_eq!(read(&m.p("f")), "upper");

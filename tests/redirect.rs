@@ -26,24 +26,14 @@ fn moves(m: &Mounted) {
 }
 
 fn mount(fx: &Fixture, kind: Impl, upper: &std::path::Path, work: &std::path::Path) -> Mounted {
-    match kind {
-        Impl::Ours => Mounted::mount_ours_opts(
-            kind,
-            &fx.lowers(),
-            Some(upper),
-            Some(work),
-            &fx.merged(),
-            "redirect_dir=on",
-        ),
-        Impl::Kernel => Mounted::mount_kernel_opts(
-            kind,
-            &fx.lowers(),
-            Some(upper),
-            Some(work),
-            &fx.merged(),
-            "redirect_dir=on",
-        ),
-    }
+    Mounted::mount_opts(
+        kind,
+        &fx.lowers(),
+        Some(upper),
+        Some(work),
+        &fx.merged(),
+        "redirect_dir=on",
+    )
 }
 
 fn redirect(p: &std::path::Path) -> Option<String> {
@@ -159,24 +149,14 @@ fn userxattr_refuses_to_follow_redirects() {
         .xattr("moved", "user.overlay.redirect", b"/red")
         .file("plain/p", b"p");
     let (lowers, upper, work) = (fx.lowers(), fx.upper().root, fx.work());
-    let m = match fx.kind {
-        Impl::Kernel => Mounted::mount_kernel_opts(
-            fx.kind,
-            &lowers,
-            Some(&upper),
-            Some(&work),
-            &fx.merged(),
-            "userxattr",
-        ),
-        Impl::Ours => Mounted::mount_ours_opts(
-            fx.kind,
-            &lowers,
-            Some(&upper),
-            Some(&work),
-            &fx.merged(),
-            "userxattr",
-        ),
-    };
+    let m = Mounted::mount_opts(
+        fx.kind,
+        &lowers,
+        Some(&upper),
+        Some(&work),
+        &fx.merged(),
+        "userxattr",
+    );
     assert_errno(
         fs::read_dir(m.p("moved")),
         libc::EPERM,

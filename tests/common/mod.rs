@@ -678,6 +678,22 @@ impl Mounted {
         m
     }
 
+    /// As [`Mounted::mount`], adding `opts` to the `-o` of whichever
+    /// implementation `kind` is (both understand them).
+    pub fn mount_opts(
+        kind: Impl,
+        lowers: &[PathBuf],
+        upper: Option<&Path>,
+        work: Option<&Path>,
+        merged: &Path,
+        opts: &str,
+    ) -> Mounted {
+        match kind {
+            Impl::Kernel => Mounted::mount_kernel_opts(kind, lowers, upper, work, merged, opts),
+            Impl::Ours => Mounted::mount_ours_opts(kind, lowers, upper, work, merged, opts),
+        }
+    }
+
     fn mount_full(
         kind: Impl,
         lowers: &[PathBuf],
