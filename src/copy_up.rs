@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::dir_fd::DirFd;
 use crate::errno::{Errno, Result};
 use crate::format::Format;
 use crate::node::{Body, LayerDir, Node};
@@ -55,37 +56,38 @@ impl Union {
         let parent = node.parent().ok_or(Errno::EIO)?;
         let pu = parent.dir_body().and_then(|d| d.upper).ok_or(Errno::EIO)?;
         let st = node.snapshot();
-        let pfd = bfd(&*pu.fd);
+        let pfd = pu.fd()?;
+        let pfd = bfd(&pfd);
         let pst = sys::fs::fstat(pfd)?;
         match &st.body {
             Body::Dir(d) => {
                 let lower = d.lowers.first().ok_or(Errno::EIO)?;
-                let fd = self.copy_up_dir(pfd, &st.name, bfd(&*lower.fd), lower.layer)?;
+                let fd = self.copy_up_dir(pfd, &st.name, bfd(&lower.fd()?), lower.layer)?;
                 {
                     let mut w = node.state.write();
                     if let Body::Dir(d) = &mut w.body {
-                        d.upper = Some(LayerDir::new(0, Arc::new(fd), false));
+                        d.upper = Some(LayerDir::new(0, DirFd::pinned(Arc::new(fd)), false));
                     }
                 }
                 // Now merged, it reports nlink 1, like the kernel.
                 self.attributes_changed(node.ino);
             }
             Body::Leaf(l) => {
-                let (layer, lfd) = l.lower.clone().ok_or(Errno::EIO)?;
-                let lst = self.copy_up_leaf(pfd, &st.name, bfd(&*lfd), layer)?;
+                let (layer, ldir) = l.lower.clone().ok_or(Errno::EIO)?;
+                let lst = self.copy_up_leaf(pfd, &st.name, bfd(&ldir.get()?), layer)?;
                 let ust = sys::fs::lstatat(pfd, &st.name)?;
                 {
                     let mut w = node.state.write();
                     if let Body::Leaf(l) = &mut w.body {
-                        l.upper = Some(pu.fd.clone());
+                        l.upper = Some(pu.dir.clone());
                         l.real = (ust.st_dev, ust.st_ino);
                     }
                 }
                 if lst.st_nlink > 1 {
-                    self.link_other_names(layer, lst.st_ino, &pu.fd, &st.name);
+                    self.link_other_names(layer, lst.st_ino, pfd, &st.name);
                     // Every name is in the upper: its own nlink is the truth
                     // (the kernel's index=on accounting, "U+0").
-                    let _ = self.fmt.set_index_nlink(bfd(&*pu.fd), &st.name);
+                    let _ = self.fmt.set_index_nlink(pfd, &st.name);
                 }
             }
         }

@@ -35,6 +35,7 @@ impl Errno {
     pub const ESTALE: Errno = Errno(libc::ESTALE);
     pub const EOVERFLOW: Errno = Errno(libc::EOVERFLOW);
     pub const ETXTBSY: Errno = Errno(libc::ETXTBSY);
+    pub const EMFILE: Errno = Errno(libc::EMFILE);
 
     /// The calling thread's current errno (EIO if it is somehow zero).
     pub fn last() -> Errno {

@@ -390,7 +390,7 @@ impl Union {
         let node = self.node(ino)?;
         let body = node.dir_body().ok_or(Errno::ENOTDIR)?;
         if let Some(u) = body.upper {
-            let fd = sys::fs::openat(bfd(&*u.fd), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            let fd = sys::fs::openat(bfd(&u.fd()?), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
             sys::fs::fsync(fd.as_fd(), false)?;
         }
         Ok(())
@@ -498,17 +498,17 @@ impl Union {
         // Upper entries of merged or impure dirs may be copy-ups whose number
         // comes from their origin: look those up so d_ino == st_ino.
         let fix_upper_ino = !first_only
-            && d.upper
-                .as_ref()
-                .is_some_and(|u| !d.lowers.is_empty() || self.fmt.is_impure(bfd(&*u.fd), c""));
+            && d.upper.as_ref().is_some_and(|u| {
+                !d.lowers.is_empty() || u.fd().is_ok_and(|fd| self.fmt.is_impure(bfd(&fd), c""))
+            });
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
         for ld in d.upper.iter().chain(d.lowers.iter()) {
             let is_lower = ld.layer >= first_lower;
             let rfd = if is_lower {
-                sys::fs::openat_noatime(bfd(&*ld.fd), c".", libc::O_RDONLY | libc::O_DIRECTORY)?
+                sys::fs::openat_noatime(bfd(&ld.fd()?), c".", libc::O_RDONLY | libc::O_DIRECTORY)?
             } else {
-                sys::fs::openat(bfd(&*ld.fd), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?
+                sys::fs::openat(bfd(&ld.fd()?), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?
             };
             let dev = self.layers.list.get(ld.layer).map(|l| l.dev).unwrap_or(0);
             // The kernel's emptiness check (rmdir, rename over a dir) does

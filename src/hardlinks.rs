@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{CStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::errno::{Errno, Result};
@@ -111,7 +111,7 @@ impl Union {
         &self,
         layer: usize,
         lower_ino: u64,
-        src_dir: &OwnedFd,
+        src_dir: BorrowedFd<'_>,
         src_name: &CStr,
     ) {
         for path in self.link_names(layer, lower_ino) {
@@ -130,7 +130,7 @@ impl Union {
         last: &OsString,
         layer: usize,
         lower_ino: u64,
-        src_dir: &OwnedFd,
+        src_dir: BorrowedFd<'_>,
         src_name: &CStr,
     ) -> Result<()> {
         let parent = self.walk_to_parent(path)?;
@@ -149,6 +149,6 @@ impl Union {
         let pu = parent.dir_body().and_then(|d| d.upper).ok_or(Errno::EIO)?;
         let cn = cname(last)?;
         let _g = parent.dir_lock.lock();
-        sys::fs::linkat(bfd(src_dir), src_name, bfd(&*pu.fd), &cn, 0)
+        sys::fs::linkat(src_dir, src_name, bfd(&pu.fd()?), &cn, 0)
     }
 }

@@ -7,12 +7,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::dir_fd::DirFd;
 use crate::errno::{Errno, Result};
 use crate::sys;
 
 #[derive(Debug)]
 pub struct Layer {
     pub fd: Arc<OwnedFd>,
+    /// The same fd, as the root of the layer's dirs.
+    pub root: Arc<DirFd>,
     /// A readable fd of the layer root: open_by_handle_at refuses O_PATH fds.
     pub mount_fd: Option<OwnedFd>,
     pub dev: u64,
@@ -52,8 +55,10 @@ impl Layers {
                 .as_ref()
                 .and_then(|d| sys::fs::fs_uuid(d.as_fd()))
                 .unwrap_or([0; 16]);
+            let fd = Arc::new(fd);
             list.push(Layer {
-                fd: Arc::new(fd),
+                root: DirFd::pinned(fd.clone()),
+                fd,
                 mount_fd,
                 dev: st.st_dev,
                 uuid,

@@ -20,6 +20,7 @@
 
 pub mod adapter;
 pub mod copy_up;
+pub mod dir_fd;
 pub mod errno;
 pub mod format;
 pub mod handles;

@@ -19,11 +19,14 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
+use crate::dir_fd::DirFd;
+use crate::errno::Result;
+
 /// One layer's directory that takes part in a merged directory.
 #[derive(Clone, Debug)]
 pub struct LayerDir {
     pub layer: usize,
-    pub fd: Arc<OwnedFd>,
+    pub dir: Arc<DirFd>,
     /// The dir is `opaque=x`: zero-size files in it may be xattr whiteouts.
     pub xwh: bool,
     /// What this (lower) dir holds, read once: lower layers never change
@@ -42,13 +45,18 @@ pub struct LayerNames {
 }
 
 impl LayerDir {
-    pub fn new(layer: usize, fd: Arc<OwnedFd>, xwh: bool) -> LayerDir {
+    pub fn new(layer: usize, dir: Arc<DirFd>, xwh: bool) -> LayerDir {
         LayerDir {
             layer,
-            fd,
+            dir,
             xwh,
             names: Arc::default(),
         }
+    }
+
+    /// The dir's fd (reopened if a lower one was closed).
+    pub fn fd(&self) -> Result<Arc<OwnedFd>> {
+        self.dir.get()
     }
 }
 
@@ -79,9 +87,9 @@ pub struct DirBody {
 #[derive(Clone, Debug)]
 pub struct LeafBody {
     /// The parent's upper dir, once the object is in the upper layer.
-    pub upper: Option<Arc<OwnedFd>>,
+    pub upper: Option<Arc<DirFd>>,
     /// The parent's lower dir holding the object (copy-up source).
-    pub lower: Option<(usize, Arc<OwnedFd>)>,
+    pub lower: Option<(usize, Arc<DirFd>)>,
     /// (st_dev, st_ino) of the object the node stands for right now. Names
     /// can change under a request (a racing unlink, rename or create), so
     /// what a name resolves to is checked against this before it is used.

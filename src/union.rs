@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::dir_fd::{DirFd, FdPool};
 use crate::errno::{Errno, Result};
 use crate::format::{cname, EntryKind, Format, Opacity, Redirect};
 use crate::handles::{DirHandle, FileHandle};
@@ -144,6 +145,8 @@ pub struct Union {
         parking_lot::Mutex<std::collections::HashMap<usize, Arc<crate::hardlinks::LinkMap>>>,
     /// The kernel's writeback cache is on (see `real_file_flags`).
     writeback: AtomicBool,
+    /// Bounds the open fds of lower dirs.
+    pub(crate) dir_fds: Arc<FdPool>,
 }
 
 /// Whether `mode` makes exec(2) raise privileges: setuid, or setgid with
@@ -172,7 +175,7 @@ impl Union {
                 break;
             }
             let opacity = fmt.opacity(bfd(&*l.fd), c".", i >= layers.first_lower());
-            let ld = LayerDir::new(i, l.fd.clone(), opacity == Opacity::XattrWhiteouts);
+            let ld = LayerDir::new(i, l.root.clone(), opacity == Opacity::XattrWhiteouts);
             if layers.has_upper && i == 0 {
                 body.upper = Some(ld);
             } else {
@@ -209,6 +212,7 @@ impl Union {
             invalidator: parking_lot::RwLock::new(None),
             link_maps: parking_lot::Mutex::new(std::collections::HashMap::new()),
             writeback: AtomicBool::new(false),
+            dir_fds: FdPool::new(FdPool::budget_for_limit(sys::proc::nofile_limit())),
         })
         .map(|mut u| {
             if let Ok(st) = Self::dir_top(&root_body).and_then(|fd| sys::fs::fstat(bfd(&*fd))) {
@@ -283,20 +287,21 @@ impl Union {
         let mut dir: Option<DirBody> = None;
         let mut top: Option<libc::stat> = None;
         if let Some(u) = &parent.upper {
-            match sys::fs::lstatat(bfd(&*u.fd), &cn) {
+            let ufd = u.fd()?;
+            match sys::fs::lstatat(bfd(&ufd), &cn) {
                 Ok(st) => {
-                    if self.fmt.classify(bfd(&*u.fd), &cn, &st, u.xwh) == EntryKind::Whiteout {
+                    if self.fmt.classify(bfd(&ufd), &cn, &st, u.xwh) == EntryKind::Whiteout {
                         return Ok(None);
                     }
                     if kind_of(&st) != libc::S_IFDIR {
                         return self.resolved_upper_leaf(parent, u, &cn, name, st).map(Some);
                     }
-                    let fd = sys::fs::open_dir_path(bfd(&*u.fd), &cn)?;
-                    let opacity = self.fmt.opacity(bfd(&*u.fd), &cn, false);
+                    let fd = sys::fs::open_dir_path(bfd(&ufd), &cn)?;
+                    let opacity = self.fmt.opacity(bfd(&ufd), &cn, false);
                     dir = Some(DirBody {
                         upper: Some(LayerDir::new(
                             u.layer,
-                            Arc::new(fd),
+                            DirFd::pinned(Arc::new(fd)),
                             opacity == Opacity::XattrWhiteouts,
                         )),
                         lowers: Vec::new(),
@@ -321,7 +326,7 @@ impl Union {
         let mut want = match (&dir, &parent.upper) {
             (Some(_), Some(u)) => self
                 .fmt
-                .checked_redirect(bfd(&*u.fd), &cn)?
+                .checked_redirect(bfd(&u.fd()?), &cn)?
                 .map_or(Want::Own, Want::from),
             _ => Want::Own,
         };
@@ -361,9 +366,10 @@ impl Union {
                 }
                 continue;
             }
-            match sys::fs::lstatat(bfd(&*l.fd), cn) {
+            let lfd = l.fd()?;
+            match sys::fs::lstatat(bfd(&lfd), cn) {
                 Ok(st) => {
-                    if self.fmt.classify(bfd(&*l.fd), cn, &st, true) == EntryKind::Whiteout {
+                    if self.fmt.classify(bfd(&lfd), cn, &st, true) == EntryKind::Whiteout {
                         break;
                     }
                     if kind_of(&st) != libc::S_IFDIR {
@@ -377,14 +383,14 @@ impl Union {
                             ino,
                             body: Body::Leaf(LeafBody {
                                 upper: None,
-                                lower: Some((l.layer, l.fd.clone())),
+                                lower: Some((l.layer, l.dir.clone())),
                                 real: (st.st_dev, st.st_ino),
                             }),
                             lower_present: false,
                         }));
                     }
-                    let fd = sys::fs::open_dir_path(bfd(&*l.fd), cn)?;
-                    let opacity = self.fmt.opacity(bfd(&*l.fd), cn, true);
+                    let found = DirFd::open_lower(&l.dir, cn, &st, &self.dir_fds)?;
+                    let opacity = self.fmt.opacity(bfd(&lfd), cn, true);
                     let d = dir.get_or_insert_with(DirBody::default);
                     if d.lowers.is_empty() {
                         if let (Some(pu), Some(du)) = (&parent.upper, &d.upper) {
@@ -393,7 +399,7 @@ impl Union {
                     }
                     d.lowers.push(LayerDir::new(
                         l.layer,
-                        Arc::new(fd),
+                        found,
                         opacity == Opacity::XattrWhiteouts,
                     ));
                     // Lower dirs found through a redirect are not this
@@ -408,7 +414,7 @@ impl Union {
                         break;
                     }
                     if idx + 1 < layer_count {
-                        if let Some(r) = self.fmt.checked_redirect(bfd(&*l.fd), cn)? {
+                        if let Some(r) = self.fmt.checked_redirect(bfd(&lfd), cn)? {
                             want = want.then(r);
                         }
                     }
@@ -440,21 +446,18 @@ impl Union {
         name: &CStr,
     ) -> bool {
         // Asked through the parent: one path step, not a /proc walk.
-        let has = || self.fmt.has_origin(bfd(&*parent_upper.fd), name);
+        let (Ok(pfd), Ok(lfd), Ok(ufd)) = (parent_upper.fd(), lower.fd(), upper.fd()) else {
+            return false;
+        };
+        let has = || self.fmt.has_origin(bfd(&pfd), name);
         if has() {
             return true;
         }
         // Without a file handle for the lower dir nothing is written.
-        let _ = self.set_origin(
-            bfd(&*lower.fd),
-            lower_name,
-            bfd(&*upper.fd),
-            c"",
-            lower.layer,
-        );
+        let _ = self.set_origin(bfd(&lfd), lower_name, bfd(&ufd), c"", lower.layer);
         let fixed = has();
         if fixed {
-            let _ = self.fmt.set_impure(bfd(&*parent_upper.fd), c"");
+            let _ = self.fmt.set_impure(bfd(&pfd), c"");
         }
         fixed
     }
@@ -475,9 +478,11 @@ impl Union {
             Want::Name(n) => Some((in_parent?.clone(), cname(n).ok()?, n.clone())),
             Want::Path(comps) => {
                 let (last, dirs) = comps.split_last()?;
-                let mut fd = self.layers.list.get(idx)?.fd.clone();
+                let mut fd = self.layers.list.get(idx)?.root.clone();
                 for c in dirs {
-                    fd = Arc::new(sys::fs::open_dir_path(bfd(&*fd), &cname(c).ok()?).ok()?);
+                    let c = cname(c).ok()?;
+                    let st = sys::fs::lstatat(bfd(&fd.get().ok()?), &c).ok()?;
+                    fd = DirFd::open_lower(&fd, &c, &st, &self.dir_fds).ok()?;
                 }
                 Some((
                     LayerDir::new(idx, fd, false),
@@ -520,13 +525,15 @@ impl Union {
             None => true,
             Some(u) => {
                 !d.lowers.is_empty()
-                    && upper_origin.unwrap_or_else(|| self.fmt.has_origin(bfd(&*u.fd), c""))
+                    && upper_origin.unwrap_or_else(|| {
+                        u.fd().is_ok_and(|fd| self.fmt.has_origin(bfd(&fd), c""))
+                    })
             }
         };
         let st = if from_lower {
             d.lowers
                 .first()
-                .and_then(|l| sys::fs::fstat(bfd(&*l.fd)).ok())
+                .and_then(|l| sys::fs::fstat(bfd(&l.fd().ok()?)).ok())
                 .unwrap_or(*top)
         } else {
             *top
@@ -556,11 +563,13 @@ impl Union {
         let mut ino = self.layers.map_ino(st.st_dev, st.st_ino);
         let mut lower = None;
         let mut lower_present = false;
-        let origin = sys::xattr::get(bfd(&*u.fd), cn, &self.fmt.origin_key()).ok();
+        let ufd = u.fd()?;
+        let origin = sys::xattr::get(bfd(&ufd), cn, &self.fmt.origin_key()).ok();
         for l in &parent.lowers {
-            match sys::fs::lstatat(bfd(&*l.fd), cn) {
+            let lfd = l.fd()?;
+            match sys::fs::lstatat(bfd(&lfd), cn) {
                 Ok(lst) => {
-                    if self.fmt.classify(bfd(&*l.fd), cn, &lst, true) == EntryKind::Whiteout {
+                    if self.fmt.classify(bfd(&lfd), cn, &lst, true) == EntryKind::Whiteout {
                         break;
                     }
                     lower_present = true;
@@ -568,12 +577,12 @@ impl Union {
                         // A copy of one name of a hard link whose other names
                         // stayed below (the kernel's index=off) is its own
                         // object: only joined links keep the lower number.
-                        let joined = lst.st_nlink <= 1 || self.fmt.has_index_nlink(bfd(&*u.fd), cn);
+                        let joined = lst.st_nlink <= 1 || self.fmt.has_index_nlink(bfd(&ufd), cn);
                         if let (Some(stored), true) = (&origin, joined) {
-                            if let Ok((t, fid)) = sys::fs::name_to_handle(bfd(&*l.fd), cn, 0) {
+                            if let Ok((t, fid)) = sys::fs::name_to_handle(bfd(&lfd), cn, 0) {
                                 if Format::origin_matches(stored, t, &fid) {
                                     ino = self.layers.map_ino(lst.st_dev, lst.st_ino);
-                                    lower = Some((l.layer, l.fd.clone()));
+                                    lower = Some((l.layer, l.dir.clone()));
                                 }
                             }
                         }
@@ -599,7 +608,7 @@ impl Union {
             st,
             ino,
             body: Body::Leaf(LeafBody {
-                upper: Some(u.fd.clone()),
+                upper: Some(u.dir.clone()),
                 lower,
                 real: (st.st_dev, st.st_ino),
             }),
@@ -628,9 +637,14 @@ impl Union {
         if !self.fmt.oci() && !many {
             return false;
         }
-        let names = l
-            .names
-            .get_or_init(|| self.fmt.scan_layer_dir(bfd(&*l.fd), many, MAX_KEPT_NAMES));
+        let names = match l.names.get() {
+            Some(names) => names,
+            None => {
+                let Ok(fd) = l.fd() else { return false };
+                l.names
+                    .get_or_init(|| self.fmt.scan_layer_dir(bfd(&fd), many, MAX_KEPT_NAMES))
+            }
+        };
         self.fmt.oci() && names.hidden.contains(name)
     }
 
@@ -647,9 +661,10 @@ impl Union {
     pub(crate) fn lower_has(&self, parent: &DirBody, name: &OsStr) -> Result<bool> {
         let cn = cname(name)?;
         for l in &parent.lowers {
-            match sys::fs::lstatat(bfd(&*l.fd), &cn) {
+            let lfd = l.fd()?;
+            match sys::fs::lstatat(bfd(&lfd), &cn) {
                 Ok(st) => {
-                    return Ok(self.fmt.classify(bfd(&*l.fd), &cn, &st, true) == EntryKind::Object)
+                    return Ok(self.fmt.classify(bfd(&lfd), &cn, &st, true) == EntryKind::Object)
                 }
                 Err(e) if is_absent(e) => {
                     if self.oci_hides(l, name, merges_many(parent)) {
@@ -775,12 +790,12 @@ impl Union {
         let st = node.state.read();
         match &st.body {
             Body::Leaf(l) => {
-                let fd = l
+                let dir = l
                     .upper
-                    .clone()
-                    .or_else(|| l.lower.as_ref().map(|(_, fd)| fd.clone()))
+                    .as_ref()
+                    .or(l.lower.as_ref().map(|(_, dir)| dir))
                     .ok_or(Errno::ESTALE)?;
-                Ok((fd, st.name.clone()))
+                Ok((dir.get()?, st.name.clone()))
             }
             Body::Dir(_) => Err(Errno::EISDIR),
         }
@@ -796,8 +811,8 @@ impl Union {
         body.upper
             .as_ref()
             .or(body.lowers.first())
-            .map(|l| l.fd.clone())
-            .ok_or(Errno::ESTALE)
+            .ok_or(Errno::ESTALE)?
+            .fd()
     }
 
     pub(crate) fn attr_of(&self, node: &Node) -> Result<libc::stat> {
@@ -820,7 +835,7 @@ impl Union {
     fn dir_gone(&self, n: &Node) -> bool {
         n.dir_body()
             .and_then(|d| d.upper)
-            .and_then(|u| sys::fs::fstat(bfd(&*u.fd)).ok())
+            .and_then(|u| sys::fs::fstat(bfd(&u.fd().ok()?)).ok())
             .is_some_and(|st| st.st_nlink == 0)
     }
 
@@ -1045,10 +1060,10 @@ impl Union {
         let st = node.state.read();
         match &st.body {
             Body::Dir(d) => Ok((
-                d.upper.as_ref().ok_or(Errno::EIO)?.fd.clone(),
+                d.upper.as_ref().ok_or(Errno::EIO)?.fd()?,
                 CString::default(),
             )),
-            Body::Leaf(l) => Ok((l.upper.clone().ok_or(Errno::EIO)?, st.name.clone())),
+            Body::Leaf(l) => Ok((l.upper.as_ref().ok_or(Errno::EIO)?.get()?, st.name.clone())),
         }
     }
 
@@ -1150,7 +1165,8 @@ impl Union {
         self.copy_up(parent)?;
         let body = Self::dir_body(parent)?;
         let upper = body.upper.clone().ok_or(Errno::EIO)?;
-        let ufd = bfd(&*upper.fd);
+        let ufd = upper.fd()?;
+        let ufd = bfd(&ufd);
         let cn = cname(name)?;
         let acl_default = umask != 0 && has_default_acl(ufd);
         let clear = if acl_default { 0 } else { umask };
@@ -1357,8 +1373,8 @@ impl Union {
         // as a copy-up or rename into it does.
         if let Some(u) = Self::dir_body(&np)?.upper {
             let cn = cname(newname)?;
-            if self.fmt.has_origin(bfd(&*u.fd), &cn) {
-                let _ = self.fmt.set_impure(bfd(&*u.fd), c"");
+            if self.fmt.has_origin(bfd(&u.fd()?), &cn) {
+                let _ = self.fmt.set_impure(bfd(&u.fd()?), c"");
             }
         }
         self.lookup(newparent, newname)
@@ -1395,7 +1411,8 @@ impl Union {
         self.copy_up(&parent)?;
         let body = Self::dir_body(&parent)?;
         let upper = body.upper.clone().ok_or(Errno::EIO)?;
-        let ufd = bfd(&*upper.fd);
+        let ufd = upper.fd()?;
+        let ufd = bfd(&ufd);
         let cn = cname(name)?;
         let needs_whiteout = r.lower_present
             || matches!(&r.body, Body::Leaf(l) if l.upper.is_none())
@@ -1471,11 +1488,11 @@ impl Union {
                 // where the object is.
                 if let (Body::Leaf(l), Some(pb)) = (&mut st.body, p.dir_body()) {
                     if l.upper.is_some() {
-                        l.upper = pb.upper.as_ref().map(|u| u.fd.clone());
+                        l.upper = pb.upper.as_ref().map(|u| u.dir.clone());
                     }
-                    if let Some((layer, fd)) = &mut l.lower {
+                    if let Some((layer, dir)) = &mut l.lower {
                         if let Some(ld) = pb.lowers.iter().find(|d| d.layer == *layer) {
-                            *fd = ld.fd.clone();
+                            *dir = ld.dir.clone();
                         }
                     }
                 }
@@ -1572,7 +1589,8 @@ impl Union {
         self.copy_up(&newparent)?;
         let pu = Self::dir_body(&parent)?.upper.ok_or(Errno::EIO)?;
         let nu = Self::dir_body(&newparent)?.upper.ok_or(Errno::EIO)?;
-        let (pfd, nfd) = (bfd(&*pu.fd), bfd(&*nu.fd));
+        let (pfd, nfd) = (pu.fd()?, nu.fd()?);
+        let (pfd, nfd) = (bfd(&pfd), bfd(&nfd));
         let (cold, cnew) = (cname(name)?, cname(newname)?);
         let pbody = Self::dir_body(&parent)?;
         let nbody = Self::dir_body(&newparent)?;
@@ -1687,7 +1705,7 @@ impl Union {
         let st = node.snapshot();
         let parent = st.parent.clone().ok_or(Errno::EXDEV)?;
         let pu = parent.dir_body().and_then(|d| d.upper).ok_or(Errno::EIO)?;
-        let existing = self.fmt.redirect(bfd(&*pu.fd), &st.name);
+        let existing = self.fmt.redirect(bfd(&pu.fd()?), &st.name);
         let r = match (samedir, existing) {
             (true, Some(r)) => r,
             (true, None) => {
@@ -1711,7 +1729,7 @@ impl Union {
             let redirect = parent
                 .dir_body()
                 .and_then(|d| d.upper)
-                .and_then(|u| self.fmt.redirect(bfd(&*u.fd), &name));
+                .and_then(|u| self.fmt.redirect(bfd(&u.fd().ok()?), &name));
             match redirect {
                 Some(Redirect::Absolute(p)) => {
                     rev.reverse();
@@ -1760,7 +1778,7 @@ impl Union {
             st.parent = Some(to.clone());
             st.name = to_name.to_owned();
             if let Body::Leaf(l) = &mut st.body {
-                l.upper = Some(to_upper.fd.clone());
+                l.upper = Some(to_upper.dir.clone());
             }
         } else {
             for (p, n) in st.aliases.iter_mut() {

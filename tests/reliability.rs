@@ -701,6 +701,26 @@ impl Wrapped {
         }
     }
 
+    /// Our daemon over `lowers` and the fixture's upper, work dir and
+    /// mount point, under RLIMIT_NOFILE 256 (soft and hard).
+    fn under_nofile_256(fx: &Fixture, lowers: &str) -> Wrapped {
+        let merged = fx.merged();
+        let args = vec![
+            lowers.to_string(),
+            fx.upper().root.display().to_string(),
+            merged.display().to_string(),
+            "-f".to_string(),
+            "-o".to_string(),
+            format!("workdir={}", fx.work().display()),
+        ];
+        Wrapped::start(
+            &["prlimit", "--nofile=256:256", "--"],
+            &args,
+            &merged,
+            &fx.root().join("daemon.log"),
+        )
+    }
+
     fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -767,21 +787,8 @@ fn emfile_server_under_nofile_256_stays_up_and_does_not_leak() {
     for i in 0..100 {
         l.file(&format!("dirs/d{i}/x"), b"x");
     }
-    let (merged, upper, work) = (fx.merged(), fx.upper().root, fx.work());
-    let args = vec![
-        l.root.display().to_string(),
-        upper.display().to_string(),
-        merged.display().to_string(),
-        "-f".to_string(),
-        "-o".to_string(),
-        format!("workdir={}", work.display()),
-    ];
-    let mut d = Wrapped::start(
-        &["prlimit", "--nofile=256:256", "--"],
-        &args,
-        &merged,
-        &fx.root().join("daemon.log"),
-    );
+    let merged = fx.merged();
+    let mut d = Wrapped::under_nofile_256(&fx, &l.root.display().to_string());
     let pid = d.pid();
     drop_caches();
     thread::sleep(Duration::from_millis(200));
@@ -914,6 +921,80 @@ fn emfile_server_under_nofile_256_stays_up_and_does_not_leak() {
     assert!(
         after <= baseline + 2,
         "daemon fds do not return to the baseline: {baseline} before, {after} after closing everything"
+    );
+}
+
+/// The kernel keeps looked-up dirs cached (until memory pressure), and each
+/// needs the server's fd of every layer dir it merges. A walk over more
+/// lower dirs than RLIMIT_NOFILE allows must still work: the server closes
+/// lower dir fds beyond a budget and reopens them when needed.
+#[test]
+fn a_walk_over_more_lower_dirs_than_the_fd_limit_works() {
+    if only_for_ours() {
+        return;
+    }
+    let Some(fx) = Fixture::new() else { return };
+    // 2 x 2 x 400 lower dirs (each dir is in both lowers): 1,600 fds if kept.
+    const N: usize = 400;
+    let (l0, l1) = (fx.lower(0), fx.lower(1));
+    for i in 0..N {
+        l0.file(&format!("d{i}/sub/top"), &content(i as u32, 50));
+        l1.file(
+            &format!("d{i}/sub/bottom"),
+            &content(i as u32 + N as u32, 60),
+        );
+    }
+    let (merged, upper) = (fx.merged(), fx.upper().root);
+    let lowers = format!("{}:{}", l0.root.display(), l1.root.display());
+    let mut d = Wrapped::under_nofile_256(&fx, &lowers);
+    let pid = d.pid();
+    let mut errors = Vec::new();
+    let mut peak = 0;
+    for i in 0..N {
+        let sub = merged.join(format!("d{i}/sub"));
+        match fs::read_dir(&sub).and_then(|r| r.collect::<io::Result<Vec<_>>>()) {
+            Ok(v) if v.len() == 2 => {}
+            other => errors.push(format!("list d{i}/sub: {other:?}")),
+        }
+        if i % 50 == 0 {
+            peak = peak.max(fd_count(pid));
+        }
+    }
+    // The first dirs' fds were closed long ago: reads, a copy-up (which
+    // copies the parents up first) and a rename inside them reopen them.
+    for i in [0, 1, N / 2] {
+        let sub = merged.join(format!("d{i}/sub"));
+        match fs::read(sub.join("bottom")) {
+            Ok(b) if b == content((i + N) as u32, 60) => {}
+            other => errors.push(format!(
+                "read d{i}/sub/bottom: {:?}",
+                other.map(|b| b.len())
+            )),
+        }
+        let r = OpenOptions::new()
+            .append(true)
+            .open(sub.join("top"))
+            .and_then(|mut f| f.write_all(b"more"))
+            .and_then(|_| fs::rename(sub.join("bottom"), sub.join("moved")));
+        if let Err(e) = r {
+            errors.push(format!("write and rename in d{i}/sub: {e}"));
+        }
+        match ls(&sub)[..] {
+            [ref a, ref b] if a == "moved" && b == "top" => {}
+            ref other => errors.push(format!("ls d{i}/sub after rename: {other:?}")),
+        }
+    }
+    peak = peak.max(fd_count(pid));
+    let up = fs::read(upper.join("d0/sub/top")).unwrap_or_default();
+    let log = d.log();
+    let st = d.stop();
+    assert!(errors.is_empty(), "{errors:#?}\ndaemon log:\n{log}");
+    assert!(peak < 256, "daemon fds peaked at {peak}");
+    assert_eq!(up, [&content(0, 50)[..], b"more"].concat());
+    assert!(!log.contains("panic"), "daemon panicked:\n{log}");
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "daemon exit {st:?}:\n{log}"
     );
 }
 

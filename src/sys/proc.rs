@@ -130,6 +130,20 @@ pub fn raise_nofile_limit() {
     }
 }
 
+/// RLIMIT_NOFILE's soft limit (1024 if it cannot be read).
+pub fn nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    }
+}
+
 /// Gives freed heap memory back to the system: glibc keeps it in its arenas
 /// otherwise, so the server's RSS would stay at its peak after the kernel
 /// forgot a big walk's inodes.
