@@ -66,7 +66,8 @@ impl Union {
                 {
                     let mut w = node.state.write();
                     if let Body::Dir(d) = &mut w.body {
-                        d.upper = Some(LayerDir::new(0, DirFd::pinned(Arc::new(fd)), false));
+                        let dir = DirFd::upper(fd, &pu.dir, &st.name, &self.dir_fds);
+                        d.upper = Some(LayerDir::new(0, dir, false));
                     }
                 }
                 // Now merged, it reports nlink 1, like the kernel.

@@ -1,12 +1,14 @@
 //! Directory fds of the layers, of which the server keeps a bounded number
 //! open. The kernel keeps a looked-up dir cached until memory pressure, and
-//! each cached dir needs an fd per layer it merges; a walk over a big image
+//! each cached dir needs an fd per layer it merges; a walk over a big tree
 //! would otherwise run into RLIMIT_NOFILE, after which every request fails.
 //!
-//! A lower dir never changes under a mount, so its fd can be closed and
-//! opened again from the dir it was found in and its name, checked to be
-//! the same dir. Layer roots and upper dirs stay open: renames move the
-//! latter, so their names would not find them again.
+//! A closed fd is opened again from the dir's parent and name, checked to
+//! be the same dir: by (st_dev, st_ino) for a lower dir, which never
+//! changes under a mount, and by file handle for an upper dir, whose inode
+//! number a removed dir's successor may reuse. A rename of an upper dir
+//! holds it open (`hold`) until its new place is recorded (`moved`). Layer
+//! roots, and upper dirs on a filesystem without file handles, stay open.
 
 use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
@@ -32,15 +34,28 @@ enum Kind {
 
 #[derive(Debug)]
 struct Reopenable {
-    from: Arc<DirFd>,
-    name: CString,
-    /// (st_dev, st_ino): a reopen must find the same dir.
-    id: (u64, u64),
-    slot: Mutex<Option<Arc<OwnedFd>>>,
+    /// The parent dir and the name in it.
+    place: Mutex<(Arc<DirFd>, CString)>,
+    ident: Ident,
+    slot: Mutex<Slot>,
     /// Set by each use, cleared by the pool's clock hand: a dir in use
     /// keeps its fd.
     used: AtomicBool,
     pool: Arc<FdPool>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    fd: Option<Arc<OwnedFd>>,
+    /// Holds (`DirFd::hold`): the fd stays open while any is taken.
+    holds: usize,
+}
+
+/// What a reopened fd must match.
+#[derive(Debug, PartialEq)]
+enum Ident {
+    Ino(u64, u64),
+    Handle(i32, Vec<u8>),
 }
 
 /// The open reopenable fds of a mount, closed least recently used first
@@ -52,70 +67,172 @@ pub struct FdPool {
     ring: Mutex<VecDeque<Weak<DirFd>>>,
 }
 
+/// Keeps a dir's fd open (see `DirFd::hold`).
+pub struct Held(Arc<DirFd>);
+
 impl DirFd {
     pub fn pinned(fd: Arc<OwnedFd>) -> Arc<DirFd> {
         Arc::new(DirFd(Kind::Pinned(fd)))
     }
 
     /// Opens the lower dir `name` inside `from`, which `lstat` found as `st`.
-    pub fn open_lower(
+    pub fn lower(
         from: &Arc<DirFd>,
         name: &CStr,
         st: &libc::stat,
         pool: &Arc<FdPool>,
     ) -> Result<Arc<DirFd>> {
-        let fd = Arc::new(from.open_child(name)?);
+        let fd = from.open_child(name)?;
+        Ok(Self::new_reopenable(
+            fd,
+            from,
+            name,
+            Ident::Ino(st.st_dev, st.st_ino),
+            pool,
+        ))
+    }
+
+    /// Takes `fd`, the upper dir `name` inside `from`.
+    pub fn upper(fd: OwnedFd, from: &Arc<DirFd>, name: &CStr, pool: &Arc<FdPool>) -> Arc<DirFd> {
+        match sys::fs::name_to_handle(fd.as_fd(), c"", libc::AT_EMPTY_PATH) {
+            Ok((t, h)) => Self::new_reopenable(fd, from, name, Ident::Handle(t, h), pool),
+            // Nothing would tell a successor with the same inode number.
+            Err(_) => Self::pinned(Arc::new(fd)),
+        }
+    }
+
+    fn new_reopenable(
+        fd: OwnedFd,
+        from: &Arc<DirFd>,
+        name: &CStr,
+        ident: Ident,
+        pool: &Arc<FdPool>,
+    ) -> Arc<DirFd> {
         let dir = Arc::new(DirFd(Kind::Reopenable(Reopenable {
-            from: from.clone(),
-            name: name.to_owned(),
-            id: (st.st_dev, st.st_ino),
-            slot: Mutex::new(Some(fd)),
+            place: Mutex::new((from.clone(), name.to_owned())),
+            ident,
+            slot: Mutex::new(Slot {
+                fd: Some(Arc::new(fd)),
+                holds: 0,
+            }),
             used: AtomicBool::new(true),
             pool: pool.clone(),
         })));
         pool.admit(Arc::downgrade(&dir));
-        Ok(dir)
+        dir
     }
 
     /// The fd, reopened if the pool closed it.
     pub fn get(self: &Arc<Self>) -> Result<Arc<OwnedFd>> {
-        let r = match &self.0 {
-            Kind::Pinned(fd) => return Ok(fd.clone()),
-            Kind::Reopenable(r) => r,
+        if let Some(fd) = self.open_fd() {
+            return Ok(fd);
+        }
+        // Closed: reopen from the nearest open ancestor down, without
+        // recursion (a deep tree's ancestors may all be closed).
+        let mut chain = vec![self.clone()];
+        let mut fd = loop {
+            let Some(r) = chain.last().and_then(|d| d.reopenable()) else {
+                return Err(Errno::EIO);
+            };
+            let from = r.place.lock().0.clone();
+            match from.open_fd() {
+                Some(fd) => break fd,
+                None => chain.push(from),
+            }
         };
-        if !r.used.load(Ordering::Relaxed) {
-            r.used.store(true, Ordering::Relaxed);
+        for dir in chain.iter().rev() {
+            fd = dir.reopen_in(&fd)?;
         }
-        if let Some(fd) = &*r.slot.lock() {
-            return Ok(fd.clone());
+        Ok(fd)
+    }
+
+    /// Keeps the fd open until the returned guard goes: a rename holds the
+    /// dir it moves, so that nothing reopens it by its old name.
+    pub fn hold(self: &Arc<Self>) -> Result<Held> {
+        if let Some(r) = self.reopenable() {
+            r.slot.lock().holds += 1;
         }
-        let fd = r.from.open_child(&r.name)?;
-        let st = sys::fs::fstat(fd.as_fd())?;
-        if (st.st_dev, st.st_ino) != r.id {
-            log::warn!("a lower dir changed under the mount: {:?}", r.name);
+        let held = Held(self.clone());
+        self.get()?;
+        Ok(held)
+    }
+
+    /// Records that the dir now is `name` inside `to`.
+    pub fn moved(&self, to: &Arc<DirFd>, name: &CStr) {
+        if let Some(r) = self.reopenable() {
+            *r.place.lock() = (to.clone(), name.to_owned());
+        }
+    }
+
+    fn reopenable(&self) -> Option<&Reopenable> {
+        match &self.0 {
+            Kind::Pinned(_) => None,
+            Kind::Reopenable(r) => Some(r),
+        }
+    }
+
+    /// The fd if it is open, marking the dir used.
+    fn open_fd(&self) -> Option<Arc<OwnedFd>> {
+        match &self.0 {
+            Kind::Pinned(fd) => Some(fd.clone()),
+            Kind::Reopenable(r) => {
+                if !r.used.load(Ordering::Relaxed) {
+                    r.used.store(true, Ordering::Relaxed);
+                }
+                r.slot.lock().fd.clone()
+            }
+        }
+    }
+
+    /// Opens this (closed) dir again inside `parent`, its parent's fd.
+    fn reopen_in(self: &Arc<Self>, parent: &OwnedFd) -> Result<Arc<OwnedFd>> {
+        let Some(r) = self.reopenable() else {
+            return self.open_fd().ok_or(Errno::EIO);
+        };
+        let name = r.place.lock().1.clone();
+        let fd = Self::open_in(parent, &name, &r.pool)?;
+        let ident = match &r.ident {
+            Ident::Ino(..) => {
+                let st = sys::fs::fstat(fd.as_fd())?;
+                Ident::Ino(st.st_dev, st.st_ino)
+            }
+            Ident::Handle(..) => {
+                let (t, h) = sys::fs::name_to_handle(fd.as_fd(), c"", libc::AT_EMPTY_PATH)?;
+                Ident::Handle(t, h)
+            }
+        };
+        if ident != r.ident {
+            // Removed (or, for a lower dir, changed under the mount).
             return Err(Errno::ESTALE);
         }
         let fd = Arc::new(fd);
         {
             let mut slot = r.slot.lock();
-            if let Some(have) = &*slot {
+            if let Some(have) = &slot.fd {
                 return Ok(have.clone());
             }
-            *slot = Some(fd.clone());
+            slot.fd = Some(fd.clone());
         }
         r.pool.admit(Arc::downgrade(self));
         Ok(fd)
     }
 
-    /// Opens a dir inside this one; on EMFILE the pool closes fds it can
-    /// spare and the open is tried once more.
+    /// Opens a dir inside this one.
     fn open_child(self: &Arc<Self>, name: &CStr) -> Result<OwnedFd> {
         let parent = self.get()?;
+        let pool = self.reopenable().map(|r| &r.pool);
+        match pool {
+            Some(pool) => Self::open_in(&parent, name, pool),
+            None => sys::fs::open_dir_path(parent.as_fd(), name),
+        }
+    }
+
+    /// On EMFILE the pool closes fds it can spare and the open is tried
+    /// once more.
+    fn open_in(parent: &OwnedFd, name: &CStr, pool: &FdPool) -> Result<OwnedFd> {
         match sys::fs::open_dir_path(parent.as_fd(), name) {
             Err(Errno::EMFILE) => {
-                if let Kind::Reopenable(r) = &self.0 {
-                    r.pool.shrink(r.pool.budget / 2);
-                }
+                pool.shrink(pool.budget / 2);
                 sys::fs::open_dir_path(parent.as_fd(), name)
             }
             other => other,
@@ -123,9 +240,17 @@ impl DirFd {
     }
 }
 
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.reopenable() {
+            r.slot.lock().holds -= 1;
+        }
+    }
+}
+
 impl Drop for Reopenable {
     fn drop(&mut self) {
-        if self.slot.get_mut().is_some() {
+        if self.slot.get_mut().fd.is_some() {
             self.pool.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -135,16 +260,16 @@ impl FdPool {
     /// At most about `budget` reopenable fds stay open.
     pub fn new(budget: usize) -> Arc<FdPool> {
         Arc::new(FdPool {
-            budget: budget.max(16),
+            budget: budget.max(1),
             open: AtomicUsize::new(0),
             ring: Mutex::new(VecDeque::new()),
         })
     }
 
     /// A budget for a process whose fd limit is `limit`: half of it, the
-    /// rest being left to upper dirs, open files and listings.
+    /// rest being left to open files, listings and pinned dirs.
     pub fn budget_for_limit(limit: u64) -> usize {
-        usize::try_from(limit / 2).unwrap_or(usize::MAX)
+        usize::try_from(limit / 2).unwrap_or(usize::MAX).max(16)
     }
 
     /// How many reopenable fds are open now.
@@ -171,23 +296,27 @@ impl FdPool {
         Self::close_until(&mut self.ring.lock(), &self.open, target);
     }
 
-    /// Moves the clock hand: a dir used since the hand last passed keeps its
-    /// fd for another round, any other closes it.
+    /// Moves the clock hand: a dir used since the hand last passed, or
+    /// held, keeps its fd for another round; any other closes it.
     fn close_until(ring: &mut VecDeque<Weak<DirFd>>, open: &AtomicUsize, target: usize) {
         let mut steps = 2 * ring.len();
         while open.load(Ordering::Relaxed) > target && steps > 0 {
             steps -= 1;
             let Some(weak) = ring.pop_front() else { break };
             let Some(dir) = weak.upgrade() else { continue };
-            let Kind::Reopenable(r) = &dir.0 else {
-                continue;
-            };
+            let Some(r) = dir.reopenable() else { continue };
             if r.used.swap(false, Ordering::Relaxed) {
                 ring.push_back(weak);
                 continue;
             }
+            let mut slot = r.slot.lock();
+            if slot.holds > 0 {
+                drop(slot);
+                ring.push_back(weak);
+                continue;
+            }
             // A caller still using the fd keeps it open until it is done.
-            if r.slot.lock().take().is_some() {
+            if slot.fd.take().is_some() {
                 open.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -214,7 +343,7 @@ mod tests {
     fn child(from: &Arc<DirFd>, name: &str, pool: &Arc<FdPool>) -> Arc<DirFd> {
         let c = CString::new(name).unwrap();
         let st = sys::fs::lstatat(from.get().unwrap().as_fd(), &c).unwrap();
-        DirFd::open_lower(from, &c, &st, pool).unwrap()
+        DirFd::lower(from, &c, &st, pool).unwrap()
     }
 
     #[test]
@@ -253,6 +382,50 @@ mod tests {
         std::fs::create_dir(t.join("d0")).unwrap();
         // d0 was the least recently used, so its fd was closed.
         assert_eq!(dirs[0].get().unwrap_err(), Errno::ESTALE);
+        std::fs::remove_dir_all(&t).unwrap();
+    }
+
+    fn upper_child(from: &Arc<DirFd>, name: &str, pool: &Arc<FdPool>) -> Arc<DirFd> {
+        let c = CString::new(name).unwrap();
+        let fd = sys::fs::open_dir_path(from.get().unwrap().as_fd(), &c).unwrap();
+        DirFd::upper(fd, from, &c, pool)
+    }
+
+    #[test]
+    fn upper_dirs_follow_renames_and_removed_ones_are_not_reopened() {
+        let t = std::env::temp_dir().join(format!("ufs-dirfd-u-{}", std::process::id()));
+        tree(&t, 40);
+        let ino =
+            |p: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(t.join(p)).unwrap());
+        let root = open(&t);
+        let pool = FdPool::new(16);
+        let dirs: Vec<_> = (0..20)
+            .map(|i| upper_child(&root, &format!("d{i}"), &pool))
+            .collect();
+        {
+            let _held = dirs[2].hold().unwrap();
+            for i in 20..40 {
+                upper_child(&root, &format!("d{i}"), &pool);
+            }
+            std::fs::rename(t.join("d2"), t.join("e2")).unwrap();
+            dirs[2].moved(&root, c"e2");
+        }
+        let d2 = sys::fs::fstat(dirs[2].get().unwrap().as_fd()).unwrap();
+        assert_eq!(d2.st_ino, ino("e2"));
+        // Moved without `moved`: not found. Removed and made again under
+        // its name: another dir, even with the same inode number.
+        std::fs::rename(t.join("d0"), t.join("e0")).unwrap();
+        assert_eq!(dirs[0].get().unwrap_err(), Errno::ENOENT);
+        std::fs::remove_dir_all(t.join("d1")).unwrap();
+        std::fs::create_dir(t.join("d1")).unwrap();
+        assert_eq!(dirs[1].get().unwrap_err(), Errno::ESTALE);
+        // Children reopen through reopened parents.
+        let sub = upper_child(&dirs[3], "sub", &pool);
+        for d in &dirs[4..] {
+            upper_child(d, "sub", &pool);
+        }
+        let s = sys::fs::fstat(sub.get().unwrap().as_fd()).unwrap();
+        assert_eq!(s.st_ino, ino("d3/sub"));
         std::fs::remove_dir_all(&t).unwrap();
     }
 }

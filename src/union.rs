@@ -212,7 +212,13 @@ impl Union {
             invalidator: parking_lot::RwLock::new(None),
             link_maps: parking_lot::Mutex::new(std::collections::HashMap::new()),
             writeback: AtomicBool::new(false),
-            dir_fds: FdPool::new(FdPool::budget_for_limit(sys::proc::nofile_limit())),
+            // Tests set UNIONFS_DIR_FDS to make reopening the common case.
+            dir_fds: FdPool::new(
+                std::env::var("UNIONFS_DIR_FDS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| FdPool::budget_for_limit(sys::proc::nofile_limit())),
+            ),
         })
         .map(|mut u| {
             if let Ok(st) = Self::dir_top(&root_body).and_then(|fd| sys::fs::fstat(bfd(&*fd))) {
@@ -301,7 +307,7 @@ impl Union {
                     dir = Some(DirBody {
                         upper: Some(LayerDir::new(
                             u.layer,
-                            DirFd::pinned(Arc::new(fd)),
+                            DirFd::upper(fd, &u.dir, &cn, &self.dir_fds),
                             opacity == Opacity::XattrWhiteouts,
                         )),
                         lowers: Vec::new(),
@@ -389,7 +395,7 @@ impl Union {
                             lower_present: false,
                         }));
                     }
-                    let found = DirFd::open_lower(&l.dir, cn, &st, &self.dir_fds)?;
+                    let found = DirFd::lower(&l.dir, cn, &st, &self.dir_fds)?;
                     let opacity = self.fmt.opacity(bfd(&lfd), cn, true);
                     let d = dir.get_or_insert_with(DirBody::default);
                     if d.lowers.is_empty() {
@@ -482,7 +488,7 @@ impl Union {
                 for c in dirs {
                     let c = cname(c).ok()?;
                     let st = sys::fs::lstatat(bfd(&fd.get().ok()?), &c).ok()?;
-                    fd = DirFd::open_lower(&fd, &c, &st, &self.dir_fds).ok()?;
+                    fd = DirFd::lower(&fd, &c, &st, &self.dir_fds).ok()?;
                 }
                 Some((
                     LayerDir::new(idx, fd, false),
@@ -835,8 +841,11 @@ impl Union {
     fn dir_gone(&self, n: &Node) -> bool {
         n.dir_body()
             .and_then(|d| d.upper)
-            .and_then(|u| sys::fs::fstat(bfd(&u.fd().ok()?)).ok())
-            .is_some_and(|st| st.st_nlink == 0)
+            .is_some_and(|u| match u.fd() {
+                Ok(fd) => sys::fs::fstat(bfd(&fd)).is_ok_and(|st| st.st_nlink == 0),
+                // Closed, and no longer where it was.
+                Err(e) => e == Errno::ESTALE || is_absent(e),
+            })
     }
 
     /// Whether a non-dir node's remembered name no longer holds its object.
@@ -1592,6 +1601,13 @@ impl Union {
         let (pfd, nfd) = (pu.fd()?, nu.fd()?);
         let (pfd, nfd) = (bfd(&pfd), bfd(&nfd));
         let (cold, cnew) = (cname(name)?, cname(newname)?);
+        // Dirs that move stay open until their new place is recorded.
+        let _held = [Some(&src_node), dst_node.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.dir_body().and_then(|d| d.upper))
+            .map(|u| u.dir.hold())
+            .collect::<Result<Vec<_>>>()?;
         let pbody = Self::dir_body(&parent)?;
         let nbody = Self::dir_body(&newparent)?;
         let same = Arc::ptr_eq(&parent, &newparent);
@@ -1777,8 +1793,13 @@ impl Union {
         if primary {
             st.parent = Some(to.clone());
             st.name = to_name.to_owned();
-            if let Body::Leaf(l) = &mut st.body {
-                l.upper = Some(to_upper.dir.clone());
+            match &mut st.body {
+                Body::Leaf(l) => l.upper = Some(to_upper.dir.clone()),
+                Body::Dir(d) => {
+                    if let Some(u) = &d.upper {
+                        u.dir.moved(&to_upper.dir, to_name);
+                    }
+                }
             }
         } else {
             for (p, n) in st.aliases.iter_mut() {

@@ -998,6 +998,77 @@ fn a_walk_over_more_lower_dirs_than_the_fd_limit_works() {
     );
 }
 
+/// The same for upper dirs, which renames move and rmdir removes: a tree of
+/// more new dirs than RLIMIT_NOFILE allows can be made, listed, renamed and
+/// removed, and a dir made again where a merged one was removed is empty.
+#[test]
+fn a_tree_of_more_upper_dirs_than_the_fd_limit_works() {
+    if only_for_ours() {
+        return;
+    }
+    let Some(fx) = Fixture::new() else { return };
+    let l = fx.lower(0);
+    for i in 0..20 {
+        l.file(&format!("m{i}/sub/below"), b"x");
+    }
+    let upper = fx.upper().root;
+    let merged = fx.merged();
+    let mut d = Wrapped::under_nofile_256(&fx, &l.root.display().to_string());
+    let pid = d.pid();
+    let mut errors = Vec::new();
+    let mut peak = 0;
+    // 2 x 400 new dirs, looked up and kept by the kernel.
+    const N: usize = 400;
+    for i in 0..N {
+        let sub = merged.join(format!("new/n{i}/sub"));
+        if let Err(e) = fs::create_dir_all(&sub).and_then(|_| fs::write(sub.join("f"), b"f")) {
+            errors.push(format!("make new/n{i}/sub/f: {e}"));
+        }
+        if i % 50 == 0 {
+            peak = peak.max(fd_count(pid));
+        }
+    }
+    // The first dirs' fds were closed long ago.
+    for i in [0, 1, 2] {
+        let (from, to) = (format!("new/n{i}"), format!("new/moved{i}"));
+        if let Err(e) = fs::rename(merged.join(&from), merged.join(&to)) {
+            errors.push(format!("rename {from} {to}: {e}"));
+        }
+        if let Err(e) = fs::write(merged.join(format!("{to}/sub/g")), b"g") {
+            errors.push(format!("write {to}/sub/g: {e}"));
+        }
+    }
+    // Removed and made again (the new dir may get the old inode number).
+    for i in [0, 1] {
+        let m = merged.join(format!("m{i}"));
+        let r = fs::remove_dir_all(&m).and_then(|_| fs::create_dir(&m));
+        match r.map(|_| ls(&m)) {
+            Ok(v) if v.is_empty() => {}
+            other => errors.push(format!("m{i} removed and made again: {other:?}")),
+        }
+    }
+    for i in 3..N {
+        match ls(&merged.join(format!("new/n{i}/sub")))[..] {
+            [ref f] if f == "f" => {}
+            ref other => errors.push(format!("ls new/n{i}/sub: {other:?}")),
+        }
+    }
+    peak = peak.max(fd_count(pid));
+    let log = d.log();
+    let st = d.stop();
+    assert!(errors.is_empty(), "{errors:#?}\ndaemon log:\n{log}");
+    assert!(peak < 256, "daemon fds peaked at {peak}");
+    for i in [0, 1, 2] {
+        assert_eq!(ls(&upper.join(format!("new/moved{i}/sub"))), ["f", "g"]);
+        assert!(!upper.join(format!("new/n{i}")).exists());
+    }
+    assert!(!log.contains("panic"), "daemon panicked:\n{log}");
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "daemon exit {st:?}:\n{log}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Dead server
 // ---------------------------------------------------------------------------
