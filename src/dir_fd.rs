@@ -157,6 +157,14 @@ impl DirFd {
         Ok(held)
     }
 
+    /// Keeps the fd open for as long as the dir is in use: a dir about to
+    /// be removed cannot be reopened afterwards, but a process inside it
+    /// can still stat and list it.
+    pub fn keep_open(self: &Arc<Self>) -> Result<()> {
+        std::mem::forget(self.hold()?);
+        Ok(())
+    }
+
     /// Records that the dir now is `name` inside `to`.
     pub fn moved(&self, to: &Arc<DirFd>, name: &CStr) {
         if let Some(r) = self.reopenable() {

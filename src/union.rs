@@ -145,7 +145,7 @@ pub struct Union {
         parking_lot::Mutex<std::collections::HashMap<usize, Arc<crate::hardlinks::LinkMap>>>,
     /// The kernel's writeback cache is on (see `real_file_flags`).
     writeback: AtomicBool,
-    /// Bounds the open fds of lower dirs.
+    /// Bounds the open fds of layer dirs.
     pub(crate) dir_fds: Arc<FdPool>,
 }
 
@@ -1433,6 +1433,9 @@ impl Union {
                 Err(e) if is_absent(e) => false,
                 Err(e) => return Err(e),
             };
+            if in_upper && is_dir {
+                self.keep_open_before_removal(r.ino);
+            }
             match (in_upper, needs_whiteout) {
                 (false, true) => Format::make_whiteout(ufd, &cn)?,
                 (false, false) => return Err(Errno::ENOENT),
@@ -1468,6 +1471,15 @@ impl Union {
             self.attributes_changed(r.ino);
         }
         Ok(())
+    }
+
+    /// The upper dir of node `ino` is about to be removed: its fd must
+    /// outlive it (see `DirFd::keep_open`).
+    fn keep_open_before_removal(&self, ino: u64) {
+        let upper = self.nodes.current(ino).and_then(|n| n.dir_body()?.upper);
+        if let Some(u) = upper {
+            let _ = u.dir.keep_open();
+        }
     }
 
     /// Before one name of a lower hard link goes away, the other names must
@@ -1668,6 +1680,9 @@ impl Union {
                 if let Some(st) = &dst_upper {
                     if kind_of(st) == libc::S_IFDIR {
                         self.clear_whiteouts_at(nfd, &cnew)?;
+                        if let Some(d) = &dst {
+                            self.keep_open_before_removal(d.ino);
+                        }
                     }
                 }
             }

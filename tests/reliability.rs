@@ -13,6 +13,7 @@ use common::*;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1063,6 +1064,48 @@ fn a_tree_of_more_upper_dirs_than_the_fd_limit_works() {
         assert!(!upper.join(format!("new/n{i}")).exists());
     }
     assert!(!log.contains("panic"), "daemon panicked:\n{log}");
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "daemon exit {st:?}:\n{log}"
+    );
+}
+
+/// A removed dir whose fd the server had closed (beyond its fd budget) can
+/// still be stat'ed and listed by a process inside it, as on the kernel:
+/// nlink 0, no entries.
+#[test]
+fn a_removed_dir_stays_usable_from_inside_after_its_fd_was_closed() {
+    if only_for_ours() {
+        return;
+    }
+    let Some(fx) = Fixture::new() else { return };
+    let l = fx.lower(0);
+    l.file("keep", b"x");
+    let merged = fx.merged();
+    let mut d = Wrapped::under_nofile_256(&fx, &l.root.display().to_string());
+    let victim = merged.join("victim");
+    fs::create_dir(&victim).unwrap();
+    let inside = File::open(&victim).unwrap();
+    // Enough dirs for the server to close the victim's fd.
+    for i in 0..400 {
+        fs::create_dir_all(merged.join(format!("other/o{i}"))).unwrap();
+    }
+    fs::remove_dir(&victim).unwrap();
+    let stat = inside.metadata().map(|m| m.nlink());
+    let listing = fs::read_dir(format!("/proc/self/fd/{}", inside.as_raw_fd()))
+        .and_then(|r| r.collect::<io::Result<Vec<_>>>())
+        .map(|v| v.len());
+    drop(inside);
+    let log = d.log();
+    let st = d.stop();
+    assert_eq!(
+        (
+            stat.map_err(|e| e.to_string()),
+            listing.map_err(|e| e.to_string())
+        ),
+        (Ok(0), Ok(0)),
+        "(nlink, entries) of the removed dir"
+    );
     assert!(
         st.is_some_and(|s| s.success()),
         "daemon exit {st:?}:\n{log}"
