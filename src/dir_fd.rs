@@ -161,8 +161,11 @@ impl DirFd {
     /// be removed cannot be reopened afterwards, but a process inside it
     /// can still stat and list it.
     pub fn keep_open(self: &Arc<Self>) -> Result<()> {
-        std::mem::forget(self.hold()?);
-        Ok(())
+        // A hold that is never given back; it goes with the DirFd.
+        if let Some(r) = self.reopenable() {
+            r.slot.lock().holds += 1;
+        }
+        self.get().map(drop)
     }
 
     /// Records that the dir now is `name` inside `to`.

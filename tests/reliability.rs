@@ -1083,6 +1083,8 @@ fn a_removed_dir_stays_usable_from_inside_after_its_fd_was_closed() {
     l.file("keep", b"x");
     let merged = fx.merged();
     let mut d = Wrapped::under_nofile_256(&fx, &l.root.display().to_string());
+    let pid = d.pid();
+    let baseline = fd_count(pid);
     let victim = merged.join("victim");
     fs::create_dir(&victim).unwrap();
     let inside = File::open(&victim).unwrap();
@@ -1096,6 +1098,15 @@ fn a_removed_dir_stays_usable_from_inside_after_its_fd_was_closed() {
         .and_then(|r| r.collect::<io::Result<Vec<_>>>())
         .map(|v| v.len());
     drop(inside);
+    // Its fd goes once the kernel forgets it.
+    let _ = fs::remove_dir_all(merged.join("other"));
+    let start = Instant::now();
+    let mut after = fd_count(pid);
+    while after > baseline + 2 && start.elapsed() < Duration::from_secs(10) {
+        drop_caches();
+        thread::sleep(Duration::from_millis(200));
+        after = fd_count(pid);
+    }
     let log = d.log();
     let st = d.stop();
     assert_eq!(
@@ -1105,6 +1116,10 @@ fn a_removed_dir_stays_usable_from_inside_after_its_fd_was_closed() {
         ),
         (Ok(0), Ok(0)),
         "(nlink, entries) of the removed dir"
+    );
+    assert!(
+        after <= baseline + 2,
+        "daemon fds: {baseline} after mounting, {after} once the kernel forgot everything"
     );
     assert!(
         st.is_some_and(|s| s.success()),

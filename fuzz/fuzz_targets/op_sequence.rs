@@ -167,6 +167,9 @@ struct Setup {
     /// Picks `uidmapping=` / `gidmapping=` among a few (identity first).
     uid_map: u8,
     gid_map: u8,
+    /// The server keeps one reopenable dir fd open: nearly every access to
+    /// a dir then reopens it.
+    few_dir_fds: bool,
 }
 
 fn id_map(i: u8) -> IdMap {
@@ -471,6 +474,8 @@ impl Fixture {
             None
         };
         let layers = Layers::new(upper, lowers, work)?;
+        // Read by Union::new; runs are sequential within the process.
+        std::env::set_var("UNIONFS_DIR_FDS", if s.few_dir_fds { "1" } else { "" });
         Union::new(
             layers,
             Options {
