@@ -765,6 +765,19 @@ impl Drop for Wrapped {
     }
 }
 
+/// The daemon's fd count once the kernel forgot what it can (dropping
+/// caches for up to 10 s until the count is back near `baseline`).
+fn fds_once_forgotten(pid: u32, baseline: usize) -> usize {
+    let start = Instant::now();
+    let mut after = fd_count(pid);
+    while after > baseline + 2 && start.elapsed() < Duration::from_secs(10) {
+        drop_caches();
+        thread::sleep(Duration::from_millis(200));
+        after = fd_count(pid);
+    }
+    after
+}
+
 fn soft_nofile_limit() -> u64 {
     let text = fs::read_to_string("/proc/self/limits").unwrap_or_default();
     text.lines()
@@ -870,13 +883,7 @@ fn emfile_server_under_nofile_256_stays_up_and_does_not_leak() {
         d.log()
     );
     // Back to the baseline once the kernel forgets the inodes.
-    let start = Instant::now();
-    let mut after = fd_count(pid);
-    while after > baseline + 2 && start.elapsed() < Duration::from_secs(10) {
-        drop_caches();
-        thread::sleep(Duration::from_millis(200));
-        after = fd_count(pid);
-    }
+    let after = fds_once_forgotten(pid, baseline);
     // Still serving, copy-ups and creates included.
     assert_eq!(ls(&merged.join("dirs/d7")), ["x"]);
     let mut after_errors = Vec::new();
@@ -1100,13 +1107,7 @@ fn a_removed_dir_stays_usable_from_inside_after_its_fd_was_closed() {
     drop(inside);
     // Its fd goes once the kernel forgets it.
     let _ = fs::remove_dir_all(merged.join("other"));
-    let start = Instant::now();
-    let mut after = fd_count(pid);
-    while after > baseline + 2 && start.elapsed() < Duration::from_secs(10) {
-        drop_caches();
-        thread::sleep(Duration::from_millis(200));
-        after = fd_count(pid);
-    }
+    let after = fds_once_forgotten(pid, baseline);
     let log = d.log();
     let st = d.stop();
     assert_eq!(
