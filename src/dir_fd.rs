@@ -200,23 +200,24 @@ impl DirFd {
         let Some(r) = self.reopenable() else {
             return self.open_fd().ok_or(Errno::EIO);
         };
-        let name = r.place.lock().1.clone();
-        let fd = Self::open_in(parent, &name, &r.pool)?;
-        let ident = match &r.ident {
-            Ident::Ino(..) => {
-                let st = sys::fs::fstat(fd.as_fd())?;
-                Ident::Ino(st.st_dev, st.st_ino)
-            }
-            Ident::Handle(..) => {
-                let (t, h) = sys::fs::name_to_handle(fd.as_fd(), c"", libc::AT_EMPTY_PATH)?;
-                Ident::Handle(t, h)
-            }
-        };
-        if ident != r.ident {
-            // Removed (or, for a lower dir, changed under the mount).
-            return Err(Errno::ESTALE);
+        // Another thread may have opened it meanwhile (a rename's hold does
+        // so before it moves the dir away from the name used here).
+        let opened = || r.slot.lock().fd.clone();
+        if let Some(fd) = opened() {
+            return Ok(fd);
         }
-        let fd = Arc::new(fd);
+        let name = r.place.lock().1.clone();
+        let fd = match Self::open_in(parent, &name, &r.pool).and_then(|fd| {
+            if Self::ident_of(&fd, &r.ident)? == r.ident {
+                Ok(fd)
+            } else {
+                // Removed (or, for a lower dir, changed under the mount).
+                Err(Errno::ESTALE)
+            }
+        }) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => return opened().ok_or(e),
+        };
         {
             let mut slot = r.slot.lock();
             if let Some(have) = &slot.fd {
@@ -226,6 +227,20 @@ impl DirFd {
         }
         r.pool.admit(Arc::downgrade(self));
         Ok(fd)
+    }
+
+    /// The identity of `fd` of the same kind as `like`.
+    fn ident_of(fd: &OwnedFd, like: &Ident) -> Result<Ident> {
+        Ok(match like {
+            Ident::Ino(..) => {
+                let st = sys::fs::fstat(fd.as_fd())?;
+                Ident::Ino(st.st_dev, st.st_ino)
+            }
+            Ident::Handle(..) => {
+                let (t, h) = sys::fs::name_to_handle(fd.as_fd(), c"", libc::AT_EMPTY_PATH)?;
+                Ident::Handle(t, h)
+            }
+        })
     }
 
     /// Opens a dir inside this one.
