@@ -149,9 +149,7 @@ impl DirFd {
     /// Keeps the fd open until the returned guard goes: a rename holds the
     /// dir it moves, so that nothing reopens it by its old name.
     pub fn hold(self: &Arc<Self>) -> Result<Held> {
-        if let Some(r) = self.reopenable() {
-            r.slot.lock().holds += 1;
-        }
+        self.add_hold();
         let held = Held(self.clone());
         self.get()?;
         Ok(held)
@@ -162,10 +160,16 @@ impl DirFd {
     /// can still stat and list it.
     pub fn keep_open(self: &Arc<Self>) -> Result<()> {
         // A hold that is never given back; it goes with the DirFd.
+        self.add_hold();
+        self.get().map(drop)
+    }
+
+    /// Taken before the fd is (re)opened, so the pool cannot close it
+    /// between the two.
+    fn add_hold(&self) {
         if let Some(r) = self.reopenable() {
             r.slot.lock().holds += 1;
         }
-        self.get().map(drop)
     }
 
     /// Records that the dir now is `name` inside `to`.
