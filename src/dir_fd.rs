@@ -34,14 +34,35 @@ enum Kind {
 
 #[derive(Debug)]
 struct Reopenable {
-    /// The parent dir and the name in it.
-    place: Mutex<(Arc<DirFd>, CString)>,
+    place: Mutex<Place>,
     ident: Ident,
     slot: Mutex<Slot>,
     /// Set by each use, cleared by the pool's clock hand: a dir in use
     /// keeps its fd.
     used: AtomicBool,
     pool: Arc<FdPool>,
+}
+
+#[derive(Debug)]
+struct Place {
+    from: Arc<DirFd>,
+    name: CString,
+    /// Counts `moved` calls: a reopen that failed while the dir moved
+    /// tries again at its new place.
+    moves: u64,
+}
+
+/// Why a reopen failed.
+enum Failure {
+    Errno(Errno),
+    /// The dir moved while it was reopened.
+    Moved,
+}
+
+impl From<Errno> for Failure {
+    fn from(e: Errno) -> Failure {
+        Failure::Errno(e)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -109,7 +130,11 @@ impl DirFd {
         pool: &Arc<FdPool>,
     ) -> Arc<DirFd> {
         let dir = Arc::new(DirFd(Kind::Reopenable(Reopenable {
-            place: Mutex::new((from.clone(), name.to_owned())),
+            place: Mutex::new(Place {
+                from: from.clone(),
+                name: name.to_owned(),
+                moves: 0,
+            }),
             ident,
             slot: Mutex::new(Slot {
                 fd: Some(Arc::new(fd)),
@@ -124,24 +149,40 @@ impl DirFd {
 
     /// The fd, reopened if the pool closed it.
     pub fn get(self: &Arc<Self>) -> Result<Arc<OwnedFd>> {
+        // A dir renamed again and again can keep moving under a reopen;
+        // each try sees its latest place.
+        for _ in 0..64 {
+            match self.try_get() {
+                Ok(fd) => return Ok(fd),
+                Err(Failure::Errno(e)) => return Err(e),
+                Err(Failure::Moved) => std::thread::yield_now(),
+            }
+        }
+        Err(Errno::ESTALE)
+    }
+
+    fn try_get(self: &Arc<Self>) -> std::result::Result<Arc<OwnedFd>, Failure> {
         if let Some(fd) = self.open_fd() {
             return Ok(fd);
         }
         // Closed: reopen from the nearest open ancestor down, without
         // recursion (a deep tree's ancestors may all be closed).
-        let mut chain = vec![self.clone()];
+        // (dir, the parent it had when the walk passed it)
+        let mut chain: Vec<(Arc<DirFd>, Arc<DirFd>)> = Vec::new();
+        let mut dir = self.clone();
         let mut fd = loop {
-            let Some(r) = chain.last().and_then(|d| d.reopenable()) else {
-                return Err(Errno::EIO);
+            let Some(r) = dir.reopenable() else {
+                return Err(Errno::EIO.into());
             };
-            let from = r.place.lock().0.clone();
+            let from = r.place.lock().from.clone();
+            chain.push((dir, from.clone()));
             match from.open_fd() {
                 Some(fd) => break fd,
-                None => chain.push(from),
+                None => dir = from,
             }
         };
-        for dir in chain.iter().rev() {
-            fd = dir.reopen_in(&fd)?;
+        for (dir, from) in chain.iter().rev() {
+            fd = dir.reopen_in(&fd, from)?;
         }
         Ok(fd)
     }
@@ -175,7 +216,10 @@ impl DirFd {
     /// Records that the dir now is `name` inside `to`.
     pub fn moved(&self, to: &Arc<DirFd>, name: &CStr) {
         if let Some(r) = self.reopenable() {
-            *r.place.lock() = (to.clone(), name.to_owned());
+            let mut place = r.place.lock();
+            place.from = to.clone();
+            place.name = name.to_owned();
+            place.moves += 1;
         }
     }
 
@@ -199,10 +243,15 @@ impl DirFd {
         }
     }
 
-    /// Opens this (closed) dir again inside `parent`, its parent's fd.
-    fn reopen_in(self: &Arc<Self>, parent: &OwnedFd) -> Result<Arc<OwnedFd>> {
+    /// Opens this (closed) dir again inside `parent`, the fd of `from`,
+    /// which was its parent when `get` walked up.
+    fn reopen_in(
+        self: &Arc<Self>,
+        parent: &OwnedFd,
+        from: &Arc<DirFd>,
+    ) -> std::result::Result<Arc<OwnedFd>, Failure> {
         let Some(r) = self.reopenable() else {
-            return self.open_fd().ok_or(Errno::EIO);
+            return self.open_fd().ok_or(Failure::Errno(Errno::EIO));
         };
         // Another thread may have opened it meanwhile (a rename's hold does
         // so before it moves the dir away from the name used here).
@@ -210,7 +259,13 @@ impl DirFd {
         if let Some(fd) = opened() {
             return Ok(fd);
         }
-        let name = r.place.lock().1.clone();
+        let (name, moves) = {
+            let place = r.place.lock();
+            if !Arc::ptr_eq(&place.from, from) {
+                return Err(Failure::Moved);
+            }
+            (place.name.clone(), place.moves)
+        };
         let fd = match Self::open_in(parent, &name, &r.pool).and_then(|fd| {
             if Self::ident_of(&fd, &r.ident)? == r.ident {
                 Ok(fd)
@@ -220,7 +275,14 @@ impl DirFd {
             }
         }) {
             Ok(fd) => Arc::new(fd),
-            Err(e) => return opened().ok_or(e),
+            Err(e) => {
+                return match opened() {
+                    Some(fd) => Ok(fd),
+                    // A rename took it away from that name meanwhile.
+                    None if r.place.lock().moves != moves => Err(Failure::Moved),
+                    None => Err(Failure::Errno(e)),
+                };
+            }
         };
         {
             let mut slot = r.slot.lock();

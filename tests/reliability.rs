@@ -705,6 +705,12 @@ impl Wrapped {
     /// Our daemon over `lowers` and the fixture's upper, work dir and
     /// mount point, under RLIMIT_NOFILE 256 (soft and hard).
     fn under_nofile_256(fx: &Fixture, lowers: &str) -> Wrapped {
+        Self::over_fixture(&["prlimit", "--nofile=256:256", "--"], fx, lowers)
+    }
+
+    /// Our daemon over `lowers` and the fixture's upper, work dir and
+    /// mount point, started through `wrapper`.
+    fn over_fixture(wrapper: &[&str], fx: &Fixture, lowers: &str) -> Wrapped {
         let merged = fx.merged();
         let args = vec![
             lowers.to_string(),
@@ -714,12 +720,7 @@ impl Wrapped {
             "-o".to_string(),
             format!("workdir={}", fx.work().display()),
         ];
-        Wrapped::start(
-            &["prlimit", "--nofile=256:256", "--"],
-            &args,
-            &merged,
-            &fx.root().join("daemon.log"),
-        )
+        Wrapped::start(wrapper, &args, &merged, &fx.root().join("daemon.log"))
     }
 
     fn pid(&self) -> u32 {
@@ -1121,6 +1122,89 @@ fn a_removed_dir_stays_usable_from_inside_after_its_fd_was_closed() {
     assert!(
         after <= baseline + 2,
         "daemon fds: {baseline} after mounting, {after} once the kernel forgot everything"
+    );
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "daemon exit {st:?}:\n{log}"
+    );
+}
+
+/// Work through open fds of a dir (and of its subdir) while another thread
+/// keeps renaming it, with a dir fd budget of 1 so that its fd is closed
+/// and reopened all the time: no errors, as on the kernel. A reopen that
+/// started at the dir's old place must follow it to the new one.
+#[test]
+fn a_dir_renamed_again_and_again_stays_usable_through_open_fds() {
+    if only_for_ours() {
+        return;
+    }
+    let Some(fx) = Fixture::new() else { return };
+    let l = fx.lower(0);
+    let merged = fx.merged();
+    let lowers = l.root.display().to_string();
+    let mut d = Wrapped::over_fixture(&["env", "UNIONFS_DIR_FDS=1"], &fx, &lowers);
+    fs::create_dir_all(merged.join("D/X/sub")).unwrap();
+    fs::create_dir_all(merged.join("E")).unwrap();
+    for i in 0..20 {
+        fs::create_dir_all(merged.join(format!("other/o{i}"))).unwrap();
+    }
+    let x = File::open(merged.join("D/X")).unwrap();
+    let sub = File::open(merged.join("D/X/sub")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let renamer = {
+        let (m, stop) = (merged.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for (a, b) in [("D/X", "D/Y"), ("D/Y", "E/Z"), ("E/Z", "D/X")] {
+                    if let Err(e) = fs::rename(m.join(a), m.join(b)) {
+                        errors.push(format!("rename {a} {b}: {e}"));
+                    }
+                }
+            }
+            errors
+        })
+    };
+    let lister = {
+        let (m, stop) = (merged.clone(), stop.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for i in 0..20 {
+                    let _ = fs::read_dir(m.join(format!("other/o{i}"))).map(|r| r.count());
+                }
+            }
+        })
+    };
+    let mut errors = BTreeMap::new();
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(3) {
+        i += 1;
+        for (f, tag) in [(&x, "X"), (&sub, "X/sub")] {
+            let at = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+            let n = at.join(format!("n{i}"));
+            let results = [
+                ("mkdir", fs::create_dir(&n)),
+                ("rmdir", fs::remove_dir(&n)),
+                ("list", fs::read_dir(&at).map(drop)),
+                ("fstat", f.metadata().map(drop)),
+            ];
+            for (op, r) in results {
+                if let Err(e) = r {
+                    *errors.entry(format!("{tag} {op}: {e}")).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let rename_errors = renamer.join().unwrap();
+    lister.join().unwrap();
+    drop((x, sub));
+    let log = d.log();
+    let st = d.stop();
+    assert!(
+        errors.is_empty() && rename_errors.is_empty(),
+        "{i} rounds; errors through the fds: {errors:?}; renames: {rename_errors:?}"
     );
     assert!(
         st.is_some_and(|s| s.success()),
