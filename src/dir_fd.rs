@@ -7,8 +7,10 @@
 //! be the same dir: by (st_dev, st_ino) for a lower dir, which never
 //! changes under a mount, and by file handle for an upper dir, whose inode
 //! number a removed dir's successor may reuse. A rename of an upper dir
-//! holds it open (`hold`) until its new place is recorded (`moved`). Layer
-//! roots, and upper dirs on a filesystem without file handles, stay open.
+//! holds it open (`hold`) until its new place is recorded (`moved`), and a
+//! reopen that a rename overtook starts again from the new place. A dir
+//! about to be removed keeps its fd (`keep_open`). Layer roots, and upper
+//! dirs on a filesystem without file handles, stay open.
 
 use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
