@@ -292,15 +292,7 @@ fn read_only_mount_keeps_the_upper_visible() {
         .file("d/fresh", b"fresh")
         .opaque("d");
     let before = snapshot(&fx.upper().root, SnapOpts::with_times());
-    let (lowers, upper, work) = (fx.lowers(), fx.upper().root, fx.work());
-    let m = Mounted::mount_opts(
-        fx.kind,
-        &lowers,
-        Some(&upper),
-        Some(&work),
-        &fx.merged(),
-        "ro",
-    );
+    let m = fx.mount_opts("ro");
     assert_eq!(ls(&m.p("")), ["d", "f", "new"]);
     assert_eq!(ls(&m.p("d")), ["fresh"]);
     assert_eq!(read(&m.p("f")), "upper");

@@ -148,15 +148,7 @@ fn userxattr_refuses_to_follow_redirects() {
         .file("moved/own", b"o")
         .xattr("moved", "user.overlay.redirect", b"/red")
         .file("plain/p", b"p");
-    let (lowers, upper, work) = (fx.lowers(), fx.upper().root, fx.work());
-    let m = Mounted::mount_opts(
-        fx.kind,
-        &lowers,
-        Some(&upper),
-        Some(&work),
-        &fx.merged(),
-        "userxattr",
-    );
+    let m = fx.mount_opts("userxattr");
     assert_errno(
         fs::read_dir(m.p("moved")),
         libc::EPERM,

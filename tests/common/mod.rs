@@ -514,6 +514,19 @@ impl Fixture {
         )
     }
 
+    /// As [`Fixture::mount`], adding `opts` to the `-o` of whichever
+    /// implementation is under test.
+    pub fn mount_opts(&self, opts: &str) -> Mounted {
+        Mounted::mount_opts(
+            self.kind,
+            &self.lowers(),
+            Some(&self.upper().root),
+            Some(&self.work()),
+            &self.merged(),
+            opts,
+        )
+    }
+
     /// Read-only union of the lowers (no upper) at `merged`.
     pub fn mount_ro(&self) -> Mounted {
         let lowers = self.lowers();
