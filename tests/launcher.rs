@@ -355,6 +355,42 @@ fn a_throwaway_upper_is_removed() {
     s.assert_tmp_empty();
 }
 
+/// A launcher killed with SIGKILL cannot clean up. The next run removes
+/// what it left (its throwaway upper too), but not the dir of a live run.
+#[test]
+fn the_next_run_removes_what_a_killed_run_left() {
+    if !environment_ok() {
+        return;
+    }
+    let s = Setup::new();
+    let image = s.image.as_os_str();
+    let (mut live, mut live_out) = start_ready(&mut s.command(&sh_args(
+        &[image],
+        "echo ready; read x; echo alive > /f; cat /f",
+    )));
+    let (mut killed, _) = start_ready(&mut s.command(&sh_args(
+        &[image],
+        "echo data > /scribble; echo ready; read x",
+    )));
+    let left = s.tmp.join(format!("unionfs-run.{}", killed.id()));
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert_eq!(fs::read(left.join("upper/scribble")).unwrap(), b"data\n");
+
+    let o = s.sh("true");
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(!left.exists(), "{} was left", left.display());
+
+    // The live run's dir was kept: its union still works.
+    let live_scratch = s.tmp.join(format!("unionfs-run.{}", live.id()));
+    assert!(live_scratch.join("upper").is_dir());
+    live.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let line = live_out.next().and_then(Result::ok);
+    assert_eq!(line.as_deref(), Some("alive"));
+    assert!(live.wait().unwrap().success());
+    s.assert_tmp_empty();
+}
+
 #[test]
 fn the_default_command_is_the_images_sh() {
     if !environment_ok() {

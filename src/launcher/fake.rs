@@ -21,6 +21,10 @@ pub struct FakeSys {
     /// What `server_exited` answers.
     pub server_status: Option<i32>,
     pub flags_of_mounts: u64,
+    /// What `scratch_dirs` lists.
+    pub scratch_dirs: Vec<PathBuf>,
+    /// Lock files that another process holds.
+    pub busy_locks: Vec<PathBuf>,
 }
 
 impl FakeSys {
@@ -157,6 +161,27 @@ impl Sys for FakeSys {
 
     fn remove_tree(&mut self, path: &Path) -> Result<()> {
         self.record(format!("rm -r({})", path.display()))
+    }
+
+    fn remove_file(&mut self, path: &Path) -> Result<()> {
+        self.record(format!("rm({})", path.display()))
+    }
+
+    fn create_lock(&mut self, path: &Path) -> Result<()> {
+        self.record(format!("create_lock({})", path.display()))
+    }
+
+    fn try_lock(&mut self, path: &Path) -> Result<bool> {
+        self.record(format!("try_lock({})", path.display()))?;
+        Ok(!self.busy_locks.iter().any(|b| b == path))
+    }
+
+    fn unlock(&mut self, path: &Path) {
+        self.calls.push(format!("unlock({})", path.display()));
+    }
+
+    fn scratch_dirs(&mut self, _dir: &Path) -> Vec<PathBuf> {
+        self.scratch_dirs.clone()
     }
 
     fn sleep(&mut self, _d: Duration) {}

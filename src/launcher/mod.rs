@@ -5,7 +5,7 @@
 //! Launcher process (single-threaded until the server is a child):
 //! 1. `check layers`, `scratch dir`: absolute layer paths; a scratch dir in
 //!    $TMPDIR holds the mount point and, without UPPER, a throwaway upper
-//!    and workdir.
+//!    and workdir, and a lock file this process holds while it lives.
 //! 2. `unshare`: a mount namespace, plus a user namespace when not root
 //!    (`open /dev/fuse` first, `id maps` after: the caller becomes uid 0),
 //!    then `make / rslave` before anything is mounted, so nothing leaks out.
@@ -19,8 +19,9 @@
 //!
 //! Back in the launcher: forward SIGINT/SIGTERM/SIGHUP, wait, then stop the
 //! server, unmount the union lazily, remove the scratch dir (and with it a
-//! throwaway upper). Exit status: the command's, 128+N after signal N, 125
-//! for a launcher failure, 126/127 when the command cannot run / is missing.
+//! throwaway upper), then those that killed runs left (their locks are
+//! free). Exit status: the command's, 128+N after signal N, 125 for a
+//! launcher failure, 126/127 when the command cannot run / is missing.
 //!
 //! Every kernel call of these steps goes through the [`seam::Sys`] trait, so
 //! unit tests check the exact order with a recording fake.
@@ -213,13 +214,18 @@ pub fn prepare<S: Sys>(sys: &mut S, config: &Config, host: &Host) -> Result<Plan
     Ok(plan)
 }
 
-/// A fresh `$TMPDIR/unionfs-run.PID[.N]`, private to the caller.
+/// Scratch dirs are `$TMPDIR/unionfs-run.PID[.N]`.
+const SCRATCH_PREFIX: &str = "unionfs-run.";
+/// The file in a scratch dir that its run keeps locked while it lives.
+const SCRATCH_LOCK: &str = "lock";
+
+/// A fresh scratch dir, private to the caller.
 fn make_scratch<S: Sys>(sys: &mut S, host: &Host) -> Result<PathBuf, Error> {
     let mut last = Errno::EEXIST;
     for n in 0..100 {
         let name = match n {
-            0 => format!("unionfs-run.{}", host.pid),
-            n => format!("unionfs-run.{}.{n}", host.pid),
+            0 => format!("{SCRATCH_PREFIX}{}", host.pid),
+            n => format!("{SCRATCH_PREFIX}{}.{n}", host.pid),
         };
         let path = host.tmpdir.join(name);
         match sys.mkdir(&path, 0o700) {
@@ -231,6 +237,18 @@ fn make_scratch<S: Sys>(sys: &mut S, host: &Host) -> Result<PathBuf, Error> {
     Err(Error::Scratch(host.tmpdir.clone(), last))
 }
 
+/// Whether `name` is one that `make_scratch` gives.
+fn is_scratch_name(name: &std::ffi::OsStr) -> bool {
+    let Some(rest) = name.as_bytes().strip_prefix(SCRATCH_PREFIX.as_bytes()) else {
+        return false;
+    };
+    let parts: Vec<&[u8]> = rest.split(|&b| b == b'.').collect();
+    parts.len() <= 2
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))
+}
+
 type Layout = (PathBuf, Option<PathBuf>, bool);
 
 /// The mount point, and a throwaway upper and workdir when no UPPER is given.
@@ -240,6 +258,10 @@ fn fill_scratch<S: Sys>(
     upper: Option<PathBuf>,
     work: Option<PathBuf>,
 ) -> Result<Layout, Error> {
+    // Locked before `merged` exists: a sweep leaves a dir without it alone.
+    let lock = scratch.join(SCRATCH_LOCK);
+    sys.create_lock(&lock)
+        .map_err(|e| Error::Scratch(lock.clone(), e))?;
     let mut mkdir = |name: &str, mode| {
         let p = scratch.join(name);
         sys.mkdir(&p, mode)
@@ -373,8 +395,40 @@ pub fn remove_scratch<S: Sys>(sys: &mut S, plan: &Plan) {
             }
         }
     }
+    let _ = sys.remove_file(&plan.scratch.join(SCRATCH_LOCK));
     if let Err(e) = sys.remove_dir(&plan.scratch) {
         log::warn!("removing {}: {e}", plan.scratch.display());
+    }
+}
+
+/// Removes the scratch dirs of runs that were killed before they could
+/// (SIGKILL, OOM): those whose lock no process holds. A live run holds its
+/// lock from before its `merged` dir exists to its exit, so a dir without
+/// `merged` may be a run still setting up, and one without a lock file may
+/// be a live run of an older unionfs-run: both are left alone.
+pub fn sweep_stale_scratch<S: Sys>(sys: &mut S, tmpdir: &Path) {
+    for dir in sys.scratch_dirs(tmpdir) {
+        let lock = dir.join(SCRATCH_LOCK);
+        if !matches!(sys.try_lock(&lock), Ok(true)) {
+            continue;
+        }
+        // rmdir first, as in remove_scratch: never walk into a mount.
+        let merged = dir.join("merged");
+        if sys.entry(&merged) == seam::Entry::Dir && sys.remove_dir(&merged).is_ok() {
+            let mut result = Ok(());
+            for name in ["upper", "work"] {
+                let p = dir.join(name);
+                if sys.entry(&p) == seam::Entry::Dir {
+                    result = result.and(sys.remove_tree(&p));
+                }
+            }
+            let result = result.and(sys.remove_file(&lock)).and(sys.remove_dir(&dir));
+            match result {
+                Ok(()) => log::info!("removed {}, left by a killed run", dir.display()),
+                Err(e) => log::warn!("removing {}, left by a killed run: {e}", dir.display()),
+            }
+        }
+        sys.unlock(&lock);
     }
 }
 
@@ -398,6 +452,7 @@ pub fn run(config: &Config) -> Result<i32, Error> {
         }
     }
     remove_scratch(&mut sys, &plan);
+    sweep_stale_scratch(&mut sys, &host.tmpdir);
     result
 }
 

@@ -133,6 +133,17 @@ pub trait Sys {
     fn remove_dir(&mut self, path: &Path) -> Result<()>;
     /// Removes a tree (the throwaway upper or workdir, which hold no mounts).
     fn remove_tree(&mut self, path: &Path) -> Result<()>;
+    fn remove_file(&mut self, path: &Path) -> Result<()>;
+    /// Creates the file `path`, which must not exist, and locks it for the
+    /// rest of this process's life (children do not inherit the lock's fd).
+    fn create_lock(&mut self, path: &Path) -> Result<()>;
+    /// Locks an existing lock file without waiting, until [`Sys::unlock`];
+    /// false while another process holds it.
+    fn try_lock(&mut self, path: &Path) -> Result<bool>;
+    fn unlock(&mut self, path: &Path);
+    /// The scratch dirs in `dir` (`unionfs-run.*`, real dirs) that belong to
+    /// the effective uid.
+    fn scratch_dirs(&mut self, dir: &Path) -> Vec<PathBuf>;
     fn sleep(&mut self, d: Duration);
 }
 
@@ -149,6 +160,8 @@ fn cstr(s: &str) -> Result<CString> {
 pub struct RealSys {
     server: Option<Child>,
     id_helper: Option<(i32, OwnedFd)>,
+    /// Lock files held, by path: the open file holds the flock.
+    locks: Vec<(PathBuf, File)>,
 }
 
 /// Runs newuidmap then newgidmap for `target`; true when both succeed.
@@ -380,6 +393,54 @@ impl Sys for RealSys {
 
     fn remove_tree(&mut self, path: &Path) -> Result<()> {
         Ok(std::fs::remove_dir_all(path)?)
+    }
+
+    fn remove_file(&mut self, path: &Path) -> Result<()> {
+        Ok(std::fs::remove_file(path)?)
+    }
+
+    fn create_lock(&mut self, path: &Path) -> Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        if !sys::fs::try_lock_exclusive(file.as_fd())? {
+            return Err(Errno::EAGAIN);
+        }
+        self.locks.push((path.to_path_buf(), file));
+        Ok(())
+    }
+
+    fn try_lock(&mut self, path: &Path) -> Result<bool> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        let locked = sys::fs::try_lock_exclusive(file.as_fd())?;
+        if locked {
+            self.locks.push((path.to_path_buf(), file));
+        }
+        Ok(locked)
+    }
+
+    fn unlock(&mut self, path: &Path) {
+        self.locks.retain(|(p, _)| p != path);
+    }
+
+    fn scratch_dirs(&mut self, dir: &Path) -> Vec<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let uid = sys::proc::geteuid();
+        entries
+            .flatten()
+            .filter(|e| super::is_scratch_name(&e.file_name()))
+            .map(|e| e.path())
+            .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == uid))
+            .collect()
     }
 
     fn sleep(&mut self, d: Duration) {

@@ -1,5 +1,7 @@
 //! Step order, checked on the recording fake (no root needed).
 
+use std::ffi::OsStr;
+
 use super::fake::FakeSys;
 use super::userns::IdRange;
 use super::*;
@@ -84,6 +86,7 @@ fn root_run_follows_the_steps_in_order() {
 
     let mut want = vec![
         "mkdir(/t/unionfs-run.7, 700)",
+        "create_lock(/t/unionfs-run.7/lock)",
         "mkdir(/t/unionfs-run.7/merged, 755)",
         "mkdir(/t/unionfs-run.7/upper, 755)",
         "mkdir(/t/unionfs-run.7/work, 700)",
@@ -100,6 +103,7 @@ fn root_run_follows_the_steps_in_order() {
         "rmdir(/t/unionfs-run.7/merged)",
         "rm -r(/t/unionfs-run.7/upper)",
         "rm -r(/t/unionfs-run.7/work)",
+        "rm(/t/unionfs-run.7/lock)",
         "rmdir(/t/unionfs-run.7)",
     ]);
     assert_eq!(sys.calls, want);
@@ -114,6 +118,7 @@ fn a_given_upper_is_kept() {
         sys.calls,
         [
             "mkdir(/t/unionfs-run.7, 700)",
+            "create_lock(/t/unionfs-run.7/lock)",
             "mkdir(/t/unionfs-run.7/merged, 755)"
         ]
     );
@@ -137,6 +142,7 @@ fn a_given_upper_is_kept() {
             "stop_server",
             "umount(/t/unionfs-run.7/merged, DETACH)",
             "rmdir(/t/unionfs-run.7/merged)",
+            "rm(/t/unionfs-run.7/lock)",
             "rmdir(/t/unionfs-run.7)",
         ]
     );
@@ -160,6 +166,76 @@ fn a_taken_scratch_name_gets_a_suffix() {
     let plan =
         prepare(&mut sys, &config(Some("/u")), &host(Mode::Root)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(plan.scratch, PathBuf::from("/t/unionfs-run.7.1"));
+}
+
+/// Only dirs whose lock is free and whose run got as far as `merged` go;
+/// a live run's (lock held), one still setting up (no `merged`) and one of
+/// an older launcher (no lock file) stay.
+#[test]
+fn a_sweep_removes_only_scratch_dirs_of_dead_runs() {
+    let dir = |n: u32| PathBuf::from(format!("/t/unionfs-run.{n}"));
+    let mut sys = FakeSys {
+        scratch_dirs: vec![dir(5), dir(6), dir(8), dir(9)],
+        busy_locks: vec![dir(6).join("lock")],
+        missing: vec![dir(8).join("merged")],
+        ..FakeSys::default()
+    }
+    .fail("try_lock(/t/unionfs-run.9/", Errno::ENOENT);
+    sweep_stale_scratch(&mut sys, Path::new("/t"));
+    assert_eq!(
+        sys.calls,
+        [
+            "try_lock(/t/unionfs-run.5/lock)",
+            "rmdir(/t/unionfs-run.5/merged)",
+            "rm -r(/t/unionfs-run.5/upper)",
+            "rm -r(/t/unionfs-run.5/work)",
+            "rm(/t/unionfs-run.5/lock)",
+            "rmdir(/t/unionfs-run.5)",
+            "unlock(/t/unionfs-run.5/lock)",
+            "try_lock(/t/unionfs-run.6/lock)",
+            "try_lock(/t/unionfs-run.8/lock)",
+            "unlock(/t/unionfs-run.8/lock)",
+            "try_lock(/t/unionfs-run.9/lock)",
+        ]
+    );
+}
+
+/// A dead run's `merged` that is still a mount point somewhere stops the
+/// sweep of that dir before anything in it is removed.
+#[test]
+fn a_sweep_leaves_a_dir_whose_merged_is_busy() {
+    let mut sys = FakeSys {
+        scratch_dirs: vec![PathBuf::from("/t/unionfs-run.5")],
+        ..FakeSys::default()
+    }
+    .fail("rmdir(/t/unionfs-run.5/merged)", Errno(libc::EBUSY));
+    sweep_stale_scratch(&mut sys, Path::new("/t"));
+    assert_eq!(
+        sys.calls,
+        [
+            "try_lock(/t/unionfs-run.5/lock)",
+            "rmdir(/t/unionfs-run.5/merged)",
+            "unlock(/t/unionfs-run.5/lock)",
+        ]
+    );
+}
+
+#[test]
+fn scratch_names_are_the_ones_make_scratch_gives() {
+    for good in ["unionfs-run.7", "unionfs-run.7.1", "unionfs-run.123.99"] {
+        assert!(is_scratch_name(OsStr::new(good)), "{good}");
+    }
+    for bad in [
+        "unionfs-run.",
+        "unionfs-run.7.",
+        "unionfs-run.7.1.2",
+        "unionfs-run.x",
+        "unionfs-run.7.tmp",
+        "unionfs-run7",
+        "other.7",
+    ] {
+        assert!(!is_scratch_name(OsStr::new(bad)), "{bad}");
+    }
 }
 
 #[test]

@@ -319,6 +319,17 @@ pub fn ftruncate(fd: BorrowedFd<'_>, len: i64) -> Result<()> {
     Ok(())
 }
 
+/// Takes an exclusive `flock` on `fd` without waiting: false when another
+/// open file holds it. Released when the last fd of this open file closes.
+pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> Result<bool> {
+    // SAFETY: plain syscall on a valid fd.
+    match check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e == Errno::EAGAIN => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> Result<()> {
     // SAFETY: plain syscalls on a valid fd.
     check(unsafe {
