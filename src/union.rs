@@ -1649,6 +1649,9 @@ impl Union {
         if let Some(r) = &dst_target {
             self.fmt.set_redirect(nfd, &cnew, r)?;
         }
+        // An error of a step after the object moved: reported once the
+        // nodes follow the move.
+        let mut after_move = Ok(());
         if exchange {
             // A pure-upper dir moving into a merged dir must not merge with
             // what lies below its new path (the kernel marks it opaque).
@@ -1691,14 +1694,16 @@ impl Union {
                 // whiteout that landed at the old name.
                 sys::fs::renameat2(pfd, &cold, nfd, &cnew, libc::RENAME_EXCHANGE)?;
                 if !old_needs_whiteout {
-                    sys::fs::unlinkat(pfd, &cold, 0)?;
+                    // The dir has moved; a whiteout left there hides nothing.
+                    if let Err(e) = sys::fs::unlinkat(pfd, &cold, 0) {
+                        log::warn!("rename: removing the whiteout it swapped out: {e}");
+                    }
                 }
             } else if old_needs_whiteout {
                 match sys::fs::renameat2(pfd, &cold, nfd, &cnew, libc::RENAME_WHITEOUT) {
                     Ok(()) => {}
                     Err(e) if e == Errno::EPERM || e == Errno::EINVAL => {
-                        sys::fs::renameat2(pfd, &cold, nfd, &cnew, 0)?;
-                        Format::make_whiteout(pfd, &cold)?;
+                        after_move = self.rename_then_whiteout(pfd, &cold, nfd, &cnew)?;
                     }
                     Err(e) => return Err(e),
                 }
@@ -1725,7 +1730,32 @@ impl Union {
         if let Some(dn) = dst_node {
             self.move_node(&dn, &newparent, &cnew, &parent, &cold, &pu);
         }
-        Ok(())
+        after_move
+    }
+
+    /// A rename that leaves a whiteout, on an upper without RENAME_WHITEOUT.
+    /// The whiteout is made first, under a staging name: on an upper that
+    /// cannot hold one the rename fails before anything moved. Err: nothing
+    /// moved; Ok(Err): the object moved, but its old name shows the lower
+    /// object again.
+    fn rename_then_whiteout(
+        &self,
+        pfd: BorrowedFd<'_>,
+        cold: &CStr,
+        nfd: BorrowedFd<'_>,
+        cnew: &CStr,
+    ) -> Result<Result<()>> {
+        let stage = self.stage_dir(pfd);
+        let tmp = self.stage_new(&mut |t| Format::make_whiteout(stage, t))?;
+        if let Err(e) = sys::fs::renameat2(pfd, cold, nfd, cnew, 0) {
+            let _ = sys::fs::unlinkat(stage, &tmp, 0);
+            return Err(e);
+        }
+        Ok(
+            sys::fs::renameat2(stage, &tmp, pfd, cold, 0).inspect_err(|_| {
+                let _ = sys::fs::unlinkat(stage, &tmp, 0);
+            }),
+        )
     }
 
     /// The redirect a lower or merged dir gets when it moves: its name when

@@ -335,3 +335,34 @@ fn rename_upper_dir_over_empty_lower_dir() {
     assert_eq!(ls(&m.p("")), ["empty", "full"]);
     assert_eq!(ls(&m.p("empty")), ["f"]);
 }
+
+/// An upper that cannot hold whiteouts (here another union, which refuses
+/// to make 0/0 devices and has no RENAME_WHITEOUT): renaming a lower file
+/// fails with nothing moved, not with the file under both names.
+#[test]
+fn a_rename_whose_whiteout_the_upper_refuses_moves_nothing() {
+    if only_for_ours() {
+        return;
+    }
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).dir("inner");
+    let inner = fx.mount();
+    let (up, work) = (inner.p("up"), inner.p("work"));
+    fs::create_dir(&up).expect("mkdir up");
+    fs::create_dir(&work).expect("mkdir work");
+    let lower = Layer::new(fx.dir("outer-lower"));
+    lower.file("a", b"A");
+    let outer = Mounted::mount(
+        Impl::Ours,
+        std::slice::from_ref(&lower.root),
+        Some(&up),
+        Some(&work),
+        &fx.dir("outer-merged"),
+    );
+    let err = fs::rename(outer.p("a"), outer.p("b")).expect_err("rename");
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    assert_eq!(ls(&outer.p("")), ["a"]);
+    assert_eq!(read(&outer.p("a")), "A");
+    assert!(!exists(&up.join("b")), "b was made in the upper");
+    drop(outer);
+}
