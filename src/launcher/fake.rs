@@ -167,8 +167,9 @@ impl Sys for FakeSys {
         self.record(format!("rm({})", path.display()))
     }
 
-    fn create_lock(&mut self, path: &Path) -> Result<()> {
-        self.record(format!("create_lock({})", path.display()))
+    fn create_lock(&mut self, path: &Path) -> Result<bool> {
+        self.record(format!("create_lock({})", path.display()))?;
+        Ok(true)
     }
 
     fn try_lock(&mut self, path: &Path) -> Result<bool> {

@@ -260,8 +260,14 @@ fn fill_scratch<S: Sys>(
 ) -> Result<Layout, Error> {
     // Locked before `merged` exists: a sweep leaves a dir without it alone.
     let lock = scratch.join(SCRATCH_LOCK);
-    sys.create_lock(&lock)
-        .map_err(|e| Error::Scratch(lock.clone(), e))?;
+    match sys.create_lock(&lock) {
+        Ok(true) => {}
+        Ok(false) => log::info!(
+            "no file locks in {}: if this run is killed, no later run removes its dir",
+            scratch.display()
+        ),
+        Err(e) => return Err(Error::Scratch(lock, e)),
+    }
     let mut mkdir = |name: &str, mode| {
         let p = scratch.join(name);
         sys.mkdir(&p, mode)

@@ -136,7 +136,9 @@ pub trait Sys {
     fn remove_file(&mut self, path: &Path) -> Result<()>;
     /// Creates the file `path`, which must not exist, and locks it for the
     /// rest of this process's life (children do not inherit the lock's fd).
-    fn create_lock(&mut self, path: &Path) -> Result<()>;
+    /// Ok(false), with the file removed again, where the filesystem has no
+    /// file locks.
+    fn create_lock(&mut self, path: &Path) -> Result<bool>;
     /// Locks an existing lock file without waiting, until [`Sys::unlock`];
     /// false while another process holds it.
     fn try_lock(&mut self, path: &Path) -> Result<bool>;
@@ -399,18 +401,20 @@ impl Sys for RealSys {
         Ok(std::fs::remove_file(path)?)
     }
 
-    fn create_lock(&mut self, path: &Path) -> Result<()> {
+    fn create_lock(&mut self, path: &Path) -> Result<bool> {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
-        if !sys::fs::try_lock_exclusive(file.as_fd())? {
-            return Err(Errno::EAGAIN);
+        if sys::fs::try_lock_exclusive(file.as_fd()) != Ok(true) {
+            // An unlocked lock file would mark a live run as dead.
+            std::fs::remove_file(path)?;
+            return Ok(false);
         }
         self.locks.push((path.to_path_buf(), file));
-        Ok(())
+        Ok(true)
     }
 
     fn try_lock(&mut self, path: &Path) -> Result<bool> {
