@@ -205,10 +205,9 @@ impl Union {
         Ok(h.fd())
     }
 
-    /// fstat through an open file of `node`: `fh` if it is one, else any.
-    pub(crate) fn open_file_stat(&self, node: &Arc<Node>, fh: Option<u64>) -> Result<libc::stat> {
-        let h = fh
-            .and_then(|f| self.files.get(&f).map(|h| h.clone()))
+    /// An open file of `node`: `fh` if it is one, else any.
+    fn open_file_of(&self, node: &Arc<Node>, fh: Option<u64>) -> Result<Arc<FileHandle>> {
+        fh.and_then(|f| self.files.get(&f).map(|h| h.clone()))
             .filter(|h| Arc::ptr_eq(&h.node, node))
             .or_else(|| {
                 self.files
@@ -216,9 +215,33 @@ impl Union {
                     .find(|h| Arc::ptr_eq(&h.node, node))
                     .map(|h| h.clone())
             })
-            .ok_or(Errno::ENOENT)?;
-        let fd = self.current_fd(&h)?;
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// fstat through an open file of `node`: `fh` if it is one, else any.
+    pub(crate) fn open_file_stat(&self, node: &Arc<Node>, fh: Option<u64>) -> Result<libc::stat> {
+        let fd = self.current_fd(&*self.open_file_of(node, fh)?)?;
         sys::fs::fstat(fd.as_fd())
+    }
+
+    /// The object of a file whose last name is gone, through an open file
+    /// of it (`fh` if it is one, else any): the kernel still sends fchmod,
+    /// fchown, futimens, ftruncate and f*xattr of such a file, and flushes
+    /// its times through setattr with the writeback cache. `upper`: only an
+    /// fd of its upper object will do (the change must never reach a
+    /// lower). ENOENT when there is none.
+    pub(crate) fn unlinked_object(
+        &self,
+        node: &Arc<Node>,
+        fh: Option<u64>,
+        upper: bool,
+    ) -> Result<Arc<OwnedFd>> {
+        let h = self.open_file_of(node, fh)?;
+        let fd = self.current_fd(&h)?;
+        if upper && !h.upper.load(Ordering::Acquire) {
+            return Err(Errno::ENOENT);
+        }
+        Ok(fd)
     }
 
     /// Reads up to `size` bytes of open file `fh` at `offset` and hands them,

@@ -915,7 +915,7 @@ impl Union {
         let (dir, name) = if node.is_dir() {
             self.upper_loc(&node)?
         } else {
-            (Arc::new(self.leaf_path_fd(&node)?), CString::default())
+            (self.leaf_object(&node, a.fh, true)?, CString::default())
         };
         let dfd = bfd(&*dir);
         if let Some(size) = a.size {
@@ -962,7 +962,7 @@ impl Union {
                 a.mtime.unwrap_or(Time::Omit),
             )?;
         }
-        self.attr_of(&node).map(|st| self.present(st))
+        self.getattr(ino, a.fh)
     }
 
     /// The set-id bits that a write or truncate by `caller` removes from a
@@ -1858,13 +1858,27 @@ impl Union {
 
     // ----- xattrs ------------------------------------------------------------------
 
-    /// (dir fd, name) addressing a node's top object for the xattr calls.
-    fn xattr_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString)> {
+    /// (dir fd, name) addressing a node's top object for the xattr calls;
+    /// `change`: to set or remove one, which must reach the upper object.
+    fn xattr_loc(&self, node: &Arc<Node>, change: bool) -> Result<(Arc<OwnedFd>, CString)> {
         match node.dir_body() {
             Some(d) => Ok((Self::dir_top(&d)?, CString::default())),
             // Through an fd checked to be this object. For a symlink too:
             // the /proc link of its O_PATH fd lands on the link itself.
-            None => Ok((Arc::new(self.leaf_path_fd(node)?), CString::default())),
+            None => Ok((self.leaf_object(node, None, change)?, CString::default())),
+        }
+    }
+
+    /// An fd of a non-dir node's object, checked to be it; for a file whose
+    /// last name is gone, through an open file of it (see
+    /// [`Union::unlinked_object`]).
+    fn leaf_object(&self, node: &Arc<Node>, fh: Option<u64>, upper: bool) -> Result<Arc<OwnedFd>> {
+        match self.leaf_path_fd(node) {
+            Ok(fd) => Ok(Arc::new(fd)),
+            Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => {
+                self.unlinked_object(node, fh, upper).map_err(|_| e)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -1882,7 +1896,7 @@ impl Union {
 
     pub fn getxattr(&self, ino: u64, key: &OsStr) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
-        let (fd, name) = self.xattr_loc(&node)?;
+        let (fd, name) = self.xattr_loc(&node, false)?;
         let real = self
             .fmt
             .real_xattr(std::os::unix::ffi::OsStrExt::as_bytes(key));
@@ -1892,7 +1906,7 @@ impl Union {
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
-        let (fd, name) = self.xattr_loc(&node)?;
+        let (fd, name) = self.xattr_loc(&node, false)?;
         let mut out = Vec::new();
         for k in sys::xattr::list(bfd(&*fd), &name)? {
             if let Some(v) = self.fmt.visible_xattr(&k) {
@@ -1907,7 +1921,7 @@ impl Union {
         self.require_upper()?;
         let node = self.node(ino)?;
         self.copy_up(&node)?;
-        let (fd, name) = self.xattr_loc(&node)?;
+        let (fd, name) = self.xattr_loc(&node, true)?;
         let real = self
             .fmt
             .real_xattr(std::os::unix::ffi::OsStrExt::as_bytes(key));
@@ -1923,10 +1937,10 @@ impl Union {
             .real_xattr(std::os::unix::ffi::OsStrExt::as_bytes(key));
         let k = CString::new(real).map_err(|_| Errno::EINVAL)?;
         // Removing an absent xattr must not copy up.
-        let (fd, name) = self.xattr_loc(&node)?;
+        let (fd, name) = self.xattr_loc(&node, false)?;
         sys::xattr::get(bfd(&*fd), &name, &k)?;
         self.copy_up(&node)?;
-        let (fd, name) = self.xattr_loc(&node)?;
+        let (fd, name) = self.xattr_loc(&node, true)?;
         sys::xattr::remove(bfd(&*fd), &name, &k)
     }
 }

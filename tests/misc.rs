@@ -8,8 +8,9 @@ use common::*;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
 
 #[test]
 fn statfs_reports_upper_fs() {
@@ -328,6 +329,76 @@ fn open_file_survives_unlink() {
     assert_eq!(lf.metadata().expect("fstat of open lower file").len(), 10);
     assert_whiteout(&m.up("lower"));
     assert!(!exists(&m.up("upper")));
+}
+
+/// The kernel lets ftruncate, fchmod, fchown, futimens, f*xattr, fsync and
+/// close reach a file whose last name is gone: here one made in the upper
+/// and a lower one copied up by its open for writing.
+fn change_unlinked_files_through_their_fds(m: &Mounted) {
+    write(&m.p("upper"), b"upper data");
+    for name in ["upper", "lower"] {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.p(name))
+            .expect("open");
+        fs::remove_file(m.p(name)).expect("unlink");
+        f.write_all_at(b"XY", 0).expect("pwrite");
+        f.set_len(4).expect("ftruncate");
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .expect("fchmod");
+        std::os::unix::fs::fchown(&f, Some(7), Some(8)).expect("fchown");
+        let mtime = UNIX_EPOCH + Duration::new(1000, 5);
+        f.set_times(fs::FileTimes::new().set_modified(mtime))
+            .expect("futimens");
+        sys::fsetxattr(f.as_fd(), "user.k", b"v").expect("fsetxattr");
+        assert_eq!(
+            sys::fgetxattr(f.as_fd(), "user.k").expect("fgetxattr"),
+            b"v"
+        );
+        f.sync_all().expect("fsync");
+        let mut buf = [0u8; 8];
+        assert_eq!(f.read_at(&mut buf, 0).expect("pread"), 4);
+        assert_eq!(&buf[..2], b"XY", "{name}");
+        let md = f.metadata().expect("fstat");
+        assert_eq!(
+            (md.len(), md.mode() & 0o7777, md.uid(), md.gid()),
+            (4, 0o600, 7, 8),
+            "{name}"
+        );
+        assert_eq!(
+            (md.mtime(), md.mtime_nsec(), md.nlink()),
+            (1000, 5, 0),
+            "{name}"
+        );
+        sys::close(f.into()).expect("close");
+    }
+    assert_whiteout(&m.up("lower"));
+    assert!(!exists(&m.up("upper")));
+}
+
+#[test]
+fn an_unlinked_file_changes_through_its_fd() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("lower", b"lower data");
+    change_unlinked_files_through_their_fds(&fx.mount());
+}
+
+/// With the writeback cache the kernel also flushes the times it kept at
+/// fsync and close, as a setattr of the unlinked file.
+#[test]
+fn an_unlinked_file_changes_through_its_fd_with_writeback() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("lower", b"lower data");
+    let m = Mounted::mount_ours_opts(
+        fx.kind,
+        &fx.lowers(),
+        Some(&fx.upper().root),
+        Some(&fx.work()),
+        &fx.merged(),
+        "writeback",
+    );
+    change_unlinked_files_through_their_fds(&m);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Thin wrappers around the few syscalls std does not offer (mknod, xattrs,
 //! renameat2, umount2, utimensat, fallocate, lseek, flock, mmap, statfs,
-//! getdents64, *at calls, kill). This module holds every `unsafe` block of the
+//! getdents64, *at calls, kill, close). This module holds every `unsafe` block of the
 //! test suite; each one is a single libc call on valid, owned arguments.
 
 use std::ffi::{CString, OsStr, OsString};
@@ -83,6 +83,46 @@ pub fn lgetxattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// fsetxattr(2).
+pub fn fsetxattr(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
+    let n = cstr(name);
+    // SAFETY: a valid fd and C string, and a (ptr, len) pair from a live slice.
+    check(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// fgetxattr(2) of a value of at most 256 bytes.
+pub fn fgetxattr(fd: BorrowedFd<'_>, name: &str) -> io::Result<Vec<u8>> {
+    let n = cstr(name);
+    let mut buf = vec![0u8; 256];
+    // SAFETY: a valid fd and C string; `buf` is writable for `buf.len()` bytes.
+    let r = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    buf.truncate(check_size(r)?);
+    Ok(buf)
+}
+
+/// close(2), with its error (dropping a File ignores it).
+pub fn close(fd: OwnedFd) -> io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the fd is owned and given up here, so it is closed once.
+    check(unsafe { libc::close(fd.into_raw_fd()) }).map(drop)
 }
 
 /// llistxattr(2), split into names.
