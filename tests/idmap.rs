@@ -14,14 +14,8 @@ fn id_mappings_apply_in_both_directions() {
     };
     fx.lower(0).file("mine", b"m").file("roots", b"r");
     chown(fx.lower(0).root.join("mine"), Some(1000), Some(1000)).expect("chown fixture");
-    let m = Mounted::mount_ours_opts(
-        Impl::Ours,
-        &fx.lowers(),
-        Some(&fx.upper().root),
-        Some(&fx.work()),
-        &fx.merged(),
-        "uidmapping=:0:1000:1:1:100000:65536,gidmapping=:0:1000:1:1:100000:65536",
-    );
+    let m = fx
+        .mount_ours_opts("uidmapping=:0:1000:1:1:100000:65536,gidmapping=:0:1000:1:1:100000:65536");
     let st = lstat(&m.p("mine"));
     assert_eq!((st.uid(), st.gid()), (0, 0), "stored 1000 shows as 0");
     let st = lstat(&m.p("roots"));

@@ -204,14 +204,7 @@ fn oci_wh_files_are_ordinary_files_with_oci_whiteouts_off() {
     // shows them the same way.
     let Some(fx) = Fixture::new() else { return };
     oci_layers(&fx);
-    let m = Mounted::mount_ours_opts(
-        fx.kind,
-        &fx.lowers(),
-        Some(&fx.upper().root),
-        Some(&fx.work()),
-        &fx.merged(),
-        "oci_whiteouts=off",
-    );
+    let m = fx.mount_ours_opts("oci_whiteouts=off");
     assert_eq!(ls(&m.p("")), [".wh.f", "d", "f"]);
     assert_eq!(ls(&m.p("d")), [".wh..wh..opq", "a", "b"]);
 }

@@ -390,14 +390,7 @@ fn an_unlinked_file_changes_through_its_fd() {
 fn an_unlinked_file_changes_through_its_fd_with_writeback() {
     let Some(fx) = Fixture::new() else { return };
     fx.lower(0).file("lower", b"lower data");
-    let m = Mounted::mount_ours_opts(
-        fx.kind,
-        &fx.lowers(),
-        Some(&fx.upper().root),
-        Some(&fx.work()),
-        &fx.merged(),
-        "writeback",
-    );
+    let m = fx.mount_ours_opts("writeback");
     change_unlinked_files_through_their_fds(&m);
 }
 

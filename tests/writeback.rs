@@ -153,14 +153,7 @@ fn open_fd_of_an_unlinked_lower_file_keeps_its_nlink() {
             return;
         };
         fx.lower(0).file("u/a", b"data");
-        let m = Mounted::mount_ours_opts(
-            kind,
-            &fx.lowers(),
-            Some(&fx.upper().root),
-            Some(&fx.work()),
-            &fx.merged(),
-            "writeback",
-        );
+        let m = fx.mount_ours_opts("writeback");
         let f = fs::File::open(m.p("u/a")).expect("open");
         fs::remove_file(m.p("u/a")).expect("unlink");
         assert_eq!(f.metadata().expect("fstat").nlink(), 1, "{kind:?}");

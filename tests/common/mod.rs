@@ -527,6 +527,19 @@ impl Fixture {
         )
     }
 
+    /// As [`Fixture::mount`], adding `opts` to the `-o` of our binary only
+    /// (options the kernel does not know; ignored when it is under test).
+    pub fn mount_ours_opts(&self, opts: &str) -> Mounted {
+        Mounted::mount_ours_opts(
+            self.kind,
+            &self.lowers(),
+            Some(&self.upper().root),
+            Some(&self.work()),
+            &self.merged(),
+            opts,
+        )
+    }
+
     /// Read-only union of the lowers (no upper) at `merged`.
     pub fn mount_ro(&self) -> Mounted {
         let lowers = self.lowers();
