@@ -36,6 +36,7 @@ impl Errno {
     pub const EOVERFLOW: Errno = Errno(libc::EOVERFLOW);
     pub const ETXTBSY: Errno = Errno(libc::ETXTBSY);
     pub const EMFILE: Errno = Errno(libc::EMFILE);
+    pub const ENOTTY: Errno = Errno(libc::ENOTTY);
 
     /// The calling thread's current errno (EIO if it is somehow zero).
     pub fn last() -> Errno {

@@ -394,6 +394,22 @@ fn an_unlinked_file_changes_through_its_fd_with_writeback() {
     change_unlinked_files_through_their_fds(&m);
 }
 
+/// An ioctl the union does not serve fails with ENOTTY, as on the kernel,
+/// and leaves nothing in the server's log: every isatty() on a file in the
+/// union sends one.
+#[test]
+fn unserved_ioctls_fail_quietly() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("f", b"x");
+    let m = fx.mount();
+    let f = File::open(m.p("f")).expect("open");
+    for _ in 0..3 {
+        let err = sys::tcgetattr(f.as_fd()).expect_err("a file is no terminal");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTTY), "{err}");
+    }
+    assert!(!m.log().contains("ioctl"), "daemon log:\n{}", m.log());
+}
+
 #[test]
 fn parallel_creates_and_unlinks_in_one_dir() {
     let Some(fx) = Fixture::new() else { return };

@@ -118,6 +118,14 @@ pub fn fgetxattr(fd: BorrowedFd<'_>, name: &str) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// tcgetattr(3), the ioctl behind isatty(3).
+pub fn tcgetattr(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: a valid fd and a zeroed termios the call may fill.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `t` outlives the call.
+    check(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }).map(drop)
+}
+
 /// close(2), with its error (dropping a File ignores it).
 pub fn close(fd: OwnedFd) -> io::Result<()> {
     use std::os::fd::IntoRawFd;
