@@ -261,6 +261,7 @@ impl Ready {
 /// Runs `unionfs-fuse` with a parsed and validated config; returns the exit code.
 pub fn run(c: MountConfig) -> i32 {
     sys::proc::raise_nofile_limit();
+    sys::proc::limit_malloc_arenas();
     // Callers' modes arrive already masked by the kernel; apply them exactly.
     sys::proc::set_umask(0);
 
