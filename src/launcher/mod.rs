@@ -31,6 +31,7 @@ pub mod error;
 #[cfg(test)]
 mod fake;
 pub mod process;
+pub mod real;
 pub mod rootfs;
 pub mod seam;
 pub mod userns;
@@ -42,7 +43,8 @@ use std::time::{Duration, Instant};
 
 pub use cli::{Cli, Config};
 pub use error::Error;
-use seam::{Mount, RealSys, Sys};
+use real::RealSys;
+use seam::{Mount, Sys};
 use userns::IdMapping;
 
 use crate::errno::Errno;
