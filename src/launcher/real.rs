@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::seam::{Entry, Mount, Sys};
+use super::image;
+use super::seam::{DirAttrs, Entry, ImageDir, Mount, Sys};
 use super::userns::{self, IdMapping};
 use crate::errno::{Errno, Result};
 use crate::sys;
@@ -30,6 +31,8 @@ pub struct RealSys {
     id_helper: Option<(i32, OwnedFd)>,
     /// Lock files held, by path: the open file holds the flock.
     locks: Vec<(PathBuf, File)>,
+    /// Mount points made in the rootfs, held until exec closes them.
+    mount_points: Vec<OwnedFd>,
 }
 
 /// Runs newuidmap then newgidmap for `target`; true when both succeed.
@@ -62,6 +65,87 @@ impl Sys for RealSys {
             return Err(Errno::ENOTDIR);
         }
         Ok(p)
+    }
+
+    fn canonical(&mut self, path: &Path) -> Result<(PathBuf, bool)> {
+        let p = std::fs::canonicalize(path)?;
+        let dir = std::fs::metadata(&p)?.is_dir();
+        Ok((p, dir))
+    }
+
+    fn write_new_file(&mut self, path: &Path, data: &str, mode: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        f.write_all(data.as_bytes())?;
+        // Exactly `mode`, whatever the umask.
+        Ok(f.set_permissions(std::fs::Permissions::from_mode(mode))?)
+    }
+
+    fn set_attrs(&mut self, path: &Path, attrs: &DirAttrs) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        match std::os::unix::fs::lchown(path, Some(attrs.uid), Some(attrs.gid)) {
+            // Rootless: the caller's own dir, shown as root inside.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            r => r?,
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(attrs.mode & 0o7777))?;
+        let (sec, nsec) = attrs.mtime;
+        let when = std::time::UNIX_EPOCH
+            + Duration::from_secs(sec.max(0) as u64)
+            + Duration::from_nanos(nsec.clamp(0, 999_999_999) as u64);
+        let dir = File::open(path)?;
+        Ok(dir.set_times(std::fs::FileTimes::new().set_modified(when))?)
+    }
+
+    fn image_dir(&mut self, lowers: &[PathBuf], path: &str) -> Result<Vec<ImageDir>> {
+        image::image_dir(lowers, path)
+    }
+
+    fn read_in_root(&mut self, root: &Path, path: &Path) -> Result<Option<String>> {
+        image::read_in_root(root, path)
+    }
+
+    fn mount_point(&mut self, root: &Path, dst: &Path, file: bool) -> Result<PathBuf> {
+        use std::os::fd::AsRawFd;
+        let fd = image::mount_point(root, dst, file)?;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        self.mount_points.push(fd);
+        Ok(path)
+    }
+
+    fn bind(&mut self, source: &Path, target: &Path, read_only: bool) -> Result<()> {
+        log::debug!(
+            "bind({}, {}, {})",
+            source.display(),
+            target.display(),
+            if read_only { "ro" } else { "rw" }
+        );
+        sys::container::bind_tree(&cpath(source)?, &cpath(target)?, read_only)
+    }
+
+    fn sethostname(&mut self, name: &str) -> Result<()> {
+        sys::container::sethostname(name.as_bytes())
+    }
+
+    fn loopback_up(&mut self) -> Result<()> {
+        sys::container::loopback_up()
+    }
+
+    fn set_identity(&mut self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Result<()> {
+        sys::container::set_identity(uid, gid, groups)
+    }
+
+    fn chdir(&mut self, dir: &Path) -> Result<()> {
+        sys::ns::chdir(&cpath(dir)?)
+    }
+
+    fn rename(&mut self, from: &Path, to: &Path) -> Result<()> {
+        Ok(std::fs::rename(from, to)?)
     }
 
     fn entry(&mut self, path: &Path) -> Entry {
@@ -237,7 +321,7 @@ impl Sys for RealSys {
         sys::ns::set_no_new_privs()
     }
 
-    fn exec(&mut self, argv: &[OsString]) -> Errno {
+    fn exec(&mut self, argv: &[OsString], env: &[(OsString, OsString)]) -> Errno {
         let Ok(args) = argv
             .iter()
             .map(|a| CString::new(a.as_bytes()))
@@ -251,6 +335,16 @@ impl Sys for RealSys {
             .and_then(|()| sys::ns::default_disposition(libc::SIGPIPE));
         if let Err(e) = reset {
             return e;
+        }
+        // This process is a forked, single-threaded child: nothing else
+        // reads the environment while it changes. execvp looks up the
+        // command with the new PATH.
+        let old: Vec<OsString> = std::env::vars_os().map(|(k, _)| k).collect();
+        for k in old {
+            std::env::remove_var(k);
+        }
+        for (k, v) in env {
+            std::env::set_var(k, v);
         }
         sys::ns::execvp(&args)
     }

@@ -70,6 +70,8 @@ pub fn clone_names(flags: i32) -> String {
         (libc::CLONE_NEWUSER, "NEWUSER"),
         (libc::CLONE_NEWNS, "NEWNS"),
         (libc::CLONE_NEWPID, "NEWPID"),
+        (libc::CLONE_NEWUTS, "NEWUTS"),
+        (libc::CLONE_NEWNET, "NEWNET"),
     ]
     .iter()
     .filter(|(bit, _)| flags & bit != 0)
@@ -86,10 +88,51 @@ pub enum Entry {
     Other,
 }
 
+/// The attributes an init-layer dir copies from the image's dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirAttrs {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// (seconds, nanoseconds)
+    pub mtime: (i64, i64),
+}
+
+/// One dir of a path resolved in the image; `attrs` None where the image
+/// lacks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageDir {
+    pub name: String,
+    pub attrs: Option<DirAttrs>,
+}
+
 pub trait Sys {
     /// The absolute, symlink-free form of `path`, which must be a directory.
     fn canonical_dir(&mut self, path: &Path) -> Result<PathBuf>;
+    /// The absolute, symlink-free form of `path`, and whether it is a dir.
+    fn canonical(&mut self, path: &Path) -> Result<(PathBuf, bool)>;
     fn entry(&mut self, path: &Path) -> Entry;
+    /// Creates `path`, which must not exist, holding `data`, with `mode`.
+    fn write_new_file(&mut self, path: &Path, data: &str, mode: u32) -> Result<()>;
+    /// Gives the dir `path` these mode, owner (where allowed) and mtime.
+    fn set_attrs(&mut self, path: &Path, attrs: &DirAttrs) -> Result<()>;
+    /// Where `path` resolves in the union of `lowers` (see `image::image_dir`).
+    fn image_dir(&mut self, lowers: &[PathBuf], path: &str) -> Result<Vec<ImageDir>>;
+    /// A file of the rootfs at `root`, read without leaving it; None if missing.
+    fn read_in_root(&mut self, root: &Path, path: &Path) -> Result<Option<String>>;
+    /// Makes `dst` a mount point inside `root` (see `image::mount_point`);
+    /// returns a path naming it that a mount may follow.
+    fn mount_point(&mut self, root: &Path, dst: &Path, file: bool) -> Result<PathBuf>;
+    /// Binds `source` with its submounts onto `target`, read-only throughout
+    /// with `read_only`.
+    fn bind(&mut self, source: &Path, target: &Path, read_only: bool) -> Result<()>;
+    fn sethostname(&mut self, name: &str) -> Result<()>;
+    /// Brings up `lo` in the current network namespace.
+    fn loopback_up(&mut self) -> Result<()>;
+    /// Switches to `uid`/`gid`, and to `groups` when given.
+    fn set_identity(&mut self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Result<()>;
+    fn chdir(&mut self, dir: &Path) -> Result<()>;
+    fn rename(&mut self, from: &Path, to: &Path) -> Result<()>;
     fn mkdir(&mut self, path: &Path, mode: u32) -> Result<()>;
     /// Creates an empty file to bind a device onto.
     fn create_file(&mut self, path: &Path) -> Result<()>;
@@ -121,8 +164,9 @@ pub trait Sys {
     /// chroot into `new_root`, cwd at its `/`.
     fn chroot(&mut self, new_root: &Path) -> Result<()>;
     fn set_no_new_privs(&mut self) -> Result<()>;
-    /// Replaces the process with `argv` (PATH lookup); returns only on error.
-    fn exec(&mut self, argv: &[OsString]) -> Errno;
+    /// Replaces the process with `argv` (PATH lookup in `env`), with
+    /// exactly the environment `env`; returns only on error.
+    fn exec(&mut self, argv: &[OsString], env: &[(OsString, OsString)]) -> Errno;
     fn remove_dir(&mut self, path: &Path) -> Result<()>;
     /// Removes a tree (the throwaway upper or workdir, which hold no mounts).
     fn remove_tree(&mut self, path: &Path) -> Result<()>;

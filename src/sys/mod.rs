@@ -4,6 +4,7 @@
 //! server, and returns our errno-carrying [`Result`](crate::errno::Result).
 #![allow(unsafe_code)]
 
+pub mod container;
 pub mod dir;
 pub mod fs;
 pub mod ns;
