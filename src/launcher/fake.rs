@@ -138,6 +138,10 @@ impl Sys for FakeSys {
         self.record(format!("chdir({})", dir.display()))
     }
 
+    fn chmod(&mut self, path: &Path, mode: u32) -> Result<()> {
+        self.record(format!("chmod({}, {mode:o})", path.display()))
+    }
+
     fn rename(&mut self, from: &Path, to: &Path) -> Result<()> {
         self.record(format!("rename({}, {})", from.display(), to.display()))
     }

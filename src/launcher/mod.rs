@@ -229,7 +229,7 @@ fn server_argv(server: &Path, lowers: &[PathBuf], plan: &Plan, opts: &[String]) 
 }
 
 /// A given UPPER or work dir: missing with an existing parent, it is made
-/// (by the caller, 0755 less the umask).
+/// (by the caller, mode 0755).
 fn given_dir<S: Sys>(sys: &mut S, role: &str, p: &Path) -> Result<PathBuf, Error> {
     let fail = |e| Error::Layers(PathBuf::from(format!("{role} {}", p.display())), e);
     match sys.canonical_dir(p) {
@@ -238,6 +238,8 @@ fn given_dir<S: Sys>(sys: &mut S, role: &str, p: &Path) -> Result<PathBuf, Error
             sys.canonical_dir(parent.unwrap_or(Path::new(".")))
                 .map_err(fail)?;
             sys.mkdir(p, 0o755).map_err(fail)?;
+            // 0755 whatever the umask: the server and the command reach it.
+            sys.chmod(p, 0o755).map_err(fail)?;
             log::info!("created {role} {}", p.display());
             sys.canonical_dir(p).map_err(fail)
         }

@@ -144,6 +144,14 @@ impl Sys for RealSys {
         sys::ns::chdir(&cpath(dir)?)
     }
 
+    fn chmod(&mut self, path: &Path, mode: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        Ok(std::fs::set_permissions(
+            path,
+            std::fs::Permissions::from_mode(mode),
+        )?)
+    }
+
     fn rename(&mut self, from: &Path, to: &Path) -> Result<()> {
         Ok(std::fs::rename(from, to)?)
     }

@@ -133,6 +133,7 @@ pub trait Sys {
     fn set_identity(&mut self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Result<()>;
     fn chdir(&mut self, dir: &Path) -> Result<()>;
     fn rename(&mut self, from: &Path, to: &Path) -> Result<()>;
+    fn chmod(&mut self, path: &Path, mode: u32) -> Result<()>;
     fn mkdir(&mut self, path: &Path, mode: u32) -> Result<()>;
     /// Creates an empty file to bind a device onto.
     fn create_file(&mut self, path: &Path) -> Result<()>;

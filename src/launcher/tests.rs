@@ -604,7 +604,10 @@ fn a_missing_upper_is_created_and_a_missing_bind_source_is_an_option_error() {
     // The fake's canonical_dir keeps failing for a missing path: the error
     // after the mkdir shows that the mkdir came first.
     let err = prepare(&mut sys, &config(Some("/new-upper")), &host(Mode::Root)).err();
-    assert_eq!(sys.calls, ["mkdir(/new-upper, 755)"]);
+    assert_eq!(
+        sys.calls,
+        ["mkdir(/new-upper, 755)", "chmod(/new-upper, 755)"]
+    );
     assert_eq!(err.map(|e| e.step()), Some("check layers"));
 
     let mut sys = FakeSys {
