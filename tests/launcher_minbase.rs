@@ -61,7 +61,11 @@ fn minbase() -> Option<PathBuf> {
     if done.exists() {
         return Some(cache);
     }
-    if Command::new("debootstrap").arg("--version").output().is_err() {
+    if Command::new("debootstrap")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         skip_or_fail("no debootstrap (apt-get install debootstrap)");
         return None;
     }
@@ -76,7 +80,10 @@ fn minbase() -> Option<PathBuf> {
         .unwrap();
     if !o.status.success() {
         let _ = fs::remove_dir_all(&partial);
-        skip_or_fail(&format!("debootstrap {suite} {uri} failed: {}", describe(&o)));
+        skip_or_fail(&format!(
+            "debootstrap {suite} {uri} failed: {}",
+            describe(&o)
+        ));
         return None;
     }
     fs::write(partial.join(".unionfs-test-complete"), "").unwrap();
@@ -111,7 +118,18 @@ fn a_debian_minbase_rootfs_gets_hosts_and_dns_and_apt_get_update_works() {
     let image = rootfs.to_str().unwrap();
     let script = "cat /etc/hosts; echo --; cat /etc/hostname; echo --; \
                   cat /etc/resolv.conf; echo --; hostname";
-    let o = run(&tmp, &["--hostname", "minbase", image, "--", "/bin/sh", "-c", script]);
+    let o = run(
+        &tmp,
+        &[
+            "--hostname",
+            "minbase",
+            image,
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let out = stdout(&o);
     let parts: Vec<&str> = out.split("--\n").collect();
@@ -134,7 +152,10 @@ fn a_debian_minbase_rootfs_gets_hosts_and_dns_and_apt_get_update_works() {
         return;
     }
     let upper = dir.mkdir("upper");
-    let o = run(&tmp, &[image, upper.to_str().unwrap(), "--", "apt-get", "update"]);
+    let o = run(
+        &tmp,
+        &[image, upper.to_str().unwrap(), "--", "apt-get", "update"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let out = stdout(&o);
     assert!(out.contains(name), "apt-get reached {name}: {out}");
