@@ -18,11 +18,10 @@ use crate::node::{Body, DirBody, LayerDir, LeafBody, Node, NodeTable, State};
 use crate::sys;
 use crate::sys::fs::{bfd, Time};
 
-/// A hook that invalidates the kernel's cached attributes of an inode.
-pub type Invalidator = Box<dyn Fn(u64) + Send + Sync>;
+mod types;
 
-/// The FUSE root inode number.
-pub const ROOT_INO: u64 = 1;
+pub(crate) use types::Resolved;
+pub use types::{Caller, Entry, Invalidator, Options, SetAttr, ROOT_INO};
 
 /// From this many lower layers on, a dir's lower parts keep their name
 /// lists, so a lookup skips the layers without the name instead of probing.
@@ -69,62 +68,6 @@ impl Want {
 /// Whether a dir's lower parts keep their name lists (see `MANY_LOWERS`).
 fn merges_many(d: &DirBody) -> bool {
     d.lowers.len() >= MANY_LOWERS
-}
-
-/// Mount-wide behaviour switches.
-#[derive(Clone, Debug)]
-pub struct Options {
-    pub userxattr: bool,
-    pub oci_whiteouts: bool,
-    pub volatile: bool,
-    pub redirect_dir: bool,
-    pub uid_map: crate::idmap::IdMap,
-    pub gid_map: crate::idmap::IdMap,
-}
-
-/// Who is asking: the caller's fsuid/fsgid and pid as FUSE reports them
-/// (pid 0: unknown).
-#[derive(Clone, Copy, Debug)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: u32,
-    /// For a create: the caller's umask, which the server applies unless
-    /// the new object's upper parent has a default ACL (the filesystem then
-    /// derives the mode from the ACL, as for the kernel). 0 elsewhere.
-    pub umask: u32,
-}
-
-/// A node handed to the kernel: its number, generation and attributes.
-#[derive(Clone, Debug)]
-pub struct Entry {
-    pub ino: u64,
-    pub generation: u64,
-    pub attr: libc::stat,
-    pub node: Arc<Node>,
-}
-
-/// Attribute changes requested by setattr.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SetAttr {
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub size: Option<u64>,
-    pub atime: Option<Time>,
-    pub mtime: Option<Time>,
-    pub fh: Option<u64>,
-}
-
-/// What a name resolves to across the layers.
-#[derive(Clone, Debug)]
-pub(crate) struct Resolved {
-    pub kind: u32,
-    pub st: libc::stat,
-    pub ino: u64,
-    pub body: Body,
-    /// The name also exists (unhidden) in a lower layer below the top object.
-    pub lower_present: bool,
 }
 
 pub struct Union {
