@@ -19,12 +19,10 @@
 )]
 
 pub mod adapter;
-pub mod copy_up;
 pub mod dir_fd;
 pub mod errno;
 pub mod format;
 pub mod handles;
-pub mod hardlinks;
 pub mod idmap;
 pub mod launcher;
 pub mod layer;

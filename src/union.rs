@@ -18,6 +18,8 @@ use crate::node::{Body, DirBody, LayerDir, LeafBody, Node, NodeTable, State};
 use crate::sys;
 use crate::sys::fs::{bfd, Time};
 
+mod copy_up;
+mod hardlinks;
 mod types;
 
 pub(crate) use types::Resolved;
@@ -85,7 +87,7 @@ pub struct Union {
     invalidator: parking_lot::RwLock<Option<Invalidator>>,
     /// Per lower layer: multiply-linked inodes and their names (lazy).
     pub(crate) link_maps:
-        parking_lot::Mutex<std::collections::HashMap<usize, Arc<crate::hardlinks::LinkMap>>>,
+        parking_lot::Mutex<std::collections::HashMap<usize, Arc<hardlinks::LinkMap>>>,
     /// The kernel's writeback cache is on (see `real_file_flags`).
     writeback: AtomicBool,
     /// Bounds the open fds of layer dirs.

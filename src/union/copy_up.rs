@@ -11,13 +11,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::Union;
 use crate::dir_fd::DirFd;
 use crate::errno::{Errno, Result};
 use crate::format::Format;
 use crate::node::{Body, LayerDir, Node};
 use crate::sys;
 use crate::sys::fs::{bfd, Time};
-use crate::union::Union;
 
 const CHUNK: usize = 1 << 20;
 

@@ -8,12 +8,12 @@ use std::ffi::{CStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use super::Union;
 use crate::errno::{Errno, Result};
 use crate::format::cname;
 use crate::node::{Body, Node};
 use crate::sys;
 use crate::sys::fs::bfd;
-use crate::union::Union;
 
 /// Lower inode number -> the paths (as components) of its names in a layer.
 pub type LinkMap = HashMap<u64, Vec<Vec<OsString>>>;
