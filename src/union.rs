@@ -12,16 +12,19 @@ use dashmap::DashMap;
 use crate::dir_fd::{DirFd, FdPool};
 use crate::errno::{Errno, Result};
 use crate::format::{cname, EntryKind, Format, Opacity, Redirect};
-use crate::handles::{DirHandle, FileHandle};
 use crate::layers::Layers;
 use crate::node::{Body, DirBody, LayerDir, LeafBody, Node, NodeTable, State};
 use crate::sys;
 use crate::sys::fs::{bfd, Time};
 
 mod copy_up;
+mod files;
 mod hardlinks;
+mod readdir;
 mod types;
 
+use files::FileHandle;
+use readdir::DirHandle;
 pub(crate) use types::Resolved;
 pub use types::{Caller, Entry, Invalidator, Options, SetAttr, ROOT_INO};
 
@@ -1466,11 +1469,6 @@ impl Union {
                 st.name = n;
             }
         }
-    }
-
-    /// Whether a merged directory shows no entries.
-    pub(crate) fn merged_is_empty(&self, d: &DirBody) -> Result<bool> {
-        Ok(self.merged_entries(d, true)?.is_empty())
     }
 
     // ----- rename ----------------------------------------------------------------
