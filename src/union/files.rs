@@ -61,11 +61,6 @@ impl Union {
         Some((h.fd(), h.upper.load(Ordering::Acquire), h.node.generation))
     }
 
-    /// Whether the file behind `fd` has a set-id bit.
-    pub fn file_is_setid(&self, fd: &OwnedFd) -> bool {
-        sys::fs::fstat(fd.as_fd()).is_ok_and(|st| st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0)
-    }
-
     fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {
         self.files.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)
     }
@@ -304,16 +299,6 @@ impl Union {
         }
         let h = self.file(fh)?;
         sys::fs::fsync(h.fd().as_fd(), datasync)
-    }
-
-    /// Drops the set-id bits a change of open file `h` by `caller` removes.
-    /// The kernel's cached mode would still show them (after a write it only
-    /// refetches times and size), so the node's attributes are invalidated.
-    fn drop_setid_of(&self, h: &FileHandle, caller: &Caller, incapable: bool) -> Result<()> {
-        if self.drop_setid(h.fd().as_fd(), caller, incapable)? {
-            self.attributes_changed(h.node.ino);
-        }
-        Ok(())
     }
 
     /// fallocate(2) for `caller`, who may drop set-id bits as by a write
