@@ -25,6 +25,7 @@ mod install;
 mod lookup;
 mod readdir;
 mod setid;
+mod staging;
 mod types;
 
 use files::FileHandle;
@@ -177,90 +178,6 @@ impl Union {
         } else {
             Err(Errno::EROFS)
         }
-    }
-
-    /// Called once the kernel agreed to cache writes (FUSE_WRITEBACK_CACHE).
-    pub fn use_writeback_cache(&self) {
-        self.writeback.store(true, Ordering::Relaxed);
-    }
-
-    pub(crate) fn writeback(&self) -> bool {
-        self.writeback.load(Ordering::Relaxed)
-    }
-
-    /// The flags a regular file is really opened with for an open with
-    /// `flags`. With the writeback cache the kernel reads around a partial
-    /// page write through whatever file is open (also a write-only one),
-    /// and it places appends itself: its writes carry their offsets.
-    pub(crate) fn real_file_flags(&self, flags: i32) -> i32 {
-        if !self.writeback() {
-            return flags;
-        }
-        let f = flags & !libc::O_APPEND;
-        if f & libc::O_ACCMODE == libc::O_WRONLY {
-            (f & !libc::O_ACCMODE) | libc::O_RDWR
-        } else {
-            f
-        }
-    }
-
-    /// A fresh temporary name for staging an object before it is renamed
-    /// into place.
-    pub(crate) fn tmp_name(&self) -> CString {
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        CString::new(format!("#ufs{:x}.{:x}", sys::proc::getpid(), n)).unwrap_or_default()
-    }
-
-    /// Runs `create` (which makes a staging object) with fresh temporary
-    /// names until one is free, and returns it. A taken name is skipped,
-    /// never touched:
-    /// without a work dir, callers can make such names in an upper dir, and
-    /// a crashed server with the same pid may have left one.
-    pub(crate) fn stage_new(&self, create: &mut dyn FnMut(&CStr) -> Result<()>) -> Result<CString> {
-        for _ in 0..16 {
-            let tmp = self.tmp_name();
-            match create(&tmp) {
-                Err(e) if e == Errno::EEXIST => {
-                    // Names near a taken one may be taken too: jump away.
-                    self.tmp_counter
-                        .fetch_add(sys::proc::random_u64() >> 16, Ordering::Relaxed);
-                }
-                r => return r.map(|()| tmp),
-            }
-        }
-        Err(Errno::EEXIST)
-    }
-
-    /// Where to stage objects destined for `target` (an upper dir): the work
-    /// dir when there is one, else the target dir itself.
-    pub(crate) fn stage_dir<'a>(&'a self, target: BorrowedFd<'a>) -> BorrowedFd<'a> {
-        self.layers.work().unwrap_or(target)
-    }
-
-    /// Removes a staged object after a failure.
-    pub(crate) fn discard_staged(&self, dir: BorrowedFd<'_>, name: &CStr) {
-        if sys::fs::unlinkat(dir, name, 0).is_err() {
-            let _ = self.clear_whiteouts_at(dir, name);
-            let _ = sys::fs::unlinkat(dir, name, libc::AT_REMOVEDIR);
-        }
-    }
-
-    /// Deletes the whiteouts inside upper dir `dir/name` so it can be removed.
-    pub(crate) fn clear_whiteouts_at(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
-        let d = sys::fs::openat(
-            dir,
-            name,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )?;
-        for e in sys::dir::read_all(d.as_fd())? {
-            let c = cname(&e.name)?;
-            let st = sys::fs::lstatat(d.as_fd(), &c)?;
-            if Format::is_whiteout_stat(&st) {
-                sys::fs::unlinkat(d.as_fd(), &c, 0)?;
-            }
-        }
-        Ok(())
     }
 
     /// Runs `build` to create an object named `name` in parent's upper dir,

@@ -343,4 +343,29 @@ impl Union {
         let n = sys::fs::copy_file_range(fi.as_fd(), &mut a, fo.as_fd(), &mut b, len)?;
         Ok(n as u32)
     }
+
+    /// Called once the kernel agreed to cache writes (FUSE_WRITEBACK_CACHE).
+    pub fn use_writeback_cache(&self) {
+        self.writeback.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn writeback(&self) -> bool {
+        self.writeback.load(Ordering::Relaxed)
+    }
+
+    /// The flags a regular file is really opened with for an open with
+    /// `flags`. With the writeback cache the kernel reads around a partial
+    /// page write through whatever file is open (also a write-only one),
+    /// and it places appends itself: its writes carry their offsets.
+    pub(crate) fn real_file_flags(&self, flags: i32) -> i32 {
+        if !self.writeback() {
+            return flags;
+        }
+        let f = flags & !libc::O_APPEND;
+        if f & libc::O_ACCMODE == libc::O_WRONLY {
+            (f & !libc::O_ACCMODE) | libc::O_RDWR
+        } else {
+            f
+        }
+    }
 }
