@@ -72,3 +72,59 @@ impl Union {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::os::unix::fs::{symlink, MetadataExt};
+    use std::sync::atomic::Ordering;
+
+    use crate::layers::Layers;
+    use crate::sys;
+    use crate::union::{Options, Union, ROOT_INO};
+
+    /// Without a work dir, staging names live in the upper dir, where a
+    /// caller may have made them first: copy-up skips them, and the files
+    /// there stay as they were.
+    #[test]
+    fn copy_up_skips_taken_staging_names() {
+        let root = std::env::temp_dir().join(format!("ufs-stage-{}", std::process::id()));
+        let (lower, upper) = (root.join("lower"), root.join("upper"));
+        std::fs::create_dir_all(lower.join("d")).unwrap();
+        std::fs::create_dir_all(&upper).unwrap();
+        symlink("target", lower.join("d/link")).unwrap();
+        let layers = Layers::new(
+            Some(crate::layers::open_dir(&upper).unwrap()),
+            vec![crate::layers::open_dir(&lower).unwrap()],
+            None,
+        )
+        .unwrap();
+        let opts = Options {
+            userxattr: false,
+            oci_whiteouts: false,
+            volatile: true,
+            redirect_dir: false,
+            uid_map: Default::default(),
+            gid_map: Default::default(),
+        };
+        let u = Union::new(layers, opts).unwrap();
+        u.tmp_counter.store(0, Ordering::Relaxed);
+        let pid = sys::proc::getpid();
+        let taken: Vec<String> = (0..40).map(|n| format!("#ufs{pid:x}.{n:x}")).collect();
+        for t in &taken {
+            std::fs::write(upper.join(t), b"mine").unwrap();
+        }
+        let d = u.lookup(ROOT_INO, OsStr::new("d")).unwrap();
+        let link = u.lookup(d.ino, OsStr::new("link")).unwrap();
+        u.copy_up(&link.node).unwrap();
+        for t in &taken {
+            assert_eq!(std::fs::read(upper.join(t)).unwrap(), b"mine", "{t}");
+        }
+        assert_eq!(
+            std::fs::read_link(upper.join("d/link")).unwrap().to_str(),
+            Some("target")
+        );
+        assert!(std::fs::symlink_metadata(upper.join("d")).unwrap().ino() != 0);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
