@@ -33,16 +33,16 @@ mod xattr;
 use files::FileHandle;
 use readdir::DirHandle;
 pub use setid::raises_privileges;
-pub(crate) use types::Resolved;
+use types::Resolved;
 pub use types::{Caller, Entry, Invalidator, Options, SetAttr, ROOT_INO};
 
 pub struct Union {
-    pub(crate) layers: Layers,
-    pub(crate) fmt: Format,
-    pub(crate) opts: Options,
-    pub(crate) nodes: NodeTable,
-    pub(crate) files: DashMap<u64, Arc<FileHandle>>,
-    pub(crate) dirs: DashMap<u64, Arc<DirHandle>>,
+    layers: Layers,
+    fmt: Format,
+    opts: Options,
+    nodes: NodeTable,
+    files: DashMap<u64, Arc<FileHandle>>,
+    dirs: DashMap<u64, Arc<DirHandle>>,
     next_fh: AtomicU64,
     tmp_counter: AtomicU64,
     root: Arc<Node>,
@@ -50,12 +50,11 @@ pub struct Union {
     /// Tells the kernel to drop its cached attributes of an inode.
     invalidator: parking_lot::RwLock<Option<Invalidator>>,
     /// Per lower layer: multiply-linked inodes and their names (lazy).
-    pub(crate) link_maps:
-        parking_lot::Mutex<std::collections::HashMap<usize, Arc<hardlinks::LinkMap>>>,
+    link_maps: parking_lot::Mutex<std::collections::HashMap<usize, Arc<hardlinks::LinkMap>>>,
     /// The kernel's writeback cache is on (see `real_file_flags`).
     writeback: AtomicBool,
     /// Bounds the open fds of layer dirs.
-    pub(crate) dir_fds: Arc<FdPool>,
+    dir_fds: Arc<FdPool>,
 }
 
 fn kind_of(st: &libc::stat) -> u32 {
@@ -149,7 +148,7 @@ impl Union {
 
     /// The kernel's cached attributes of `ino` are stale (the server changed
     /// something the kernel did not ask for).
-    pub(crate) fn attributes_changed(&self, ino: u64) {
+    fn attributes_changed(&self, ino: u64) {
         if let Some(f) = &*self.invalidator.read() {
             f(ino);
         }
@@ -159,11 +158,11 @@ impl Union {
         self.layers.has_upper
     }
 
-    pub(crate) fn next_fh(&self) -> u64 {
+    fn next_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) fn node(&self, ino: u64) -> Result<Arc<Node>> {
+    fn node(&self, ino: u64) -> Result<Arc<Node>> {
         if ino == ROOT_INO {
             return Ok(self.root.clone());
         }

@@ -15,7 +15,7 @@ use super::{Caller, SetAttr, Union};
 
 impl Union {
     /// Where a non-dir lives right now: (layer dir fd, name).
-    pub(crate) fn leaf_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString)> {
+    pub(super) fn leaf_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString)> {
         let st = node.state.read();
         match &st.body {
             Body::Leaf(l) => {
@@ -31,12 +31,12 @@ impl Union {
     }
 
     /// Whether a non-dir node is still only in a lower layer.
-    pub(crate) fn leaf_is_lower(&self, node: &Node) -> bool {
+    pub(super) fn leaf_is_lower(&self, node: &Node) -> bool {
         matches!(&node.state.read().body, Body::Leaf(l) if l.upper.is_none())
     }
 
     /// The fd of a directory's topmost part.
-    pub(crate) fn dir_top(body: &DirBody) -> Result<Arc<OwnedFd>> {
+    pub(super) fn dir_top(body: &DirBody) -> Result<Arc<OwnedFd>> {
         body.upper
             .as_ref()
             .or(body.lowers.first())
@@ -44,7 +44,7 @@ impl Union {
             .fd()
     }
 
-    pub(crate) fn attr_of(&self, node: &Node) -> Result<libc::stat> {
+    pub(super) fn attr_of(&self, node: &Node) -> Result<libc::stat> {
         let mut st = match node.dir_body() {
             Some(d) => {
                 let mut st = sys::fs::fstat(bfd(&*Self::dir_top(&d)?))?;
@@ -61,7 +61,7 @@ impl Union {
     }
 
     /// The (st_dev, st_ino) a non-dir node stands for.
-    pub(crate) fn leaf_real(&self, node: &Node) -> (u64, u64) {
+    pub(super) fn leaf_real(&self, node: &Node) -> (u64, u64) {
         match &node.state.read().body {
             Body::Leaf(l) => l.real,
             Body::Dir(_) => (0, 0),
@@ -69,7 +69,7 @@ impl Union {
     }
 
     /// An O_PATH fd on a non-dir node's object, checked to be that object.
-    pub(crate) fn leaf_path_fd(&self, node: &Node) -> Result<OwnedFd> {
+    pub(super) fn leaf_path_fd(&self, node: &Node) -> Result<OwnedFd> {
         let (dir, name) = self.leaf_loc(node)?;
         let fd = sys::fs::open_path(bfd(&*dir), &name)?;
         let st = sys::fs::fstat(fd.as_fd())?;
@@ -111,7 +111,7 @@ impl Union {
 
     /// The upper location of a node that is in the upper layer: for a dir,
     /// (its own fd, ""), for a non-dir, (parent upper dir, name).
-    pub(crate) fn upper_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString)> {
+    pub(super) fn upper_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString)> {
         let st = node.state.read();
         match &st.body {
             Body::Dir(d) => Ok((

@@ -27,7 +27,7 @@ fn time_of(sec: i64, nsec: i64) -> Time {
 
 impl Union {
     /// Makes sure `node` (and all its ancestors) exist in the upper layer.
-    pub(crate) fn copy_up(&self, node: &Arc<Node>) -> Result<()> {
+    pub(super) fn copy_up(&self, node: &Arc<Node>) -> Result<()> {
         if node.in_upper() {
             return Ok(());
         }
@@ -280,7 +280,7 @@ impl Union {
 
     /// Records the lower object as the copy's `overlay.origin`, as the kernel
     /// does, so its inode number survives copy-up and remount.
-    pub(crate) fn set_origin(
+    pub(super) fn set_origin(
         &self,
         ldir: BorrowedFd<'_>,
         lname: &CStr,

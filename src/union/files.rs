@@ -34,7 +34,7 @@ impl FileHandle {
 }
 
 impl Union {
-    pub(crate) fn add_file_handle(
+    pub(super) fn add_file_handle(
         &self,
         node: &Arc<Node>,
         fd: OwnedFd,
@@ -152,7 +152,7 @@ impl Union {
     /// Moves the read-only files open on `node` to its new upper copy right
     /// away, so they read the new data even if the name goes away before
     /// their next read (the kernel switches them at copy-up too).
-    pub(crate) fn retarget_readers(&self, node: &Arc<Node>) {
+    pub(super) fn retarget_readers(&self, node: &Arc<Node>) {
         let readers: Vec<Arc<FileHandle>> = self
             .files
             .iter()
@@ -189,7 +189,7 @@ impl Union {
     }
 
     /// fstat through an open file of `node`: `fh` if it is one, else any.
-    pub(crate) fn open_file_stat(&self, node: &Arc<Node>, fh: Option<u64>) -> Result<libc::stat> {
+    pub(super) fn open_file_stat(&self, node: &Arc<Node>, fh: Option<u64>) -> Result<libc::stat> {
         let fd = self.current_fd(&*self.open_file_of(node, fh)?)?;
         sys::fs::fstat(fd.as_fd())
     }
@@ -200,7 +200,7 @@ impl Union {
     /// its times through setattr with the writeback cache. `upper`: only an
     /// fd of its upper object will do (the change must never reach a
     /// lower). ENOENT when there is none.
-    pub(crate) fn unlinked_object(
+    pub(super) fn unlinked_object(
         &self,
         node: &Arc<Node>,
         fh: Option<u64>,
@@ -349,7 +349,7 @@ impl Union {
         self.writeback.store(true, Ordering::Relaxed);
     }
 
-    pub(crate) fn writeback(&self) -> bool {
+    pub(super) fn writeback(&self) -> bool {
         self.writeback.load(Ordering::Relaxed)
     }
 
@@ -357,7 +357,7 @@ impl Union {
     /// `flags`. With the writeback cache the kernel reads around a partial
     /// page write through whatever file is open (also a write-only one),
     /// and it places appends itself: its writes carry their offsets.
-    pub(crate) fn real_file_flags(&self, flags: i32) -> i32 {
+    pub(super) fn real_file_flags(&self, flags: i32) -> i32 {
         if !self.writeback() {
             return flags;
         }

@@ -15,7 +15,7 @@ use super::{is_absent, Entry, Resolved, Union, ROOT_INO};
 
 impl Union {
     /// Builds or refreshes the node for a resolved name, counting one lookup.
-    pub(crate) fn install(&self, parent: &Arc<Node>, name: &OsStr, r: Resolved) -> Result<Entry> {
+    pub(super) fn install(&self, parent: &Arc<Node>, name: &OsStr, r: Resolved) -> Result<Entry> {
         let cn = cname(name)?;
         let kind = r.kind;
         let body = r.body.clone();
@@ -103,7 +103,7 @@ impl Union {
     }
 
     /// The node for a resolved name without counting a kernel lookup.
-    pub(crate) fn install_transient(
+    pub(super) fn install_transient(
         &self,
         parent: &Arc<Node>,
         name: &OsStr,

@@ -66,7 +66,7 @@ impl Union {
     /// Resolves `name` inside a merged dir, top layer first. A lookup treats
     /// an xattr whiteout in a lower layer as a whiteout even outside an
     /// `opaque=x` dir (readdir lists it there), exactly as the kernel does.
-    pub(crate) fn resolve(&self, parent: &DirBody, name: &OsStr) -> Result<Option<Resolved>> {
+    pub(super) fn resolve(&self, parent: &DirBody, name: &OsStr) -> Result<Option<Resolved>> {
         if self.fmt.is_oci_name(name) {
             return Ok(None);
         }
@@ -301,7 +301,7 @@ impl Union {
     /// A dir's number, as the kernel picks it: the topmost lower dir's when
     /// there is no upper dir or the upper dir is a copy-up (has an origin),
     /// else the upper dir's. Copy-up and remount therefore never change it.
-    pub(crate) fn dir_ino(&self, d: &DirBody, top: &libc::stat) -> u64 {
+    pub(super) fn dir_ino(&self, d: &DirBody, top: &libc::stat) -> u64 {
         self.dir_ino_known(d, top, None)
     }
 
@@ -445,7 +445,7 @@ impl Union {
 
     /// Whether `name` exists in a lower layer of `parent` (so deleting or
     /// moving it needs a whiteout).
-    pub(crate) fn lower_has(&self, parent: &DirBody, name: &OsStr) -> Result<bool> {
+    pub(super) fn lower_has(&self, parent: &DirBody, name: &OsStr) -> Result<bool> {
         let cn = cname(name)?;
         for l in &parent.lowers {
             let lfd = l.fd()?;

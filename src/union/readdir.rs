@@ -177,7 +177,7 @@ impl Union {
     /// Merges the name lists of a dir's layers: upper first, each name once,
     /// whiteouts and OCI markers hidden. With `first_only`, stops at the first
     /// visible entry (an emptiness test).
-    pub(crate) fn merged_entries(&self, d: &DirBody, first_only: bool) -> Result<Vec<DirEntry>> {
+    pub(super) fn merged_entries(&self, d: &DirBody, first_only: bool) -> Result<Vec<DirEntry>> {
         let first_lower = self.layers.first_lower();
         // Upper entries of merged or impure dirs may be copy-ups whose number
         // comes from their origin: look those up so d_ino == st_ino.
@@ -251,7 +251,7 @@ impl Union {
     }
 
     /// Whether a merged directory shows no entries.
-    pub(crate) fn merged_is_empty(&self, d: &DirBody) -> Result<bool> {
+    pub(super) fn merged_is_empty(&self, d: &DirBody) -> Result<bool> {
         Ok(self.merged_entries(d, true)?.is_empty())
     }
 }

@@ -48,7 +48,7 @@ impl Union {
     /// Drops what `setid_bits_to_drop` says from the file behind `file` (an
     /// open or O_PATH fd); true if it dropped any. The server writes with
     /// CAP_FSETID, so its own write or truncate would keep them.
-    pub(crate) fn drop_setid(
+    pub(super) fn drop_setid(
         &self,
         file: BorrowedFd<'_>,
         caller: &Caller,

@@ -15,7 +15,7 @@ use super::Union;
 impl Union {
     /// A fresh temporary name for staging an object before it is renamed
     /// into place.
-    pub(crate) fn tmp_name(&self) -> CString {
+    pub(super) fn tmp_name(&self) -> CString {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         CString::new(format!("#ufs{:x}.{:x}", sys::proc::getpid(), n)).unwrap_or_default()
     }
@@ -25,7 +25,7 @@ impl Union {
     /// never touched:
     /// without a work dir, callers can make such names in an upper dir, and
     /// a crashed server with the same pid may have left one.
-    pub(crate) fn stage_new(&self, create: &mut dyn FnMut(&CStr) -> Result<()>) -> Result<CString> {
+    pub(super) fn stage_new(&self, create: &mut dyn FnMut(&CStr) -> Result<()>) -> Result<CString> {
         for _ in 0..16 {
             let tmp = self.tmp_name();
             match create(&tmp) {
@@ -42,12 +42,12 @@ impl Union {
 
     /// Where to stage objects destined for `target` (an upper dir): the work
     /// dir when there is one, else the target dir itself.
-    pub(crate) fn stage_dir<'a>(&'a self, target: BorrowedFd<'a>) -> BorrowedFd<'a> {
+    pub(super) fn stage_dir<'a>(&'a self, target: BorrowedFd<'a>) -> BorrowedFd<'a> {
         self.layers.work().unwrap_or(target)
     }
 
     /// Removes a staged object after a failure.
-    pub(crate) fn discard_staged(&self, dir: BorrowedFd<'_>, name: &CStr) {
+    pub(super) fn discard_staged(&self, dir: BorrowedFd<'_>, name: &CStr) {
         if sys::fs::unlinkat(dir, name, 0).is_err() {
             let _ = self.clear_whiteouts_at(dir, name);
             let _ = sys::fs::unlinkat(dir, name, libc::AT_REMOVEDIR);
@@ -55,7 +55,7 @@ impl Union {
     }
 
     /// Deletes the whiteouts inside upper dir `dir/name` so it can be removed.
-    pub(crate) fn clear_whiteouts_at(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    pub(super) fn clear_whiteouts_at(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
         let d = sys::fs::openat(
             dir,
             name,

@@ -60,7 +60,7 @@ pub struct SetAttr {
 
 /// What a name resolves to across the layers.
 #[derive(Clone, Debug)]
-pub(crate) struct Resolved {
+pub(super) struct Resolved {
     pub kind: u32,
     pub st: libc::stat,
     pub ino: u64,
