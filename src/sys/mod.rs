@@ -21,9 +21,3 @@ fn check<T: PartialEq + From<i8>>(ret: T) -> Result<T> {
         Ok(ret)
     }
 }
-
-/// The calling thread's errno, as a raw number.
-pub(crate) fn last_errno() -> i32 {
-    // SAFETY: __errno_location always returns a valid thread-local pointer.
-    unsafe { *libc::__errno_location() }
-}
