@@ -5,10 +5,10 @@
 //! - `sys`: fd-based syscall wrappers; the only module with `unsafe`.
 //! - `format`: the only module that knows how whiteouts, opaque dirs and
 //!   private xattrs are stored on disk.
-//! - `layers`, `node`: the layer stack and the in-memory inodes.
-//! - `union` (lookup, attributes, namespace changes), `copy_up`, `handles`
-//!   (open files and merged directory listings): the overlay logic, with no
-//!   FUSE types.
+//! - `layers`, `node`, `dir_fd`: the layer stack, the in-memory inodes and
+//!   the bounded pool of layer dir fds.
+//! - `union`: the overlay logic, with no FUSE types, one file per operation
+//!   family under `union/`.
 //! - `adapter`: the only module that imports fuser; it serves `Union` and
 //!   mounts it.
 //! - `options`: command line parsing and directory checks.

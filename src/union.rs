@@ -1,5 +1,14 @@
-//! The union filesystem's operations, with no FUSE types: lookup across
-//! layers, attributes, and every change to the namespace.
+//! The union filesystem's operations, with no FUSE types. `Union` is one
+//! struct whose `impl` blocks live in one child module per operation family:
+//! - `types`: what callers and every family share (`Caller`, `Entry`, ...);
+//! - `lookup`: resolving a name across the layers; `install`: the nodes;
+//! - `attrs`: getattr, setattr, readlink; `setid`: the set-id policy;
+//! - `staging`, `create`, `remove`, `rename`, `xattr`: changes;
+//! - `copy_up`, `hardlinks`: bringing lower objects up;
+//! - `files`: open files; `readdir`: open dirs and the merged listing.
+//!
+//! This file holds the struct, its constructor and the few helpers every
+//! family uses.
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -2,20 +2,53 @@
 //! copy-ups, the move on disk (redirects, opaque marks, the whiteout left
 //! behind) and the nodes following it.
 
-use std::ffi::{CStr, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use crate::dir_fd::Held;
 use crate::errno::{Errno, Result};
 use crate::format::{cname, EntryKind, Format, Redirect};
-use crate::node::{Body, Node};
+use crate::node::{Body, DirBody, LayerDir, Node};
 use crate::sys;
 use crate::sys::fs::bfd;
 
 use super::{is_absent, kind_of, Resolved, Union};
 
+/// What the checks of a rename found, for the phases after them.
+struct Plan<'a> {
+    parent: Arc<Node>,
+    name: &'a OsStr,
+    newparent: Arc<Node>,
+    newname: &'a OsStr,
+    src: Resolved,
+    /// What the new name holds now.
+    dst: Option<Resolved>,
+    exchange: bool,
+    /// The source (or, exchanged, the target) is a dir with lower dirs,
+    /// which records where they are in a redirect.
+    src_redirect: bool,
+    dst_redirect: bool,
+}
+
+/// What the copy-ups left for the move: the objects that move, their
+/// parents' upper dirs, and the names on disk.
+struct Prepared {
+    src_node: Arc<Node>,
+    /// The object that moves the other way (exchange only).
+    dst_node: Option<Arc<Node>>,
+    pu: LayerDir,
+    nu: LayerDir,
+    cold: CString,
+    cnew: CString,
+    /// Dirs that move stay open until their new place is recorded.
+    _held: Vec<Held>,
+}
+
 impl Union {
+    /// Renames in four phases: checks, copy-ups (before any dir lock), the
+    /// move on disk (under the dir locks), and the nodes following it.
     pub fn rename(
         &self,
         parent_ino: u64,
@@ -24,6 +57,27 @@ impl Union {
         newname: &OsStr,
         flags: u32,
     ) -> Result<()> {
+        let Some(plan) = self.rename_check(parent_ino, name, newparent_ino, newname, flags)? else {
+            return Ok(());
+        };
+        let prep = self.rename_prepare(&plan)?;
+        // An error of a step after the object moved: reported once the
+        // nodes follow the move.
+        let after_move = self.rename_on_disk(&plan, &prep)?;
+        self.rename_nodes(&plan, &prep);
+        after_move
+    }
+
+    /// The checks, before anything changes. None: both names are one
+    /// object, and POSIX says do nothing.
+    fn rename_check<'a>(
+        &self,
+        parent_ino: u64,
+        name: &'a OsStr,
+        newparent_ino: u64,
+        newname: &'a OsStr,
+        flags: u32,
+    ) -> Result<Option<Plan<'a>>> {
         self.require_upper()?;
         if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
             return Err(Errno::EINVAL);
@@ -54,8 +108,7 @@ impl Union {
         let mut dst_redirect = false;
         if let Some(d) = &dst {
             if d.ino == src.ino && !exchange {
-                // Two names of one object: POSIX says do nothing.
-                return Ok(());
+                return Ok(None);
             }
             let dst_dir = d.kind == libc::S_IFDIR;
             if exchange {
@@ -77,146 +130,209 @@ impl Union {
                 }
             }
         }
-        // Copy-ups first, before any dir lock.
-        if let Some(d) = dst.as_ref().filter(|_| !exchange) {
+        Ok(Some(Plan {
+            parent,
+            name,
+            newparent,
+            newname,
+            src,
+            dst,
+            exchange,
+            src_redirect,
+            dst_redirect,
+        }))
+    }
+
+    /// The copy-ups, all before any dir lock is taken.
+    fn rename_prepare(&self, p: &Plan<'_>) -> Result<Prepared> {
+        if let Some(d) = p.dst.as_ref().filter(|_| !p.exchange) {
             // Replacing one name of a lower hard link.
-            self.join_lower_links(&newparent, newname, d)?;
+            self.join_lower_links(&p.newparent, p.newname, d)?;
         }
-        let src_node = self.install_transient(&parent, name, &src)?;
+        let src_node = self.install_transient(&p.parent, p.name, &p.src)?;
         self.copy_up(&src_node)?;
-        let dst_node = match &dst {
-            Some(d) if exchange => {
-                let n = self.install_transient(&newparent, newname, d)?;
+        let dst_node = match &p.dst {
+            Some(d) if p.exchange => {
+                let n = self.install_transient(&p.newparent, p.newname, d)?;
                 self.copy_up(&n)?;
                 Some(n)
             }
             _ => None,
         };
-        self.copy_up(&parent)?;
-        self.copy_up(&newparent)?;
-        let pu = Self::dir_body(&parent)?.upper.ok_or(Errno::EIO)?;
-        let nu = Self::dir_body(&newparent)?.upper.ok_or(Errno::EIO)?;
-        let (pfd, nfd) = (pu.fd()?, nu.fd()?);
-        let (pfd, nfd) = (bfd(&pfd), bfd(&nfd));
-        let (cold, cnew) = (cname(name)?, cname(newname)?);
-        // Dirs that move stay open until their new place is recorded.
+        self.copy_up(&p.parent)?;
+        self.copy_up(&p.newparent)?;
+        let pu = Self::dir_body(&p.parent)?.upper.ok_or(Errno::EIO)?;
+        let nu = Self::dir_body(&p.newparent)?.upper.ok_or(Errno::EIO)?;
+        let (cold, cnew) = (cname(p.name)?, cname(p.newname)?);
         let _held = [Some(&src_node), dst_node.as_ref()]
             .into_iter()
             .flatten()
             .filter_map(|n| n.dir_body().and_then(|d| d.upper))
             .map(|u| u.dir.hold())
             .collect::<Result<Vec<_>>>()?;
-        let pbody = Self::dir_body(&parent)?;
-        let nbody = Self::dir_body(&newparent)?;
-        let same = Arc::ptr_eq(&parent, &newparent);
-        let src_target = if src_redirect {
-            Some(self.redirect_for(&src_node, same)?)
+        Ok(Prepared {
+            src_node,
+            dst_node,
+            pu,
+            nu,
+            cold,
+            cnew,
+            _held,
+        })
+    }
+
+    /// The move on disk, under both parents' dir locks: redirects, opaque
+    /// marks, the rename itself and the whiteout it leaves. Err: nothing
+    /// moved; Ok(Err): it moved, but a later step failed.
+    fn rename_on_disk(&self, p: &Plan<'_>, m: &Prepared) -> Result<Result<()>> {
+        let (pfd, nfd) = (m.pu.fd()?, m.nu.fd()?);
+        let (pfd, nfd) = (bfd(&pfd), bfd(&nfd));
+        let (cold, cnew) = (m.cold.as_c_str(), m.cnew.as_c_str());
+        let pbody = Self::dir_body(&p.parent)?;
+        let nbody = Self::dir_body(&p.newparent)?;
+        let same = Arc::ptr_eq(&p.parent, &p.newparent);
+        let src_target = if p.src_redirect {
+            Some(self.redirect_for(&m.src_node, same)?)
         } else {
             None
         };
-        let dst_target = match &dst_node {
-            Some(n) if dst_redirect => Some(self.redirect_for(n, same)?),
+        let dst_target = match &m.dst_node {
+            Some(n) if p.dst_redirect => Some(self.redirect_for(n, same)?),
             _ => None,
         };
 
         let (_g1, _g2) = if same {
-            (Some(parent.dir_lock.lock()), None)
-        } else if parent.ino < newparent.ino {
-            let a = parent.dir_lock.lock();
-            (Some(a), Some(newparent.dir_lock.lock()))
+            (Some(p.parent.dir_lock.lock()), None)
+        } else if p.parent.ino < p.newparent.ino {
+            let a = p.parent.dir_lock.lock();
+            (Some(a), Some(p.newparent.dir_lock.lock()))
         } else {
-            let b = newparent.dir_lock.lock();
-            (Some(parent.dir_lock.lock()), Some(b))
+            let b = p.newparent.dir_lock.lock();
+            (Some(p.parent.dir_lock.lock()), Some(b))
         };
 
         if let Some(r) = &src_target {
-            self.fmt.set_redirect(pfd, &cold, r)?;
+            self.fmt.set_redirect(pfd, cold, r)?;
         }
         if let Some(r) = &dst_target {
-            self.fmt.set_redirect(nfd, &cnew, r)?;
+            self.fmt.set_redirect(nfd, cnew, r)?;
         }
-        // An error of a step after the object moved: reported once the
-        // nodes follow the move.
-        let mut after_move = Ok(());
-        if exchange {
-            // A pure-upper dir moving into a merged dir must not merge with
-            // what lies below its new path (the kernel marks it opaque).
-            if src_dir && !src_redirect && !nbody.lowers.is_empty() {
-                self.fmt.set_opaque(pfd, &cold)?;
-            }
-            let dst_dir = dst.as_ref().is_some_and(|d| d.kind == libc::S_IFDIR);
-            if dst_dir && !dst_redirect && !pbody.lowers.is_empty() {
-                self.fmt.set_opaque(nfd, &cnew)?;
-            }
-            sys::fs::renameat2(pfd, &cold, nfd, &cnew, libc::RENAME_EXCHANGE)?;
+        let after_move = if p.exchange {
+            self.rename_exchanging(p, (pfd, cold, &pbody), (nfd, cnew, &nbody))?;
+            Ok(())
         } else {
-            let old_needs_whiteout = self.lower_has(&pbody, name)?;
-            let dst_upper = match sys::fs::lstatat(nfd, &cnew) {
-                Ok(st) => Some(st),
-                Err(e) if is_absent(e) => None,
-                Err(e) => return Err(e),
-            };
-            let dst_is_whiteout = dst_upper
-                .as_ref()
-                .is_some_and(|st| self.fmt.classify(nfd, &cnew, st, nu.xwh) == EntryKind::Whiteout);
-            let new_has_lower = self.lower_has(&nbody, newname)?;
-            if src_dir {
-                // A moved pure-upper dir must not merge with lower dirs at its
-                // new path; a redirected one merges with its own.
-                if !src_redirect && (new_has_lower || dst_is_whiteout || !nbody.lowers.is_empty()) {
-                    self.fmt.set_opaque(pfd, &cold)?;
-                }
-                if let Some(st) = &dst_upper {
-                    if kind_of(st) == libc::S_IFDIR {
-                        self.clear_whiteouts_at(nfd, &cnew)?;
-                        if let Some(d) = &dst {
-                            self.keep_open_before_removal(d.ino);
-                        }
-                    }
-                }
-            }
-            if src_dir && dst_is_whiteout {
-                // A dir cannot replace a non-dir: swap, then deal with the
-                // whiteout that landed at the old name.
-                sys::fs::renameat2(pfd, &cold, nfd, &cnew, libc::RENAME_EXCHANGE)?;
-                if !old_needs_whiteout {
-                    // The dir has moved; a whiteout left there hides nothing.
-                    if let Err(e) = sys::fs::unlinkat(pfd, &cold, 0) {
-                        log::warn!("rename: removing the whiteout it swapped out: {e}");
-                    }
-                }
-            } else if old_needs_whiteout {
-                match sys::fs::renameat2(pfd, &cold, nfd, &cnew, libc::RENAME_WHITEOUT) {
-                    Ok(()) => {}
-                    Err(e) if e == Errno::EPERM || e == Errno::EINVAL => {
-                        after_move = self.rename_then_whiteout(pfd, &cold, nfd, &cnew)?;
-                    }
-                    Err(e) => return Err(e),
-                }
-            } else {
-                sys::fs::renameat2(pfd, &cold, nfd, &cnew, 0)?;
-            }
-        }
+            self.rename_replacing(p, m, (pfd, &pbody), (nfd, &nbody))?
+        };
         // Entries whose number comes from an origin make the dir impure.
-        if self.fmt.has_origin(nfd, &cnew) || (exchange && self.fmt.has_origin(pfd, &cold)) {
+        if self.fmt.has_origin(nfd, cnew) || (p.exchange && self.fmt.has_origin(pfd, cold)) {
             let _ = self.fmt.set_impure(nfd, c"");
-            if exchange {
+            if p.exchange {
                 let _ = self.fmt.set_impure(pfd, c"");
             }
         }
-        drop((_g1, _g2));
+        Ok(after_move)
+    }
 
-        // Bring the in-memory nodes in line with the new names.
-        if let Some(d) = &dst {
-            if !exchange {
-                self.forget_name(&newparent, &cnew, d.ino);
+    /// The move of RENAME_EXCHANGE: both objects swap places.
+    fn rename_exchanging(
+        &self,
+        p: &Plan<'_>,
+        (pfd, cold, pbody): (BorrowedFd<'_>, &CStr, &DirBody),
+        (nfd, cnew, nbody): (BorrowedFd<'_>, &CStr, &DirBody),
+    ) -> Result<()> {
+        let src_dir = p.src.kind == libc::S_IFDIR;
+        // A pure-upper dir moving into a merged dir must not merge with
+        // what lies below its new path (the kernel marks it opaque).
+        if src_dir && !p.src_redirect && !nbody.lowers.is_empty() {
+            self.fmt.set_opaque(pfd, cold)?;
+        }
+        let dst_dir = p.dst.as_ref().is_some_and(|d| d.kind == libc::S_IFDIR);
+        if dst_dir && !p.dst_redirect && !pbody.lowers.is_empty() {
+            self.fmt.set_opaque(nfd, cnew)?;
+        }
+        sys::fs::renameat2(pfd, cold, nfd, cnew, libc::RENAME_EXCHANGE)
+    }
+
+    /// The move of a rename that is no exchange: the target name, if any,
+    /// is replaced, and the old name gets a whiteout where a lower layer
+    /// still has it. Err: nothing moved; Ok(Err): as `rename_then_whiteout`.
+    fn rename_replacing(
+        &self,
+        p: &Plan<'_>,
+        m: &Prepared,
+        (pfd, pbody): (BorrowedFd<'_>, &DirBody),
+        (nfd, nbody): (BorrowedFd<'_>, &DirBody),
+    ) -> Result<Result<()>> {
+        let (cold, cnew) = (m.cold.as_c_str(), m.cnew.as_c_str());
+        let src_dir = p.src.kind == libc::S_IFDIR;
+        let old_needs_whiteout = self.lower_has(pbody, p.name)?;
+        let dst_upper = match sys::fs::lstatat(nfd, cnew) {
+            Ok(st) => Some(st),
+            Err(e) if is_absent(e) => None,
+            Err(e) => return Err(e),
+        };
+        let dst_is_whiteout = dst_upper
+            .as_ref()
+            .is_some_and(|st| self.fmt.classify(nfd, cnew, st, m.nu.xwh) == EntryKind::Whiteout);
+        let new_has_lower = self.lower_has(nbody, p.newname)?;
+        let mut after_move = Ok(());
+        if src_dir {
+            // A moved pure-upper dir must not merge with lower dirs at its
+            // new path; a redirected one merges with its own.
+            if !p.src_redirect && (new_has_lower || dst_is_whiteout || !nbody.lowers.is_empty()) {
+                self.fmt.set_opaque(pfd, cold)?;
+            }
+            if let Some(st) = &dst_upper {
+                if kind_of(st) == libc::S_IFDIR {
+                    self.clear_whiteouts_at(nfd, cnew)?;
+                    if let Some(d) = &p.dst {
+                        self.keep_open_before_removal(d.ino);
+                    }
+                }
             }
         }
-        self.move_node(&src_node, &parent, &cold, &newparent, &cnew, &nu);
-        if let Some(dn) = dst_node {
-            self.move_node(&dn, &newparent, &cnew, &parent, &cold, &pu);
+        if src_dir && dst_is_whiteout {
+            // A dir cannot replace a non-dir: swap, then deal with the
+            // whiteout that landed at the old name.
+            sys::fs::renameat2(pfd, cold, nfd, cnew, libc::RENAME_EXCHANGE)?;
+            if !old_needs_whiteout {
+                // The dir has moved; a whiteout left there hides nothing.
+                if let Err(e) = sys::fs::unlinkat(pfd, cold, 0) {
+                    log::warn!("rename: removing the whiteout it swapped out: {e}");
+                }
+            }
+        } else if old_needs_whiteout {
+            match sys::fs::renameat2(pfd, cold, nfd, cnew, libc::RENAME_WHITEOUT) {
+                Ok(()) => {}
+                Err(e) if e == Errno::EPERM || e == Errno::EINVAL => {
+                    after_move = self.rename_then_whiteout(pfd, cold, nfd, cnew)?;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            sys::fs::renameat2(pfd, cold, nfd, cnew, 0)?;
         }
-        after_move
+        Ok(after_move)
+    }
+
+    /// Brings the in-memory nodes in line with the new names.
+    fn rename_nodes(&self, p: &Plan<'_>, m: &Prepared) {
+        if let Some(d) = &p.dst {
+            if !p.exchange {
+                self.forget_name(&p.newparent, &m.cnew, d.ino);
+            }
+        }
+        self.move_node(
+            &m.src_node,
+            &p.parent,
+            &m.cold,
+            &p.newparent,
+            &m.cnew,
+            &m.nu,
+        );
+        if let Some(dn) = &m.dst_node {
+            self.move_node(dn, &p.newparent, &m.cnew, &p.parent, &m.cold, &m.pu);
+        }
     }
 
     /// A rename that leaves a whiteout, on an upper without RENAME_WHITEOUT.
