@@ -1,4 +1,4 @@
-//! OCI layers (`unionfs::layer`): an upper written through the union is
+//! OCI layers (`unionfs::oci`): an upper written through the union is
 //! exported as a layer tar, and the tar, used as a new lower on top of the
 //! old lowers, shows exactly what the union showed, both when unpacked by
 //! us (kernel format: char 0/0 whiteouts, opaque xattrs) and when extracted
@@ -16,7 +16,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use unionfs::layer::{self, ExportOptions, LayerError, MtimePolicy, UnpackOptions};
+use unionfs::oci::{self as layer, ExportOptions, LayerError, MtimePolicy, UnpackOptions};
 
 fn export_bytes(upper: &Path, opts: &ExportOptions) -> (Vec<u8>, layer::LayerDigests) {
     let mut out = Vec::new();

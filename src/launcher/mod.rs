@@ -503,11 +503,11 @@ pub fn run_layer_job(job: &LayerJob) -> i32 {
             commit_layer(upper, &out, None)
         }
         LayerJob::Unpack(file, dir, userxattr) => {
-            let opts = crate::layer::UnpackOptions {
+            let opts = crate::oci::UnpackOptions {
                 userxattr: *userxattr,
                 ..Default::default()
             };
-            match crate::layer::unpack_file(file, dir, &opts) {
+            match crate::oci::unpack_file(file, dir, &opts) {
                 Ok(rep) => print_digest(&rep.diff_id.to_string(), false),
                 Err(e) => {
                     eprintln!("unionfs-run: unpack {}: {e}", file.display());
@@ -533,17 +533,17 @@ fn commit_layer(upper: &Path, out: &LayerOut, lowers: Option<&[PathBuf]>) -> Res
         let empty = std::fs::read_dir(upper.join(d)).is_ok_and(|mut r| r.next().is_none());
         let made_by_run = match lowers {
             Some(lowers) => !lowers.iter().any(|l| l.join(d).exists()),
-            None => crate::layer::is_plain_upper_dir(upper, d),
+            None => crate::oci::is_plain_upper_dir(upper, d),
         };
         if empty && made_by_run {
             exclude.push(PathBuf::from(d));
         }
     }
-    let opts = crate::layer::ExportOptions {
+    let opts = crate::oci::ExportOptions {
         userxattr: out.userxattr,
         mtime: out
             .mtime
-            .map(crate::layer::MtimePolicy::Fixed)
+            .map(crate::oci::MtimePolicy::Fixed)
             .unwrap_or_default(),
         gzip: out.gzip,
         exclude,
@@ -551,12 +551,12 @@ fn commit_layer(upper: &Path, out: &LayerOut, lowers: Option<&[PathBuf]>) -> Res
     let to_stdout = out.file.as_os_str() == "-";
     let r = if to_stdout {
         let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-        crate::layer::export(upper, &mut w, &opts).and_then(|d| {
-            std::io::Write::flush(&mut w).map_err(crate::layer::LayerError::Write)?;
+        crate::oci::export(upper, &mut w, &opts).and_then(|d| {
+            std::io::Write::flush(&mut w).map_err(crate::oci::LayerError::Write)?;
             Ok(d)
         })
     } else {
-        crate::layer::export_file(upper, &out.file, &opts)
+        crate::oci::export_file(upper, &out.file, &opts)
     };
     match r {
         // With the layer on stdout, the digest goes to stderr.
