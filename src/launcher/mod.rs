@@ -545,7 +545,11 @@ fn commit_layer(upper: &Path, out: &LayerOut, lowers: Option<&[PathBuf]>) -> Res
             .mtime
             .map(crate::oci::MtimePolicy::Fixed)
             .unwrap_or_default(),
-        gzip: out.gzip,
+        compression: if out.gzip {
+            crate::oci::Compression::Gzip
+        } else {
+            crate::oci::Compression::None
+        },
         exclude,
     };
     let to_stdout = out.file.as_os_str() == "-";
