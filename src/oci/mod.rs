@@ -18,15 +18,19 @@
 //! zstd, with a size cap), `sha256` (over sha2), `export`, `unpack`.
 //! Nothing here needs a mount.
 
+pub mod commit;
 mod compress;
 mod export;
+pub mod layout;
 mod sha256;
+pub mod store;
 mod tar;
 mod unpack;
 
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -253,7 +257,16 @@ pub fn unpack(
     target: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackReport, LayerError> {
-    unpack::unpack(tar, Some(target), opts)
+    unpack::unpack(tar, unpack::Into::Path(target), opts)
+}
+
+/// [`unpack`] into an open dir (any fd on it, `O_PATH` is enough).
+pub fn unpack_at(
+    tar: &mut dyn Read,
+    target: OwnedFd,
+    opts: &UnpackOptions,
+) -> Result<UnpackReport, LayerError> {
+    unpack::unpack(tar, unpack::Into::Fd(target), opts)
 }
 
 /// Reads a layer without writing anything: digests, counts, and every
@@ -266,7 +279,7 @@ pub fn check(tar: &mut dyn Read) -> Result<UnpackReport, LayerError> {
 
 /// [`check`] with the size cap of `opts`.
 pub fn check_with(tar: &mut dyn Read, opts: &UnpackOptions) -> Result<UnpackReport, LayerError> {
-    unpack::unpack(tar, None, opts)
+    unpack::unpack(tar, unpack::Into::Nowhere, opts)
 }
 
 /// [`check`]s the file, then unpacks it into `target` (created if

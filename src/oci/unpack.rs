@@ -69,14 +69,22 @@ impl Read for Peeked<'_> {
     }
 }
 
+/// Where [`unpack`] writes: a dir by path, an open dir, or nowhere (check).
+pub(super) enum Into<'a> {
+    Path(&'a Path),
+    Fd(OwnedFd),
+    Nowhere,
+}
+
 pub(super) fn unpack(
     input: &mut dyn Read,
-    target: Option<&Path>,
+    target: Into<'_>,
     opts: &UnpackOptions,
 ) -> Result<UnpackReport, LayerError> {
     let mut ctx = match target {
-        Some(t) => Some(Target::open(t, opts)?),
-        None => None,
+        Into::Path(t) => Some(Target::open(t, opts)?),
+        Into::Fd(root) => Some(Target::new(root, opts)),
+        Into::Nowhere => None,
     };
     let peeked = Peeked::new(input)?;
     let compression = Compression::sniff(&peeked.head)?;
@@ -317,13 +325,17 @@ impl Target {
                 path: path.display().to_string(),
                 errno,
             })?;
-        Ok(Target {
+        Ok(Target::new(root, opts))
+    }
+
+    fn new(root: OwnedFd, opts: &UnpackOptions) -> Target {
+        Target {
             root,
             fmt: Format::new(opts.userxattr, false),
             same_owner: opts.same_owner,
             xattrs: opts.xattrs,
             dirs: Vec::new(),
-        })
+        }
     }
 
     /// Opens the dir `comps` below the root, one component at a time and
@@ -580,7 +592,7 @@ impl Target {
     }
 }
 
-fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<(), Errno> {
+pub(super) fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<(), Errno> {
     while !data.is_empty() {
         let n = sys::fs::write(fd, data)?;
         if n == 0 {
@@ -592,14 +604,17 @@ fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<(), Errno> {
 }
 
 /// Removes `name` (a dir) and everything below it, through dir fds only.
-fn remove_tree(dir: BorrowedFd<'_>, name: &CString, path: &[u8]) -> Result<(), LayerError> {
-    let fd = sys::fs::openat(
-        dir,
-        name,
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
-    )
-    .map_err(fs_err("open dir", path))?;
+/// Each dir is made 0700 first, so that an unprivileged owner can empty a
+/// dir the layer made read-only.
+pub(super) fn remove_tree(
+    dir: BorrowedFd<'_>,
+    name: &CString,
+    path: &[u8],
+) -> Result<(), LayerError> {
+    let handle = sys::fs::open_dir_path(dir, name).map_err(fs_err("open dir", path))?;
+    let _ = sys::fs::fchmodat(handle.as_fd(), c"", 0o700);
+    let fd = sys::fs::reopen(handle.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+        .map_err(fs_err("open dir", path))?;
     let entries = sys::dir::read_all(fd.as_fd()).map_err(fs_err("getdents", path))?;
     for e in entries {
         let child = [path, b"/", e.name.as_bytes()].concat();
