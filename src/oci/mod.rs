@@ -19,7 +19,7 @@
 //! Nothing here needs a mount.
 
 pub mod commit;
-mod compress;
+pub mod compress;
 mod export;
 pub mod layout;
 mod sha256;
