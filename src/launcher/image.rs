@@ -1,0 +1,292 @@
+//! `--image DIR[:TAG]` and `--commit-image DIR:TAG`: the launcher's glue to
+//! [`crate::oci`]. Before the run (in the launcher, single-threaded, before
+//! any namespace): resolve the image, unpack its missing layers into the
+//! store, record the use, and derive the lowers and the run settings from
+//! the config. After the run (union unmounted): commit the upper as a new
+//! image. Also the store upkeep jobs `--store-ls` and `--store-prune`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::oci::commit::{self, CommitOptions};
+use crate::oci::layout::{Image, Layout, RunConfig};
+use crate::oci::store::{self, Store};
+use crate::oci::Compression;
+
+/// The image options of a command line.
+#[derive(Clone, Debug, Default)]
+pub struct ImageOpts {
+    /// `DIR[:TAG]` to run.
+    pub image: Option<String>,
+    /// `DIR:TAG` to commit the run into.
+    pub commit: Option<String>,
+    /// Commit the layer with zstd instead of gzip.
+    pub zstd: bool,
+    /// The store dir (else the default for the user).
+    pub store: Option<PathBuf>,
+    /// The largest layer tar accepted, in bytes.
+    pub max_layer_size: u64,
+    /// `--entrypoint`: replaces the image's entrypoint (and drops its Cmd).
+    pub entrypoint: Option<String>,
+}
+
+/// An image ready to run: its lowers (top first) and config.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub lowers: Vec<PathBuf>,
+    pub run: RunConfig,
+    layout: Layout,
+    image: Image,
+}
+
+/// Splits `DIR[:TAG]` at its last colon; a colon inside the dir path
+/// (a `/` after it) is not a tag.
+pub fn split_ref(s: &str) -> (PathBuf, Option<String>) {
+    match s.rsplit_once(':') {
+        Some((dir, tag)) if !dir.is_empty() && !tag.is_empty() && !tag.contains('/') => {
+            (PathBuf::from(dir), Some(tag.to_string()))
+        }
+        _ => (PathBuf::from(s), None),
+    }
+}
+
+/// Parses a size: bytes, or with a K, M, G or T suffix (powers of 1024,
+/// an optional `i`/`iB`/`B` after it).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .or_else(|| t.strip_suffix('i'))
+        .unwrap_or(t);
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{s:?}: unknown size suffix {c:?} (K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (a number of bytes, or with K, M, G, T)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// The store dir: `--store`, else the default for this user.
+pub fn store_dir(
+    given: Option<&Path>,
+    euid: u32,
+    xdg: Option<&Path>,
+    home: Option<&Path>,
+) -> PathBuf {
+    given
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| store::default_dir(euid, xdg, home))
+}
+
+/// Opens the store of this run's mode: rootless runs read `user.overlay.*`.
+pub fn open_store(dir: &Path, rootless: bool) -> Result<Store, String> {
+    Store::open(dir, rootless).map_err(|e| format!("layer store {}: {e}", dir.display()))
+}
+
+/// Resolves `--image`, makes sure every layer is in the store, and
+/// records the use.
+pub fn resolve(image_ref: &str, store: &Store, max_layer_size: u64) -> Result<Resolved, String> {
+    let (dir, tag) = split_ref(image_ref);
+    let fail = |e: crate::oci::layout::ImageError| format!("image {image_ref}: {e}");
+    let layout = Layout::open(&dir).map_err(fail)?;
+    let image = layout.image(tag.as_deref()).map_err(fail)?;
+    let lowers = store
+        .lowers(&layout, &image, max_layer_size)
+        .map_err(fail)?;
+    if let Err(e) = store.record_use(&layout, tag.as_deref(), &image) {
+        log::warn!("recording the use of {image_ref} in the store: {e}");
+    }
+    Ok(Resolved {
+        lowers,
+        run: image.run.clone(),
+        layout,
+        image,
+    })
+}
+
+/// The command to run, by podman's rules: the entrypoint (`--entrypoint`
+/// replaces the image's, and then the image's Cmd is dropped) followed by
+/// the given command, else the image's Cmd. Empty: the launcher's default.
+pub fn command(run: &RunConfig, entrypoint: Option<&str>, given: &[OsString]) -> Vec<OsString> {
+    let entry: Vec<OsString> = match entrypoint {
+        Some("") => Vec::new(),
+        Some(e) => vec![OsString::from(e)],
+        None => run.entrypoint.iter().map(OsString::from).collect(),
+    };
+    let args: Vec<OsString> = if !given.is_empty() {
+        given.to_vec()
+    } else if entrypoint.is_some() {
+        Vec::new()
+    } else {
+        run.cmd.iter().map(OsString::from).collect()
+    };
+    entry.into_iter().chain(args).collect()
+}
+
+/// `created_by` of the history entry: the command, shell-quoted enough to
+/// read.
+fn created_by(command: &[OsString]) -> String {
+    let words: Vec<String> = command
+        .iter()
+        .map(|w| {
+            let w = w.to_string_lossy();
+            if !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,".contains(&b))
+            {
+                w.into_owned()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect();
+    format!("unionfs-run {}", words.join(" "))
+}
+
+/// Commits the finished `upper` of a run of `base` into `DIR:TAG`.
+/// Prints the new manifest's digest.
+pub fn commit_image(
+    target_ref: &str,
+    base: &Resolved,
+    upper: &Path,
+    opts: &ImageOpts,
+    userxattr: bool,
+    exclude: Vec<PathBuf>,
+    command: &[OsString],
+) -> Result<(), String> {
+    let (dir, tag) = split_ref(target_ref);
+    let Some(tag) = tag else {
+        return Err(format!("--commit-image {target_ref}: name a tag (DIR:TAG)"));
+    };
+    let fail = |e: crate::oci::layout::ImageError| format!("commit to {target_ref}: {e}");
+    let target = Layout::open_or_create(&dir).map_err(fail)?;
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let copts = CommitOptions {
+        compression: if opts.zstd {
+            Compression::Zstd
+        } else {
+            Compression::Gzip
+        },
+        userxattr,
+        exclude,
+        mtime: crate::oci::MtimePolicy::Clamp(created),
+        created,
+        created_by: created_by(command),
+    };
+    let done =
+        commit::commit(&base.layout, &base.image, upper, &target, &tag, &copts).map_err(fail)?;
+    println!("{}", done.manifest.digest);
+    Ok(())
+}
+
+/// `--store-ls` / `--store-prune`; returns the exit code.
+pub fn store_job(store: &Store, prune: bool) -> i32 {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if prune {
+        return match store.prune() {
+            Ok(removed) => {
+                for d in removed {
+                    let _ = writeln!(out, "removed {d}");
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("unionfs-run: --store-prune {}: {e}", store.dir.display());
+                super::error::EXIT_LAUNCHER
+            }
+        };
+    }
+    match store.list() {
+        Ok(layers) => {
+            let _ = writeln!(out, "{:<71} {:>12}  USED BY", "LAYER (diff_id)", "SIZE");
+            for l in layers {
+                let users = if l.users.is_empty() {
+                    "-".to_string()
+                } else {
+                    l.users.join(", ")
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<71} {:>12}  {users}",
+                    l.diff_id.to_string(),
+                    l.bytes
+                );
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("unionfs-run: --store-ls {}: {e}", store.dir.display());
+            super::error::EXIT_LAUNCHER
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn a_ref_splits_at_the_last_colon_outside_the_path() {
+        assert_eq!(
+            split_ref("img:v1"),
+            (PathBuf::from("img"), Some("v1".into()))
+        );
+        assert_eq!(split_ref("/a:b/img"), (PathBuf::from("/a:b/img"), None));
+        assert_eq!(split_ref("/x/img"), (PathBuf::from("/x/img"), None));
+        assert_eq!(split_ref("img:"), (PathBuf::from("img:"), None));
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("64G").unwrap(), 64 << 30);
+        assert_eq!(parse_size("2MiB").unwrap(), 2 << 20);
+        assert_eq!(parse_size("3k").unwrap(), 3 << 10);
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn the_command_follows_podman_rules_for_entrypoint_and_cmd() {
+        let run = RunConfig {
+            entrypoint: vec!["/e".into()],
+            cmd: vec!["c1".into(), "c2".into()],
+            ..Default::default()
+        };
+        assert_eq!(command(&run, None, &[]), os(&["/e", "c1", "c2"]));
+        assert_eq!(command(&run, None, &os(&["x"])), os(&["/e", "x"]));
+        assert_eq!(command(&run, Some("/n"), &[]), os(&["/n"]));
+        assert_eq!(command(&run, Some("/n"), &os(&["x"])), os(&["/n", "x"]));
+        assert_eq!(command(&run, Some(""), &os(&["x"])), os(&["x"]));
+        assert!(command(&RunConfig::default(), None, &[]).is_empty());
+    }
+
+    #[test]
+    fn created_by_quotes_what_needs_it() {
+        assert_eq!(
+            created_by(&os(&["sh", "-c", "echo hi > /f"])),
+            "unionfs-run sh -c 'echo hi > /f'"
+        );
+    }
+}
