@@ -30,7 +30,7 @@ pub mod cli;
 pub mod error;
 #[cfg(test)]
 mod fake;
-pub mod image;
+pub mod oci_image;
 pub mod process;
 pub mod rootfs;
 pub mod seam;
