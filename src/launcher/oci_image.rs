@@ -39,12 +39,23 @@ pub struct Resolved {
     image: Image,
 }
 
-/// Splits `DIR[:TAG]` at its last colon; a colon inside the dir path
-/// (a `/` after it) is not a tag.
+/// Splits `DIR[:TAG]`: at the first colon whose left side is an existing
+/// dir (so both a dir with a colon in its name and a tag with colons,
+/// `localhost/app:1` as podman writes it, work), else at the first colon.
 pub fn split_ref(s: &str) -> (PathBuf, Option<String>) {
-    match s.rsplit_once(':') {
-        Some((dir, tag)) if !dir.is_empty() && !tag.is_empty() && !tag.contains('/') => {
-            (PathBuf::from(dir), Some(tag.to_string()))
+    let colons: Vec<usize> = s.match_indices(':').map(|(i, _)| i).collect();
+    let at = colons
+        .iter()
+        .copied()
+        .find(|&i| i > 0 && Path::new(&s[..i]).is_dir())
+        .or_else(|| {
+            (!Path::new(s).is_dir())
+                .then(|| colons.first().copied())
+                .flatten()
+        });
+    match at {
+        Some(i) if i > 0 && i + 1 < s.len() => {
+            (PathBuf::from(&s[..i]), Some(s[i + 1..].to_string()))
         }
         _ => (PathBuf::from(s), None),
     }
@@ -246,14 +257,21 @@ mod tests {
     }
 
     #[test]
-    fn a_ref_splits_at_the_last_colon_outside_the_path() {
+    fn a_ref_splits_after_an_existing_dir_else_at_the_first_colon() {
+        let t = std::env::temp_dir().join(format!("ufs-ref-test.{}", std::process::id()));
+        std::fs::create_dir_all(t.join("a:b")).unwrap();
+        let td = t.display().to_string();
+        let s = |x: &str| split_ref(&x.replace('T', &td));
+        let p = |x: &str| PathBuf::from(x.replace('T', &td));
         assert_eq!(
-            split_ref("img:v1"),
-            (PathBuf::from("img"), Some("v1".into()))
+            s("T:localhost/app:1"),
+            (p("T"), Some("localhost/app:1".into()))
         );
-        assert_eq!(split_ref("/a:b/img"), (PathBuf::from("/a:b/img"), None));
-        assert_eq!(split_ref("/x/img"), (PathBuf::from("/x/img"), None));
+        assert_eq!(s("T/a:b:v1"), (p("T/a:b"), Some("v1".into())));
+        assert_eq!(s("T/a:b"), (p("T/a:b"), None));
+        assert_eq!(s("T/new:v2"), (p("T/new"), Some("v2".into())));
         assert_eq!(split_ref("img:"), (PathBuf::from("img:"), None));
+        std::fs::remove_dir_all(&t).unwrap();
     }
 
     #[test]
