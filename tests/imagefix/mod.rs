@@ -87,8 +87,8 @@ pub fn host_arch() -> &'static str {
     }
 }
 
-/// Writes config, manifest and index for `layers` (descriptors) with
-/// `diff_ids`, tagged `tag`, replacing index.json.
+/// Writes config and manifest for `layers` (descriptors) with `diff_ids`,
+/// and tags it `tag` in index.json (the other tags stay).
 pub fn write_image(layout: &Path, layers: &[Value], diff_ids: &[String], tag: &str) -> Value {
     let config = json!({
         "architecture": host_arch(),
