@@ -8,6 +8,8 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use super::error::Error;
+use super::{spec, Config};
 use crate::oci::commit::{self, CommitOptions};
 use crate::oci::layout::{Image, Layout, RunConfig};
 use crate::oci::store::{self, Store};
@@ -203,6 +205,99 @@ pub fn commit_image(
         commit::commit(&base.layout, &base.image, upper, &target, &tag, &copts).map_err(fail)?;
     println!("{}", done.manifest.digest);
     Ok(())
+}
+
+/// Step `image`, before anything else: with `--image`, the config with
+/// the image's layers as its lowers and the image's settings under the
+/// command line's; the resolved image comes along for `--commit-image`.
+pub fn apply(config: &Config) -> Result<Option<(Config, Resolved)>, Error> {
+    let opts = &config.image;
+    let Some(image_ref) = &opts.image else {
+        return Ok(None);
+    };
+    let dir = opts.store.clone().unwrap_or_default();
+    let rootless = crate::sys::proc::geteuid() != 0;
+    let store = open_store(&dir, rootless).map_err(Error::BadOption)?;
+    log::debug!("step: image {image_ref} (store {})", store.dir.display());
+    let resolved = resolve(image_ref, &store, opts.max_layer_size).map_err(Error::BadOption)?;
+    let run = &resolved.run;
+    let mut c = config.clone();
+    c.lowers = resolved.lowers.clone();
+    // The image's Env first: -e and --env-file values win over it.
+    let mut env: Vec<(OsString, OsString)> = run
+        .env
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.into(), v.into()),
+            None => (kv.into(), OsString::new()),
+        })
+        .collect();
+    env.append(&mut c.env);
+    c.env = env;
+    if c.user.is_none() {
+        if let Some(u) = &run.user {
+            let spec = spec::parse_user(u)
+                .map_err(|e| Error::BadOption(format!("image {image_ref}: config User: {e}")))?;
+            c.user = Some(spec);
+        }
+    }
+    if c.cwd.is_none() {
+        if let Some(w) = &run.working_dir {
+            let cwd = spec::parse_cwd(Path::new(w)).map_err(|e| {
+                Error::BadOption(format!("image {image_ref}: config WorkingDir: {e}"))
+            })?;
+            c.cwd = Some(cwd);
+        }
+    }
+    c.command = command(run, opts.entrypoint.as_deref(), &config.command);
+    Ok(Some((c, resolved)))
+}
+
+/// Step `commit image`, once the union is unmounted: `--commit-image` of
+/// the run's upper, without what the run made only to mount on. False
+/// (the error printed) when it failed.
+pub fn commit_after_run(
+    config: &Config,
+    resolved: &Resolved,
+    upper: Option<&Path>,
+    exclude: Vec<PathBuf>,
+) -> bool {
+    let Some(target) = &config.image.commit else {
+        return true;
+    };
+    log::debug!("step: commit image {target}");
+    let Some(upper) = upper else {
+        eprintln!("unionfs-run: --commit-image: a --ro run has no changes");
+        return false;
+    };
+    let userxattr = crate::sys::proc::geteuid() != 0;
+    let cmd = &config.command;
+    match commit_image(
+        target,
+        resolved,
+        upper,
+        &config.image,
+        userxattr,
+        exclude,
+        cmd,
+    ) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("unionfs-run: {e}");
+            false
+        }
+    }
+}
+
+/// `--store-ls` / `--store-prune` on the store at `dir`; the exit code.
+pub fn run_store_job(dir: &Path, prune: bool) -> i32 {
+    match open_store(dir, crate::sys::proc::geteuid() != 0) {
+        Ok(store) => store_job(&store, prune),
+        Err(e) => {
+            eprintln!("unionfs-run: {e}");
+            super::error::EXIT_LAUNCHER
+        }
+    }
 }
 
 /// `--store-ls` / `--store-prune`; returns the exit code.
