@@ -641,7 +641,8 @@ pub fn run(config: &Config) -> Result<i32, Error> {
         let exclude = upper.map_or_else(Vec::new, |u| {
             commit::run_excludes(u, Some(&config.lowers), &plan.mount_points())
         });
-        if !oci_image::commit_after_run(config, image, upper, exclude) {
+        let userxattr = !matches!(host.mode, Mode::Root);
+        if !oci_image::commit_after_run(config, image, upper, exclude, userxattr) {
             result = Ok(error::EXIT_LAUNCHER);
         }
     }

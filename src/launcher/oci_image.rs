@@ -254,13 +254,15 @@ pub fn apply(config: &Config) -> Result<Option<(Config, Resolved)>, Error> {
 }
 
 /// Step `commit image`, once the union is unmounted: `--commit-image` of
-/// the run's upper, without what the run made only to mount on. False
+/// the run's upper, without what the run made only to mount on; a
+/// rootless run's upper has `user.overlay.*` marks (`userxattr`). False
 /// (the error printed) when it failed.
 pub fn commit_after_run(
     config: &Config,
     resolved: &Resolved,
     upper: Option<&Path>,
     exclude: Vec<PathBuf>,
+    userxattr: bool,
 ) -> bool {
     let Some(target) = &config.image.commit else {
         return true;
@@ -270,7 +272,6 @@ pub fn commit_after_run(
         eprintln!("unionfs-run: --commit-image: a --ro run has no changes");
         return false;
     };
-    let userxattr = crate::sys::proc::geteuid() != 0;
     let cmd = &config.command;
     match commit_image(
         target,

@@ -1,6 +1,7 @@
-//! An OCI image layout built inside a test, with no network: a tiny rootfs
-//! (the host's sh, cat, ls, id and their libraries) exported as a gzip
-//! layer with `unionfs-run --export-layer`, an app layer (a file, and a
+//! An OCI image layout built inside a test, with no network: a tiny
+//! rootfs (the host's sh, cat, ls, rm, true, id and their libraries)
+//! exported as a gzip layer with `unionfs-run --export-layer`, an app
+//! layer (a file, and a
 //! whiteout of `etc/gone`) exported as a plain tar and compressed with
 //! zstd(1), and config, manifest and index JSON written here.
 #![allow(dead_code)]
@@ -20,12 +21,12 @@ pub const MT_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MT_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const MT_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
-/// The base rootfs: sh, cat, ls, id, their libraries, /etc files, and
+/// The base rootfs: sh, cat, ls, rm, true, id, their libraries, /etc files, and
 /// the dirs an image has.
 pub fn build_rootfs(root: &Path) {
     fs::create_dir_all(root).unwrap();
     // Each program with the libraries ldd names, at their host paths.
-    let script = r#"for b in /bin/sh /bin/cat /bin/ls /usr/bin/id; do
+    let script = r#"for b in /bin/sh /bin/cat /bin/ls /bin/rm /bin/true /usr/bin/id; do
         cp -L --parents "$b" $(ldd "$b" | grep -o '/[^ ]*') "$0" || exit 1; done"#;
     let st = Command::new("sh")
         .args(["-c", script])
@@ -110,7 +111,14 @@ pub fn write_image(layout: &Path, layers: &[Value], diff_ids: &[String], tag: &s
     });
     let mut desc = put_blob(layout, MT_MANIFEST, &serde_json::to_vec(&manifest).unwrap());
     desc["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
-    let index = json!({"schemaVersion": 2, "manifests": [desc.clone()]});
+    let mut manifests: Vec<Value> = fs::read(layout.join("index.json"))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<Value>(&t).ok())
+        .and_then(|v| v["manifests"].as_array().cloned())
+        .unwrap_or_default();
+    manifests.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != tag);
+    manifests.push(desc.clone());
+    let index = json!({"schemaVersion": 2, "manifests": manifests});
     fs::write(
         layout.join("index.json"),
         serde_json::to_vec(&index).unwrap(),
