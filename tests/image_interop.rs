@@ -98,6 +98,27 @@ impl Podman {
     }
 }
 
+impl Podman {
+    /// `podman load -i DIR`; the loaded image's name or id.
+    fn load(&self, dir: &str) -> String {
+        let loaded = ok(
+            self.cmd().args(["load", "-i", dir]).output().unwrap(),
+            "podman load",
+        );
+        loaded
+            .lines()
+            .find_map(|l| l.strip_prefix("Loaded image: "))
+            .or_else(|| {
+                loaded
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Loaded image(s): "))
+            })
+            .unwrap_or_else(|| panic!("podman load said: {loaded}"))
+            .trim()
+            .to_string()
+    }
+}
+
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.cmd().args(["system", "reset", "-f"]).output();
@@ -172,21 +193,7 @@ fn skopeo_and_podman_read_a_committed_image_and_podman_images_run_under_image() 
 
     // podman load of the layout, podman run of it.
     let podman = Podman::new(t);
-    let loaded = ok(
-        podman.cmd().args(["load", "-i", &out_s]).output().unwrap(),
-        "podman load",
-    );
-    let id = loaded
-        .lines()
-        .find_map(|l| l.strip_prefix("Loaded image: "))
-        .or_else(|| {
-            loaded
-                .lines()
-                .find_map(|l| l.strip_prefix("Loaded image(s): "))
-        })
-        .unwrap_or_else(|| panic!("podman load said: {loaded}"))
-        .trim()
-        .to_string();
+    let id = podman.load(&out_s);
     let shown = ok(
         podman
             .cmd()
@@ -234,6 +241,47 @@ fn skopeo_and_podman_read_a_committed_image_and_podman_images_run_under_image() 
         "podman save",
     );
     assert_eq!(run(t, &["--image", &saved]), "podman-cmd yes\n/etc\n");
+    // The README's path: podman's image, committed, run by podman.
+    let again = t.join("again").display().to_string();
+    run(
+        t,
+        &[
+            "--image",
+            &format!("{saved}:localhost/built:1"),
+            "--commit-image",
+            &format!("{again}:v2"),
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo round-trip > /etc/motd",
+        ],
+    );
+    let id2 = podman.load(&again);
+    let shown = ok(
+        podman
+            .cmd()
+            .args(["run", "--rm", "--network=none", &id2])
+            .output()
+            .unwrap(),
+        "podman run (round trip)",
+    );
+    assert_eq!(shown, "podman-cmd yes\n/etc\n", "the config survives");
+    let shown = ok(
+        podman
+            .cmd()
+            .args([
+                "run",
+                "--rm",
+                "--network=none",
+                &id2,
+                "/bin/cat",
+                "/etc/motd",
+            ])
+            .output()
+            .unwrap(),
+        "podman run (round trip)",
+    );
+    assert_eq!(shown, "round-trip\n");
     assert_eq!(
         run(
             t,
