@@ -28,9 +28,9 @@ pub mod handles {
 }
 pub mod idmap;
 pub mod launcher;
-pub mod layer;
 pub mod layers;
 pub mod node;
+pub mod oci;
 pub mod options;
 pub mod sys;
 pub mod union;

@@ -1,4 +1,4 @@
-//! OCI layers (`unionfs::layer`): an upper written through the union is
+//! OCI layers (`unionfs::oci`): an upper written through the union is
 //! exported as a layer tar, and the tar, used as a new lower on top of the
 //! old lowers, shows exactly what the union showed, both when unpacked by
 //! us (kernel format: char 0/0 whiteouts, opaque xattrs) and when extracted
@@ -16,7 +16,9 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use unionfs::layer::{self, ExportOptions, LayerError, MtimePolicy, UnpackOptions};
+use unionfs::oci::{
+    self as layer, Compression, ExportOptions, LayerError, MtimePolicy, UnpackOptions,
+};
 
 fn export_bytes(upper: &Path, opts: &ExportOptions) -> (Vec<u8>, layer::LayerDigests) {
     let mut out = Vec::new();
@@ -445,7 +447,7 @@ fn round_trip_through_export_unpack_and_tar_x() {
 }
 
 #[test]
-fn export_is_reproducible_and_gzip_matches_gzip_tools() {
+fn export_is_reproducible_and_gzip_and_zstd_match_their_tools() {
     if !needs_root() {
         return;
     }
@@ -495,14 +497,14 @@ fn export_is_reproducible_and_gzip_matches_gzip_tools() {
 
     // gzip: deterministic, readable by gzip(1), same diff_id.
     let gz = ExportOptions {
-        gzip: true,
+        compression: Compression::Gzip,
         ..fixed.clone()
     };
     let (z1, zd1) = export_bytes(&up.root, &gz);
     let (z2, zd2) = export_bytes(&up.root, &gz);
     assert_eq!(z1, z2, "gzip exports differ");
     assert_eq!(zd1, zd2);
-    assert!(zd1.gzip);
+    assert_eq!(zd1.compression, Compression::Gzip);
     assert_eq!(
         zd1.diff_id, d1.diff_id,
         "diff_id must be the uncompressed digest"
@@ -545,11 +547,33 @@ fn export_is_reproducible_and_gzip_matches_gzip_tools() {
         vec![b'z'; 300_000]
     );
 
+    // zstd: deterministic, readable by zstd(1), same diff_id; and a tar
+    // compressed by zstd(1) unpacks.
+    let zs = ExportOptions {
+        compression: Compression::Zstd,
+        ..fixed.clone()
+    };
+    let (s1, sd1) = export_bytes(&up.root, &zs);
+    assert_eq!(s1, export_bytes(&up.root, &zs).0, "zstd exports differ");
+    assert_eq!(sd1.diff_id, d1.diff_id);
+    assert_eq!(sd1.compression, Compression::Zstd);
+    let sfile = tmp.path().join("layer.tar.zst");
+    fs::write(&sfile, &s1).expect("write zst");
+    let plain = run_ok(Command::new("zstd").args(["-dc", "-q"]).arg(&sfile));
+    assert_eq!(plain.stdout, t1, "zstd -dc differs from the plain export");
+    let z19 = run_ok(Command::new("zstd").args(["-19", "-q", "-c"]).arg(&tfile));
+    let target = tmp.path().join("from-zstd19");
+    fs::create_dir(&target).expect("mkdir");
+    let r = layer::unpack(&mut &z19.stdout[..], &target, &UnpackOptions::default())
+        .expect("unpack zstd -19");
+    assert_eq!((r.diff_id, r.compression), (d1.diff_id, Compression::Zstd));
+    assert_whiteout(&target.join("gone"));
+
     // Other compressions are refused clearly.
-    let zstd = [0x28u8, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0];
-    match layer::check(&mut &zstd[..]) {
-        Err(LayerError::Unsupported(m)) => assert!(m.contains("zstd"), "{m}"),
-        other => panic!("zstd input: {other:?}"),
+    let xz = [0xfdu8, b'7', b'z', b'X', b'Z', 0, 0, 0];
+    match layer::check(&mut &xz[..]) {
+        Err(LayerError::Unsupported(m)) => assert!(m.contains("xz"), "{m}"),
+        other => panic!("xz input: {other:?}"),
     }
 }
 

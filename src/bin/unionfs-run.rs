@@ -28,6 +28,9 @@ fn main() {
     if let Some(job) = cli.layer_job() {
         std::process::exit(launcher::run_layer_job(&job));
     }
+    if let Some(prune) = cli.store_job() {
+        std::process::exit(launcher::oci_image::run_store_job(&cli.store_dir(), prune));
+    }
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(msg) => {

@@ -37,10 +37,23 @@ ENVIRONMENT: clean: PATH (Debian's default), HOME (the user's in the image's
 
 LAYERS: --commit FILE.tar saves the run's upper as an OCI image layer when
 the command exits (whiteouts as .wh. entries, opaque dirs as .wh..wh..opq;
-FILE.tar.gz or --gzip compresses); --export-layer UPPER FILE.tar does the
+FILE.tar.gz or --gzip compresses with gzip, FILE.tar.zst or --zstd with
+zstd); --export-layer UPPER FILE.tar does the
 same for any upper dir; --unpack-layer FILE.tar DIR unpacks an OCI layer as
 a kernel-format lower (whiteouts as 0/0 devices, opaque xattrs), refusing
 names that would land outside DIR. The layer's sha256 diff_id is printed.
+
+IMAGES: --image DIR[:TAG] runs an OCI image layout (podman save --format
+oci-dir, skopeo copy ... oci:DIR:TAG): TAG is the ref.name in index.json;
+without it the layout must hold one image. Its layers are checked against
+their digests and unpacked once into the layer store (--store; default
+/var/lib/unionfs/layers as root, else $XDG_DATA_HOME/unionfs/layers), then
+used as the lowers. Its config applies: Env under -e, Entrypoint + Cmd (a
+given CMD replaces Cmd, --entrypoint the entrypoint), WorkingDir under
+--cwd, User under --user. --commit-image DIR:TAG writes the run's upper as
+a new image (gzip layer, --zstd for zstd) with the tag in index.json.
+--store-ls lists the stored layers and the images that use them;
+--store-prune removes the unused ones.
 
 EXIT STATUS: the command's; 128+N when it died of signal N; 125 when the
 launcher failed (the failing step is printed); 126 when CMD could not be
@@ -52,7 +65,8 @@ on to the command.";
     name = "unionfs-run",
     version,
     about = "Run a command in a layered rootfs mounted with unionfs-fuse",
-    override_usage = "unionfs-run [OPTIONS] LOWER1[:LOWER2...] [UPPER] [-- CMD [ARGS...]]",
+    override_usage = "unionfs-run [OPTIONS] LOWER1[:LOWER2...] [UPPER] [-- CMD [ARGS...]]\n       \
+                      unionfs-run [OPTIONS] --image DIR[:TAG] [UPPER] [-- CMD [ARGS...]]",
     after_help = HELP
 )]
 pub struct Cli {
@@ -136,8 +150,42 @@ pub struct Cli {
     pub unpack_layer: Vec<PathBuf>,
     /// gzip the layer written by --commit or --export-layer (also implied by
     /// a .gz/.tgz file name).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "zstd")]
     pub gzip: bool,
+    /// zstd the layer written by --commit, --export-layer (also implied by
+    /// a .zst file name) or --commit-image (default gzip).
+    #[arg(long)]
+    pub zstd: bool,
+    /// Run this OCI image layout (TAG: its org.opencontainers.image.ref.name;
+    /// without it, the layout's only image). LAYERS is then only [UPPER].
+    #[arg(long, value_name = "DIR[:TAG]", conflicts_with_all = ["export_layer", "unpack_layer"])]
+    pub image: Option<String>,
+    /// When the command exits, commit the upper as a new image tagged TAG
+    /// in the layout DIR (made if missing).
+    #[arg(
+        long,
+        value_name = "DIR:TAG",
+        requires = "image",
+        conflicts_with = "ro"
+    )]
+    pub commit_image: Option<String>,
+    /// Replace the image's entrypoint (and drop its Cmd); '' clears it.
+    #[arg(long, value_name = "CMD", requires = "image")]
+    pub entrypoint: Option<String>,
+    /// The layer store for --image (default: /var/lib/unionfs/layers as
+    /// root, else $XDG_DATA_HOME/unionfs/layers).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// List the store's layers, their sizes and the images using them.
+    #[arg(long, conflicts_with_all = ["image", "layers", "store_prune"])]
+    pub store_ls: bool,
+    /// Remove the store's layers that no recorded image still uses.
+    #[arg(long, conflicts_with_all = ["image", "layers"])]
+    pub store_prune: bool,
+    /// Refuse an image layer whose tar is larger (decompression bombs);
+    /// K, M, G, T suffixes (default 64G).
+    #[arg(long, value_name = "SIZE")]
+    pub max_layer_size: Option<String>,
     /// Give every exported entry this mtime (seconds since the epoch), so
     /// the same upper always gives the same bytes.
     #[arg(long, value_name = "EPOCH")]
@@ -147,7 +195,7 @@ pub struct Cli {
     #[arg(long)]
     pub userxattr: bool,
     /// LOWER1[:LOWER2...] (top first, `\:` for a colon), then UPPER.
-    #[arg(value_name = "LAYERS", num_args = 1..=2, required_unless_present_any = ["export_layer", "unpack_layer"])]
+    #[arg(value_name = "LAYERS", num_args = 1..=2, required_unless_present_any = ["export_layer", "unpack_layer", "image", "store_ls", "store_prune"])]
     pub layers: Vec<PathBuf>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
@@ -189,16 +237,36 @@ pub struct Config {
     pub opts: Vec<String>,
     /// Save the upper here as an OCI layer when the command exits.
     pub commit: Option<crate::launcher::LayerOut>,
+    /// `--image`, `--commit-image` and the store.
+    pub image: super::oci_image::ImageOpts,
 }
 
 impl Cli {
+    /// The store dir: `--store`, else the user's default (the environment
+    /// is read here, once).
+    pub fn store_dir(&self) -> PathBuf {
+        let xdg = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from);
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        super::oci_image::store_dir(
+            self.store.as_deref(),
+            crate::sys::proc::geteuid(),
+            xdg.as_deref(),
+            home.as_deref(),
+        )
+    }
+
+    /// `--store-ls` (false) or `--store-prune` (true), if asked for.
+    pub fn store_job(&self) -> Option<bool> {
+        (self.store_ls || self.store_prune).then_some(self.store_prune)
+    }
+
     /// The layer tool the command line asks for instead of a run, if any.
     pub fn layer_job(&self) -> Option<crate::launcher::LayerJob> {
         use crate::launcher::{LayerJob, LayerOut};
         if let [upper, file] = self.export_layer.as_slice() {
             return Some(LayerJob::Export(
                 upper.clone(),
-                LayerOut::new(file, self.gzip, self.mtime, self.userxattr),
+                LayerOut::new(file, (self.gzip, self.zstd), self.mtime, self.userxattr),
             ));
         }
         if let [file, dir] = self.unpack_layer.as_slice() {
@@ -211,6 +279,7 @@ impl Cli {
     /// error naming the option. Host environment and env files are read
     /// here, once.
     pub fn into_config(self) -> Result<Config, String> {
+        let store_dir = self.store_dir();
         let host_env = |k: &str| std::env::var_os(k);
         let mut env = Vec::new();
         for file in &self.env_file {
@@ -237,15 +306,41 @@ impl Cli {
             }
             opts.push(rest.join(","));
         }
+        let image = super::oci_image::ImageOpts {
+            store: self.image.as_ref().map(|_| store_dir),
+            image: self.image,
+            commit: self.commit_image,
+            zstd: self.zstd,
+            max_layer_size: match &self.max_layer_size {
+                Some(s) => {
+                    super::oci_image::parse_size(s).map_err(|e| format!("--max-layer-size {e}"))?
+                }
+                None => crate::oci::DEFAULT_MAX_LAYER_SIZE,
+            },
+            entrypoint: self.entrypoint,
+        };
         let mut layers = self.layers.into_iter();
-        let lowers = layers.next().unwrap_or_default();
-        let lowers = match lowers.to_str() {
-            Some(s) => crate::options::split_lowers(s),
-            None => vec![lowers],
+        // With --image the lowers come from the image: LAYERS is [UPPER].
+        let (lowers, upper) = if image.image.is_some() {
+            let upper = layers.next();
+            if let Some(extra) = layers.next() {
+                return Err(format!(
+                    "--image: only an UPPER may follow, not also {}",
+                    extra.display()
+                ));
+            }
+            (Vec::new(), upper)
+        } else {
+            let lowers = layers.next().unwrap_or_default();
+            let lowers = match lowers.to_str() {
+                Some(s) => crate::options::split_lowers(s),
+                None => vec![lowers],
+            };
+            (lowers, layers.next())
         };
         Ok(Config {
             lowers,
-            upper: layers.next(),
+            upper,
             workdir,
             hostname: self
                 .hostname
@@ -287,10 +382,10 @@ impl Cli {
             pid: self.pid,
             unionfs_fuse: self.unionfs_fuse,
             opts,
-            commit: self
-                .commit
-                .as_deref()
-                .map(|f| crate::launcher::LayerOut::new(f, self.gzip, self.mtime, false)),
+            commit: self.commit.as_deref().map(|f| {
+                crate::launcher::LayerOut::new(f, (self.gzip, self.zstd), self.mtime, false)
+            }),
+            image,
         })
     }
 }

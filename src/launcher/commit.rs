@@ -11,17 +11,30 @@ use super::error;
 #[derive(Clone, Debug)]
 pub struct LayerOut {
     pub file: PathBuf,
-    pub gzip: bool,
+    pub compression: crate::oci::Compression,
     pub mtime: Option<i64>,
     pub userxattr: bool,
 }
 
 impl LayerOut {
-    pub fn new(file: &Path, gzip: bool, mtime: Option<i64>, userxattr: bool) -> LayerOut {
+    /// `--gzip`, `--zstd`, or a `.gz`/`.tgz`/`.zst` name compress.
+    pub fn new(
+        file: &Path,
+        (gzip, zstd): (bool, bool),
+        mtime: Option<i64>,
+        userxattr: bool,
+    ) -> LayerOut {
+        use crate::oci::Compression;
         let name = file.to_string_lossy();
         LayerOut {
             file: file.to_path_buf(),
-            gzip: gzip || name.ends_with(".gz") || name.ends_with(".tgz"),
+            compression: if zstd || name.ends_with(".zst") {
+                Compression::Zstd
+            } else if gzip || name.ends_with(".gz") || name.ends_with(".tgz") {
+                Compression::Gzip
+            } else {
+                Compression::None
+            },
             mtime,
             userxattr,
         }
@@ -48,11 +61,11 @@ pub fn run_layer_job(job: &LayerJob) -> i32 {
             commit_layer(upper, &out, None, &[])
         }
         LayerJob::Unpack(file, dir, userxattr) => {
-            let opts = crate::layer::UnpackOptions {
+            let opts = crate::oci::UnpackOptions {
                 userxattr: *userxattr,
                 ..Default::default()
             };
-            match crate::layer::unpack_file(file, dir, &opts) {
+            match crate::oci::unpack_file(file, dir, &opts) {
                 Ok(rep) => print_digest(&rep.diff_id.to_string(), false),
                 Err(e) => {
                     eprintln!("unionfs-run: unpack {}: {e}", file.display());
@@ -69,17 +82,52 @@ pub fn run_layer_job(job: &LayerJob) -> i32 {
 }
 
 /// Exports `upper` as a layer tarball (`-`: to stdout) and prints its
-/// diff_id. The empty /proc, /dev and /sys dirs a run creates for its
-/// mounts are not part of the layer: after a run (`lowers` given) those no
-/// lower has; for an upper alone, those made in it (no overlay xattrs).
-/// Nor are the run's `mount_points` (absolute, inside) with the dirs made
-/// for them.
+/// diff_id, without what the run made only to mount on ([`run_excludes`]).
 pub(super) fn commit_layer(
     upper: &Path,
     out: &LayerOut,
     lowers: Option<&[PathBuf]>,
     mount_points: &[PathBuf],
 ) -> Result<(), ()> {
+    let exclude = run_excludes(upper, lowers, mount_points);
+    let opts = crate::oci::ExportOptions {
+        userxattr: out.userxattr,
+        mtime: out
+            .mtime
+            .map(crate::oci::MtimePolicy::Fixed)
+            .unwrap_or_default(),
+        compression: out.compression,
+        exclude,
+    };
+    let to_stdout = out.file.as_os_str() == "-";
+    let r = if to_stdout {
+        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+        crate::oci::export(upper, &mut w, &opts).and_then(|d| {
+            std::io::Write::flush(&mut w).map_err(crate::oci::LayerError::Write)?;
+            Ok(d)
+        })
+    } else {
+        crate::oci::export_file(upper, &out.file, &opts)
+    };
+    match r {
+        // With the layer on stdout, the digest goes to stderr.
+        Ok(d) => print_digest(&d.diff_id.to_string(), to_stdout),
+        Err(e) => {
+            eprintln!("unionfs-run: export {}: {e}", upper.display());
+            Err(())
+        }
+    }
+}
+
+/// What a run made only to mount on, relative to the upper: the empty
+/// /proc, /dev and /sys dirs (after a run, `lowers` given: those no lower
+/// has; for an upper alone: those made in it, with no overlay xattrs), and
+/// the run's `mount_points` (absolute, inside) with the dirs made for them.
+pub(super) fn run_excludes(
+    upper: &Path,
+    lowers: Option<&[PathBuf]>,
+    mount_points: &[PathBuf],
+) -> Vec<PathBuf> {
     let mut exclude = Vec::new();
     if let Some(lowers) = lowers {
         exclude.extend(
@@ -92,39 +140,13 @@ pub(super) fn commit_layer(
         let empty = std::fs::read_dir(upper.join(d)).is_ok_and(|mut r| r.next().is_none());
         let made_by_run = match lowers {
             Some(lowers) => !lowers.iter().any(|l| l.join(d).exists()),
-            None => crate::layer::is_plain_upper_dir(upper, d),
+            None => crate::oci::is_plain_upper_dir(upper, d),
         };
         if empty && made_by_run {
             exclude.push(PathBuf::from(d));
         }
     }
-    let opts = crate::layer::ExportOptions {
-        userxattr: out.userxattr,
-        mtime: out
-            .mtime
-            .map(crate::layer::MtimePolicy::Fixed)
-            .unwrap_or_default(),
-        gzip: out.gzip,
-        exclude,
-    };
-    let to_stdout = out.file.as_os_str() == "-";
-    let r = if to_stdout {
-        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-        crate::layer::export(upper, &mut w, &opts).and_then(|d| {
-            std::io::Write::flush(&mut w).map_err(crate::layer::LayerError::Write)?;
-            Ok(d)
-        })
-    } else {
-        crate::layer::export_file(upper, &out.file, &opts)
-    };
-    match r {
-        // With the layer on stdout, the digest goes to stderr.
-        Ok(d) => print_digest(&d.diff_id.to_string(), to_stdout),
-        Err(e) => {
-            eprintln!("unionfs-run: export {}: {e}", upper.display());
-            Err(())
-        }
-    }
+    exclude
 }
 
 /// Prints a digest line; a closed stdout (`| head`) is an error, not a panic.

@@ -43,6 +43,7 @@ mod fake;
 pub mod identity;
 pub mod image;
 pub mod initlayer;
+pub mod oci_image;
 pub mod process;
 pub mod real;
 pub mod rootfs;
@@ -611,6 +612,8 @@ pub fn sweep_stale_scratch<S: Sys>(sys: &mut S, tmpdir: &Path) {
 
 /// Runs `config` to the end; the command's exit status, or the failing step.
 pub fn run(config: &Config) -> Result<i32, Error> {
+    let image = oci_image::apply(config)?;
+    let config = image.as_ref().map_or(config, |(c, _)| c);
     let host = Host::probe(config);
     if let Mode::Rootless(IdMapping::Single { .. }) = host.mode {
         log::warn!("{}", userns::SINGLE_MAP_NOTE);
@@ -630,6 +633,16 @@ pub fn run(config: &Config) -> Result<i32, Error> {
             .as_ref()
             .map(|upper| commit::commit_layer(upper, &out, Some(&config.lowers), &mount_points));
         if !matches!(committed, Some(Ok(()))) {
+            result = Ok(error::EXIT_LAUNCHER);
+        }
+    }
+    if let (Ok(_), Some((_, image))) = (&result, &image) {
+        let upper = plan.upper.as_deref();
+        let exclude = upper.map_or_else(Vec::new, |u| {
+            commit::run_excludes(u, Some(&config.lowers), &plan.mount_points())
+        });
+        let userxattr = !matches!(host.mode, Mode::Root);
+        if !oci_image::commit_after_run(config, image, upper, exclude, userxattr) {
             result = Ok(error::EXIT_LAUNCHER);
         }
     }

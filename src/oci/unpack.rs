@@ -12,13 +12,13 @@
 
 use std::collections::HashSet;
 use std::ffi::CString;
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use super::gzip::{is_gzip, GzReader};
-use super::sha256::Sha256;
+use super::compress::{Compression, Decoder, TooLarge};
+use super::sha256::HashReader;
 use super::tar::{Header, Kind, Reader};
 use super::{display, fs_err, LayerError, UnpackOptions, UnpackReport};
 use crate::errno::Errno;
@@ -28,35 +28,6 @@ use crate::sys::fs::Time;
 
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 const WH_PREFIX: &[u8] = b".wh.";
-
-/// Hashes everything read through it.
-struct HashRead<R: Read> {
-    inner: R,
-    hash: Sha256,
-}
-
-impl<R: Read> HashRead<R> {
-    fn new(inner: R) -> HashRead<R> {
-        HashRead {
-            inner,
-            hash: Sha256::new(),
-        }
-    }
-
-    /// Reads (and hashes) the rest of the stream.
-    fn drain(&mut self) -> Result<(), LayerError> {
-        io::copy(self, &mut io::sink()).map_err(LayerError::Read)?;
-        Ok(())
-    }
-}
-
-impl<R: Read> Read for HashRead<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-}
 
 /// A reader with its first bytes already taken (to sniff compression).
 struct Peeked<'a> {
@@ -98,60 +69,67 @@ impl Read for Peeked<'_> {
     }
 }
 
-fn refuse_compression(head: &[u8]) -> Result<(), LayerError> {
-    let name = if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        "zstd"
-    } else if head.starts_with(b"BZh") {
-        "bzip2"
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        "xz"
-    } else {
-        return Ok(());
-    };
-    Err(LayerError::Unsupported(format!(
-        "{name}-compressed layers are not supported (plain tar and gzip are); \
-         decompress it first"
-    )))
+/// Where [`unpack`] writes: a dir by path, an open dir, or nowhere (check).
+pub(super) enum Into<'a> {
+    Path(&'a Path),
+    Fd(OwnedFd),
+    Nowhere,
 }
 
 pub(super) fn unpack(
     input: &mut dyn Read,
-    target: Option<&Path>,
+    target: Into<'_>,
     opts: &UnpackOptions,
 ) -> Result<UnpackReport, LayerError> {
     let mut ctx = match target {
-        Some(t) => Some(Target::open(t, opts)?),
-        None => None,
+        Into::Path(t) => Some(Target::open(t, opts)?),
+        Into::Fd(root) => Some(Target::new(root, opts)),
+        Into::Nowhere => None,
     };
     let peeked = Peeked::new(input)?;
-    refuse_compression(&peeked.head)?;
-    let compressed = is_gzip(&peeked.head);
-    let mut raw = HashRead::new(peeked);
+    let compression = Compression::sniff(&peeked.head)?;
+    let raw = HashReader::new(peeked);
+    let mut tar = HashReader::new(
+        Decoder::new(
+            BufReader::with_capacity(256 * 1024, raw),
+            compression,
+            opts.max_size,
+        )
+        .map_err(LayerError::Read)?,
+    );
     let mut report = UnpackReport {
-        diff_id: Sha256::new().finish(),
-        digest: Sha256::new().finish(),
-        compressed,
+        diff_id: super::Digest([0; 32]),
+        digest: super::Digest([0; 32]),
+        compressed: compression != Compression::None,
+        compression,
         entries: 0,
         whiteouts: 0,
         opaque_dirs: 0,
     };
-    if compressed {
-        let mut tar = HashRead::new(GzReader::new(&mut raw));
-        extract(&mut tar, ctx.as_mut(), &mut report)?;
-        tar.drain()?;
-        report.diff_id = tar.hash.finish();
-        raw.drain()?;
-        report.digest = raw.hash.finish();
-    } else {
-        extract(&mut raw, ctx.as_mut(), &mut report)?;
-        raw.drain()?;
-        report.digest = raw.hash.finish();
-        report.diff_id = report.digest;
-    }
+    extract(&mut tar, ctx.as_mut(), &mut report)
+        .and_then(|()| tar.drain().map_err(LayerError::Read))
+        .map_err(too_large)?;
+    let (diff_id, _, decoder) = tar.finish();
+    // What the BufReader held unread was hashed when it was read.
+    let mut raw = decoder.into_inner().into_inner();
+    raw.drain().map_err(LayerError::Read)?;
+    report.diff_id = diff_id;
+    report.digest = raw.finish().0;
     if let Some(t) = ctx {
         t.finish_dirs()?;
     }
     Ok(report)
+}
+
+/// A read error that is the decoder's size cap becomes [`LayerError::TooLarge`].
+fn too_large(e: LayerError) -> LayerError {
+    match e {
+        LayerError::Read(io) => match io.get_ref().and_then(|i| i.downcast_ref::<TooLarge>()) {
+            Some(t) => LayerError::TooLarge(t.0),
+            None => LayerError::Read(io),
+        },
+        e => e,
+    }
 }
 
 /// Splits a member path (or hard link target, `what`) into components.
@@ -347,13 +325,17 @@ impl Target {
                 path: path.display().to_string(),
                 errno,
             })?;
-        Ok(Target {
+        Ok(Target::new(root, opts))
+    }
+
+    fn new(root: OwnedFd, opts: &UnpackOptions) -> Target {
+        Target {
             root,
             fmt: Format::new(opts.userxattr, false),
             same_owner: opts.same_owner,
             xattrs: opts.xattrs,
             dirs: Vec::new(),
-        })
+        }
     }
 
     /// Opens the dir `comps` below the root, one component at a time and
@@ -610,7 +592,7 @@ impl Target {
     }
 }
 
-fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<(), Errno> {
+pub(super) fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<(), Errno> {
     while !data.is_empty() {
         let n = sys::fs::write(fd, data)?;
         if n == 0 {
@@ -622,14 +604,17 @@ fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<(), Errno> {
 }
 
 /// Removes `name` (a dir) and everything below it, through dir fds only.
-fn remove_tree(dir: BorrowedFd<'_>, name: &CString, path: &[u8]) -> Result<(), LayerError> {
-    let fd = sys::fs::openat(
-        dir,
-        name,
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
-    )
-    .map_err(fs_err("open dir", path))?;
+/// Each dir is made 0700 first, so that an unprivileged owner can empty a
+/// dir the layer made read-only.
+pub(super) fn remove_tree(
+    dir: BorrowedFd<'_>,
+    name: &CString,
+    path: &[u8],
+) -> Result<(), LayerError> {
+    let handle = sys::fs::open_dir_path(dir, name).map_err(fs_err("open dir", path))?;
+    let _ = sys::fs::fchmodat(handle.as_fd(), c"", 0o700);
+    let fd = sys::fs::reopen(handle.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+        .map_err(fs_err("open dir", path))?;
     let entries = sys::dir::read_all(fd.as_fd()).map_err(fs_err("getdents", path))?;
     for e in entries {
         let child = [path, b"/", e.name.as_bytes()].concat();

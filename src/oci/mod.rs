@@ -14,21 +14,27 @@
 //! - [`export_file`], [`unpack_file`]: the same on files, for command lines
 //!   (`unpack_file` checks the whole archive before writing anything).
 //!
-//! Submodules: `tar` (format), `gzip` (deflate both ways), `sha256`,
-//! `export`, `unpack`. Nothing here needs a mount; no new dependencies.
+//! Submodules: `tar` (format), `compress` (gzip and zstd over flate2 and
+//! zstd, with a size cap), `sha256` (over sha2), `export`, `unpack`.
+//! Nothing here needs a mount.
 
+pub mod commit;
+pub mod compress;
 mod export;
-mod gzip;
+pub mod layout;
 mod sha256;
+pub mod store;
 mod tar;
 mod unpack;
 
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+pub use compress::Compression;
 pub use sha256::Digest;
 
 use crate::errno::Errno;
@@ -52,8 +58,9 @@ pub struct ExportOptions {
     /// The upper uses `user.overlay.*` xattrs (overlayfs `userxattr`).
     pub userxattr: bool,
     pub mtime: MtimePolicy,
-    /// gzip the tar (the diff_id stays the digest of the plain tar).
-    pub gzip: bool,
+    /// How the tar is compressed (the diff_id stays the digest of the
+    /// plain tar).
+    pub compression: Compression,
     /// Relative paths in the upper to leave out, each with its subtree
     /// (`tmp`, `var/cache/apt`); exact paths, no globs.
     pub exclude: Vec<PathBuf>,
@@ -69,7 +76,15 @@ pub struct UnpackOptions {
     pub same_owner: bool,
     /// Restore xattrs (default on).
     pub xattrs: bool,
+    /// Refuse a layer whose tar is larger than this many bytes (default
+    /// [`DEFAULT_MAX_LAYER_SIZE`]): a small blob must not expand without
+    /// bound.
+    pub max_size: u64,
 }
+
+/// 64 GiB: larger than any real layer, small enough to stop a bomb before
+/// it fills a disk.
+pub const DEFAULT_MAX_LAYER_SIZE: u64 = 64 << 30;
 
 impl Default for UnpackOptions {
     fn default() -> Self {
@@ -77,6 +92,7 @@ impl Default for UnpackOptions {
             userxattr: false,
             same_owner: crate::sys::proc::geteuid() == 0,
             xattrs: true,
+            max_size: DEFAULT_MAX_LAYER_SIZE,
         }
     }
 }
@@ -93,7 +109,7 @@ pub struct LayerDigests {
     pub size: u64,
     /// Bytes of the uncompressed tar.
     pub tar_size: u64,
-    pub gzip: bool,
+    pub compression: Compression,
 }
 
 /// What [`unpack`] or [`check`] read.
@@ -103,8 +119,9 @@ pub struct UnpackReport {
     pub diff_id: Digest,
     /// sha256 of the input as given.
     pub digest: Digest,
-    /// The input was gzip.
+    /// The input was compressed (gzip or zstd).
     pub compressed: bool,
+    pub compression: Compression,
     /// Tar members (PAX and GNU meta headers not counted).
     pub entries: u64,
     pub whiteouts: u64,
@@ -122,8 +139,10 @@ pub enum LayerError {
     },
     /// Writing the layer stream failed.
     Write(io::Error),
-    /// Reading the layer stream failed (also a corrupt gzip stream).
+    /// Reading the layer stream failed (also a corrupt gzip or zstd stream).
     Read(io::Error),
+    /// The tar grew past the cap ([`UnpackOptions::max_size`]), in bytes.
+    TooLarge(u64),
     /// The input is not a valid tar archive.
     Malformed(String),
     /// The archive tries to write outside the target; it was refused at
@@ -139,6 +158,11 @@ impl fmt::Display for LayerError {
             LayerError::Fs { op, path, errno } => write!(f, "{op} {path}: {errno}"),
             LayerError::Write(e) => write!(f, "writing the layer: {e}"),
             LayerError::Read(e) => write!(f, "reading the layer: {e}"),
+            LayerError::TooLarge(cap) => write!(
+                f,
+                "the layer expands past {cap} bytes (--max-layer-size); refused as a \
+                 decompression bomb"
+            ),
             LayerError::Malformed(m) => write!(f, "malformed layer tar: {m}"),
             LayerError::Unsafe { member, reason } => {
                 write!(f, "refusing layer: member {member:?}: {reason}")
@@ -224,7 +248,7 @@ pub fn export_file(
     result
 }
 
-/// Unpacks an OCI layer tar (plain or gzip) into `target` (an existing
+/// Unpacks an OCI layer tar (plain, gzip or zstd) into `target` (an existing
 /// dir) as a kernel-format lower layer. Stops at the first bad member; the
 /// members before it stay in `target` (use [`unpack_file`] or [`check`]
 /// first to refuse a bad archive before writing anything).
@@ -233,15 +257,29 @@ pub fn unpack(
     target: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackReport, LayerError> {
-    unpack::unpack(tar, Some(target), opts)
+    unpack::unpack(tar, unpack::Into::Path(target), opts)
+}
+
+/// [`unpack`] into an open dir (any fd on it, `O_PATH` is enough).
+pub fn unpack_at(
+    tar: &mut dyn Read,
+    target: OwnedFd,
+    opts: &UnpackOptions,
+) -> Result<UnpackReport, LayerError> {
+    unpack::unpack(tar, unpack::Into::Fd(target), opts)
 }
 
 /// Reads a layer without writing anything: digests, counts, and every
 /// check of [`unpack`] that does not need the target (absolute and `..`
 /// paths, paths through the archive's own symlinks, hard links leaving
-/// the archive root, malformed tar or gzip).
+/// the archive root, malformed tar, gzip or zstd, the size cap).
 pub fn check(tar: &mut dyn Read) -> Result<UnpackReport, LayerError> {
-    unpack::unpack(tar, None, &UnpackOptions::default())
+    check_with(tar, &UnpackOptions::default())
+}
+
+/// [`check`] with the size cap of `opts`.
+pub fn check_with(tar: &mut dyn Read, opts: &UnpackOptions) -> Result<UnpackReport, LayerError> {
+    unpack::unpack(tar, unpack::Into::Nowhere, opts)
 }
 
 /// [`check`]s the file, then unpacks it into `target` (created if
@@ -256,7 +294,7 @@ pub fn unpack_file(
             .map(io::BufReader::new)
             .map_err(LayerError::Read)
     };
-    let checked = check(&mut open()?)?;
+    let checked = check_with(&mut open()?, opts)?;
     match fs::create_dir(target) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(LayerError::Write(e)),
         _ => {}

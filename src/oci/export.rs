@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use super::gzip::GzWriter;
+use super::compress::{Compression, Encoder};
 use super::sha256::{HashWriter, Sha256};
 use super::tar::{self, Header, Kind};
 use super::{display, fs_err, ExportOptions, LayerDigests, LayerError, MtimePolicy};
@@ -27,57 +27,44 @@ const WH_PREFIX: &[u8] = b".wh.";
 
 type Out<'a> = BufWriter<&'a mut dyn Write>;
 
-/// Where tar bytes go: hashed (diff_id), then either straight out or
-/// gzipped and hashed again (blob digest).
+/// Where tar bytes go: hashed (diff_id), then compressed and hashed again
+/// (blob digest). A plain tar is hashed once: its digest is its diff_id.
 struct Sink<'a> {
-    tar_hash: Sha256,
+    /// `None` for a plain tar.
+    tar_hash: Option<Sha256>,
     tar_len: u64,
-    out: Stream<'a>,
-}
-
-enum Stream<'a> {
-    Plain(Out<'a>),
-    Gzip(Box<GzWriter<HashWriter<Out<'a>>>>),
+    compression: Compression,
+    out: Encoder<HashWriter<Out<'a>>>,
 }
 
 impl<'a> Sink<'a> {
-    fn new(out: &'a mut dyn Write, gzip: bool) -> Sink<'a> {
+    fn new(out: &'a mut dyn Write, compression: Compression) -> Result<Sink<'a>, LayerError> {
         let buf = BufWriter::with_capacity(256 * 1024, out);
-        Sink {
-            tar_hash: Sha256::new(),
+        Ok(Sink {
+            tar_hash: (compression != Compression::None).then(Sha256::new),
             tar_len: 0,
-            out: if gzip {
-                Stream::Gzip(Box::new(GzWriter::new(HashWriter::new(buf))))
-            } else {
-                Stream::Plain(buf)
-            },
-        }
+            compression,
+            out: Encoder::new(HashWriter::new(buf), compression).map_err(LayerError::Write)?,
+        })
     }
 
     fn put(&mut self, data: &[u8]) -> Result<(), LayerError> {
-        self.tar_hash.update(data);
-        self.tar_len += data.len() as u64;
-        match &mut self.out {
-            Stream::Plain(w) => w.write_all(data),
-            Stream::Gzip(w) => w.write_all(data),
+        if let Some(h) = &mut self.tar_hash {
+            h.update(data);
         }
-        .map_err(LayerError::Write)
+        self.tar_len += data.len() as u64;
+        self.out.write_all(data).map_err(LayerError::Write)
     }
 
     fn finish(self) -> Result<LayerDigests, LayerError> {
-        let diff_id = self.tar_hash.finish();
-        let gzip = matches!(self.out, Stream::Gzip(_));
-        let (digest, size, mut buf) = match self.out {
-            Stream::Plain(w) => (diff_id, self.tar_len, w),
-            Stream::Gzip(g) => g.finish().map_err(LayerError::Write)?.finish(),
-        };
+        let (digest, size, mut buf) = self.out.finish().map_err(LayerError::Write)?.finish();
         buf.flush().map_err(LayerError::Write)?;
         Ok(LayerDigests {
-            diff_id,
+            diff_id: self.tar_hash.map_or(digest, Sha256::finish),
             digest,
             size,
             tar_size: self.tar_len,
-            gzip,
+            compression: self.compression,
         })
     }
 }
@@ -132,7 +119,7 @@ pub(super) fn export(
         mtime: opts.mtime,
         excludes: opts.exclude.iter().map(|p| normalize(p)).collect(),
         links: HashMap::new(),
-        sink: Sink::new(out, opts.gzip),
+        sink: Sink::new(out, opts.compression)?,
     };
     // The root of an upper is never opaque for the merge; only its
     // `opaque=x` (xattr whiteouts inside) matters.
