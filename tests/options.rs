@@ -276,7 +276,7 @@ fn a_lower_without_xattr_support_mounts_lists_reads_and_copies_up() {
     fs::create_dir_all(fx.upper().root).unwrap();
     let m = Mounted::mount(
         fx.kind,
-        &[lower.root.clone()],
+        std::slice::from_ref(&lower.root),
         Some(&fx.upper().root),
         Some(&fx.work()),
         &fx.merged(),
