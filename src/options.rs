@@ -79,6 +79,8 @@ pub struct MountConfig {
     pub ro: bool,
     pub userxattr: bool,
     pub redirect_dir: bool,
+    /// `redirect_dir=nofollow`: redirects are neither made nor followed.
+    pub redirect_nofollow: bool,
     pub volatile: bool,
     pub oci_whiteouts: bool,
     pub timeout: f64,
@@ -198,6 +200,7 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
         ro: false,
         userxattr: false,
         redirect_dir: false,
+        redirect_nofollow: false,
         volatile: false,
         oci_whiteouts: true,
         timeout: 30.0,
@@ -263,7 +266,10 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
             // The table let only the values with a meaning here through.
             "metacopy" | "index" | "nfs_export" | "verity" => {}
             "userxattr" => c.userxattr = true,
-            "redirect_dir" => c.redirect_dir = v.as_deref() == Some("on"),
+            "redirect_dir" => {
+                c.redirect_dir = v.as_deref() == Some("on");
+                c.redirect_nofollow = v.as_deref() == Some("nofollow");
+            }
             "volatile" => c.volatile = true,
             "fsync" => c.no_fsync = v.as_deref() == Some("0"),
             "passthrough" => {

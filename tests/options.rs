@@ -302,3 +302,29 @@ fn a_lower_without_xattr_support_mounts_lists_reads_and_copies_up() {
     assert_eq!(fs::read(fx.upper().path("d/sub/new")).unwrap(), b"n");
     assert_eq!(fs::read(lower.path("d/f")).unwrap(), b"data\n");
 }
+
+/// A dir the kernel renamed with `redirect_dir=on` carries a redirect:
+/// `follow` (as `off`) finds its lower dir, `nofollow` gives EPERM, on the
+/// kernel and ours alike.
+#[test]
+fn redirect_dir_nofollow_refuses_a_redirect_follow_uses_it() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0).file("a/f", b"x");
+    fs::create_dir_all(fx.upper().root).unwrap();
+    let k = Mounted::mount_kernel_opts(
+        Impl::Kernel,
+        &fx.lowers(),
+        Some(&fx.upper().root),
+        Some(&fx.work()),
+        &fx.merged(),
+        "redirect_dir=on",
+    );
+    fs::rename(k.p("a"), k.p("b")).unwrap();
+    drop(k);
+    let m = fx.mount_opts("redirect_dir=nofollow");
+    let e = fs::read(m.p("b/f")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    drop(m);
+    let m = fx.mount_opts("redirect_dir=follow");
+    assert_eq!(read(&m.p("b/f")), "x");
+}

@@ -132,6 +132,7 @@ fn build_union(c: &MountConfig) -> Result<Union, String> {
         oci_whiteouts: c.oci_whiteouts,
         volatile: c.volatile || c.no_fsync,
         redirect_dir: c.redirect_dir,
+        redirect_nofollow: c.redirect_nofollow,
         uid_map: c.uid_map.clone(),
         gid_map: c.gid_map.clone(),
     };

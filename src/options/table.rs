@@ -49,7 +49,7 @@ pub const OPTIONS: &[Opt] = &[
     opt("redirect_dir=off", "redirect_dir=off", A, "renaming a lower or merged dir gives EXDEV (default); redirects are followed"),
     opt("redirect_dir=follow", "redirect_dir=follow", A, "as off: redirects are followed, never created"),
     opt("redirect_dir=on", "redirect_dir=on", A, "such a rename works: the dir is copied up and records its lower path in overlay.redirect, as the kernel does"),
-    opt("redirect_dir=nofollow", "redirect_dir=nofollow", R, "not supported: redirects are always followed"),
+    opt("redirect_dir=nofollow", "redirect_dir=nofollow", A, "redirects are neither created nor followed: a lookup that meets one gives EPERM, as the kernel"),
     opt("metacopy=off", "metacopy=off", A, "no metadata-only copy-up (the default)"),
     opt("metacopy=on", "metacopy=on", R, "metadata-only copy-up is not supported yet"),
     opt("index=off", "index=off", A, "no index dir (the default; hard links are joined at copy-up without one)"),

@@ -140,7 +140,7 @@ impl Union {
             // With user.overlay.* xattrs, which their owner can set on a
             // layer by hand, the kernel refuses to follow redirects
             // (userxattr implies redirect_dir=nofollow).
-            if self.opts.userxattr && want != Want::Own {
+            if (self.opts.userxattr || self.opts.redirect_nofollow) && want != Want::Own {
                 return Err(Errno::EPERM);
             }
             let in_parent = parent.lowers.get(cursor).filter(|l| l.layer == idx);
