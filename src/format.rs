@@ -271,6 +271,13 @@ impl Format {
         sys::xattr::get(dir, name, &self.key("nlink")).is_ok()
     }
 
+    /// Whether a regular file is a metadata-only copy (`overlay.metacopy`,
+    /// with or without a verity digest): its data is in a lower layer.
+    pub fn is_metacopy(&self, dir: BorrowedFd<'_>, name: &CStr, st: &libc::stat) -> bool {
+        st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && sys::xattr::get(dir, name, &self.key("metacopy")).is_ok()
+    }
+
     /// Whether an upper object carries an origin (it is a copy-up).
     pub fn has_origin(&self, dir: BorrowedFd<'_>, name: &CStr) -> bool {
         sys::xattr::get(dir, name, &self.key("origin")).is_ok()

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
-const OPTIONS_HELP: &str = "\
+mod table;
+pub use table::{help_text, Kind, Opt, OPTIONS};
+
+const USAGE_HELP: &str = "\
 USAGE FORMS:
   unionfs-fuse LOWER1[:LOWER2...] UPPER MERGED [-o OPTS]   read-write union
   unionfs-fuse LOWER1[:LOWER2...] MERGED [-o ro]           read-only union (no upper)
@@ -15,55 +18,23 @@ USAGE FORMS:
   unionfs-fuse SOURCE MERGED -o lowerdir=..,upperdir=..   (mount.fuse3 / fstab form)
 
 LOWER1 is the top lower layer, as in overlayfs lowerdir=. Write \\: for a
-colon inside a path, and \\, for a comma inside an -o value.
+colon inside a path. In -o, \\, is a comma inside a value, and a comma
+between double quotes does not split either (context=\"a,b\").";
 
-OPTIONS (-o, comma separated, repeatable; named like kernel overlayfs):
-  lowerdir=L1:L2      lower layers, top first
-  upperdir=U          writable upper layer
-  workdir=W           work dir on the upper's filesystem, for atomic copy-up
-                      (without it: O_TMPFILE + linkat for files, and a
-                      short-lived temporary name in the upper dir otherwise)
-  ro                  read-only mount; a given upper is shown read-only, as the
-                      top layer (as a read-only overlayfs mount shows it)
-  userxattr           store overlay xattrs as user.overlay.* (automatic when
-                      running in a user namespace)
-  redirect_dir=off    renaming a lower or merged dir gives EXDEV (default)
-  redirect_dir=on     such a rename works: the dir is copied up and records
-                      its lower path in overlay.redirect, as the kernel does
-  volatile            skip fsync of the upper (as overlayfs volatile)
-  oci_whiteouts=on|off  honour OCI .wh.NAME / .wh..wh..opq files in lower
-                      layers (default on)
-  uidmapping=I:O:N[:I:O:N...], gidmapping=...
-                      show stored id O as I (N ids), store ids callers set
-                      the other way (as fuse-overlayfs); others show as 65534
-  passthrough=on|off|all  FUSE passthrough as root (kernel 6.9+): on (default)
-                      for upper files and read-only unions; all also for
-                      lower files (an fd opened before a copy-up then keeps
-                      reading the old data)
-  writeback[=on|off]  the kernel's writeback cache (default off): writes
-                      gather in the page cache and reach the upper at close,
-                      fsync or writeback, in large requests. For small writes
-                      where passthrough cannot work (rootless). Excludes
-                      passthrough; see the README's Deviations
-  timeout=SECS        kernel attribute/entry cache time (default 30)
-  threads=N           FUSE worker threads, 1..64 (default 16)
-  allow_other, default_permissions, dev, nodev, suid, nosuid, exec, noexec,
-  atime, noatime      as for any FUSE mount. As root the default is
-                      default_permissions,allow_other,suid,dev.
-  fsname=NAME         source name shown in /proc/mounts (wins over SOURCE)
-  rw, defaults, auto, noauto, nofail, _netdev, user, users, x-*, xino,
-  index, uuid, nfs_export, metacopy=off   accepted and ignored (for fstab,
-                      mount.fuse3 and podman)
-
+const SIGNALS_HELP: &str = "
 SIGNALS: SIGTERM, SIGINT and SIGHUP unmount (lazily) and exit 0; so does an
 external umount or fusermount3 -u.";
+
+fn full_help() -> String {
+    format!("{USAGE_HELP}\n{}{SIGNALS_HELP}", help_text())
+}
 
 #[derive(Parser, Debug)]
 #[command(
     name = "unionfs-fuse",
     version,
     about = "A union filesystem in userspace that reads and writes kernel overlayfs's on-disk format",
-    after_help = OPTIONS_HELP
+    after_help = full_help()
 )]
 struct Cli {
     /// Stay in the foreground.
@@ -108,6 +79,8 @@ pub struct MountConfig {
     pub ro: bool,
     pub userxattr: bool,
     pub redirect_dir: bool,
+    /// `redirect_dir=nofollow`: redirects are neither made nor followed.
+    pub redirect_nofollow: bool,
     pub volatile: bool,
     pub oci_whiteouts: bool,
     pub timeout: f64,
@@ -122,6 +95,19 @@ pub struct MountConfig {
     pub gid_map: crate::idmap::IdMap,
     pub passthrough: PassthroughMode,
     pub writeback: bool,
+    /// `fsync=0`: no fsync of the upper, without the volatile marker.
+    pub no_fsync: bool,
+    pub squash_uid: Option<u32>,
+    pub squash_gid: Option<u32>,
+    /// fuse-overlayfs's `xattr_permissions`: 0 off, 1 security., 2 user.
+    pub xattr_permissions: u8,
+    /// `context=`, without its quotes.
+    pub context: Option<String>,
+    pub noacl: bool,
+    pub noxattrs: bool,
+    pub static_nlink: bool,
+    /// One line each for accepted options that have no effect here.
+    pub warnings: Vec<String>,
 }
 
 /// Splits a lowerdir list on unescaped colons (`\:` is a literal colon).
@@ -143,31 +129,45 @@ pub fn split_lowers(s: &str) -> Vec<PathBuf> {
     out
 }
 
-/// Splits `-o` text on commas (a `\,` stays a comma).
-fn split_opts(s: &str) -> Vec<String> {
+/// Splits `-o` text on commas. A `\\,` stays a comma, and so does a comma
+/// between double quotes, which are removed (`context="a:b,c"`, as
+/// containers/storage sends it); other backslashes stay for the values
+/// (`\\:` in lowerdir=).
+fn split_opts(s: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut esc = false;
+    let mut quoted = false;
     for c in s.chars() {
         if esc {
-            if c != ',' {
+            if c != ',' && c != '"' {
                 cur.push('\\');
             }
             cur.push(c);
             esc = false;
         } else if c == '\\' {
             esc = true;
-        } else if c == ',' {
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if c == ',' && !quoted {
             out.push(std::mem::take(&mut cur));
         } else {
             cur.push(c);
         }
     }
+    if quoted {
+        return Err(format!("unbalanced double quote in -o {s}"));
+    }
     if esc {
         cur.push('\\');
     }
     out.push(cur);
-    out
+    Ok(out)
+}
+
+fn number<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, String> {
+    v.parse::<T>()
+        .map_err(|_| format!("option {k}={v}: expected a number"))
 }
 
 fn on_off(key: &str, v: &str) -> Result<bool, String> {
@@ -200,6 +200,7 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
         ro: false,
         userxattr: false,
         redirect_dir: false,
+        redirect_nofollow: false,
         volatile: false,
         oci_whiteouts: true,
         timeout: 30.0,
@@ -214,43 +215,63 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
         gid_map: Default::default(),
         passthrough: PassthroughMode::Safe,
         writeback: false,
+        no_fsync: false,
+        squash_uid: None,
+        squash_gid: None,
+        xattr_permissions: 0,
+        context: None,
+        noacl: false,
+        noxattrs: false,
+        static_nlink: false,
+        warnings: Vec::new(),
     };
+    let mut squash_root = false;
+    let mut lower_appends: Vec<PathBuf> = Vec::new();
     let mut lowerdir_opt: Option<Vec<PathBuf>> = None;
     let mut fsname: Option<String> = None;
     let mut passthrough_given = false;
-    for item in cli.opts.iter().flat_map(|o| split_opts(o)) {
+    let mut items = Vec::new();
+    for o in &cli.opts {
+        items.extend(split_opts(o)?);
+    }
+    for item in items {
         let (k, v) = match item.split_once('=') {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
             None => (item.clone(), None),
         };
+        if k.is_empty() && v.is_none() {
+            continue;
+        }
+        let Some(spec) = table::find(&k, v.as_deref()) else {
+            return Err(format!("unknown option '{item}' (see --help)"));
+        };
+        match spec.kind {
+            Kind::Refused => return Err(format!("option {item}: {}", spec.help)),
+            Kind::ForMount => continue,
+            Kind::Ignored => {
+                c.warnings
+                    .push(format!("option {item} is ignored: {}", spec.help));
+                continue;
+            }
+            Kind::Accepted => {}
+        }
         let need = |v: &Option<String>| v.clone().ok_or(format!("option {k} needs a value"));
         match k.as_str() {
-            "" => {}
             "lowerdir" => lowerdir_opt = Some(split_lowers(&need(&v)?)),
+            "lowerdir+" => lower_appends.push(PathBuf::from(need(&v)?)),
             "upperdir" => c.upper = Some(PathBuf::from(need(&v)?)),
             "workdir" => c.work = Some(PathBuf::from(need(&v)?)),
             "ro" => c.ro = true,
-            "rw" | "defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "users"
-            | "nouser" | "async" | "relatime" | "strictatime" | "lazytime" | "nodiratime"
-            | "xino" | "index" | "metacopy" | "uuid" | "nfs_export" | "subtype" | "max_read"
-            | "blksize" | "fd" | "rootmode" | "user_id" | "group_id" => {
-                if k == "metacopy" && v.as_deref() == Some("on") {
-                    return Err("option metacopy=on is not supported".into());
-                }
-            }
-            _ if k.starts_with("x-") || k.starts_with("comment") => {}
+            "rw" => c.ro = false,
+            // The table let only the values with a meaning here through.
+            "metacopy" | "index" | "nfs_export" | "verity" => {}
             "userxattr" => c.userxattr = true,
-            "redirect_dir" => match v.as_deref() {
-                Some("off") | Some("nofollow") | Some("follow") => c.redirect_dir = false,
-                Some("on") => c.redirect_dir = true,
-                _ => {
-                    return Err(format!(
-                        "option redirect_dir={}: expected on or off",
-                        v.unwrap_or_default()
-                    ))
-                }
-            },
+            "redirect_dir" => {
+                c.redirect_dir = v.as_deref() == Some("on");
+                c.redirect_nofollow = v.as_deref() == Some("nofollow");
+            }
             "volatile" => c.volatile = true,
+            "fsync" => c.no_fsync = v.as_deref() == Some("0"),
             "passthrough" => {
                 passthrough_given = true;
                 c.passthrough = match v.as_deref() {
@@ -266,6 +287,36 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
             "uidmapping" => c.uid_map = crate::idmap::IdMap::parse(&need(&v)?)?,
             "gidmapping" => c.gid_map = crate::idmap::IdMap::parse(&need(&v)?)?,
             "oci_whiteouts" => c.oci_whiteouts = on_off(&k, &need(&v)?)?,
+            "squash_to_root" => squash_root = true,
+            "squash_to_uid" => c.squash_uid = Some(number(&k, &need(&v)?)?),
+            "squash_to_gid" => c.squash_gid = Some(number(&k, &need(&v)?)?),
+            "xattr_permissions" => {
+                c.xattr_permissions = match need(&v)?.as_str() {
+                    "0" => 0,
+                    "1" => 1,
+                    "2" => 2,
+                    x => return Err(format!("option xattr_permissions={x}: expected 0, 1 or 2")),
+                }
+            }
+            "context" => {
+                let label = need(&v)?;
+                if label.is_empty() {
+                    return Err("option context= needs a label".into());
+                }
+                c.context = Some(label);
+            }
+            "noacl" => c.noacl = true,
+            "noxattrs" => c.noxattrs = on_off(&k, &need(&v)?)?,
+            "static_nlink" => c.static_nlink = true,
+            "threaded" => {
+                if !on_off(&k, &need(&v)?)? {
+                    c.threads = 1;
+                }
+            }
+            "debug" => {
+                c.debug = true;
+                c.foreground = true;
+            }
             "timeout" => {
                 c.timeout = need(&v)?
                     .parse::<f64>()
@@ -302,8 +353,29 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
                     return Err("option fsname= needs a non-empty name".into());
                 }
             }
-            _ => return Err(format!("unknown option '{item}' (see --help)")),
+            // A table entry without a handler: a bug, but not a mount.
+            _ => return Err(format!("option '{item}' is listed but not handled")),
         }
+    }
+    if squash_root {
+        c.squash_uid = c.squash_uid.or(Some(0));
+        c.squash_gid = c.squash_gid.or(Some(0));
+    }
+    if !lower_appends.is_empty() {
+        if lowerdir_opt.is_some() {
+            // As the kernel: the two forms do not mix.
+            return Err("lowerdir= and lowerdir+= cannot be mixed".into());
+        }
+        lowerdir_opt = Some(lower_appends);
+    }
+    if lowerdir_opt
+        .as_ref()
+        .is_some_and(|l| l.len() > 1 && l.iter().any(|p| p.as_os_str().is_empty()))
+    {
+        return Err(
+            "empty lower layer name (data-only layers, lowerdir=L::D, are not supported yet)"
+                .into(),
+        );
     }
 
     let args = cli.args;
@@ -557,9 +629,126 @@ mod tests {
         assert!(p(&["l", "m", "-o", "timeout=1e9"]).is_ok());
     }
 
+    /// A value each option of the table accepts.
+    fn sample(o: &Opt) -> String {
+        if o.key.contains('=') {
+            return o.key.into();
+        }
+        let value = match o.key {
+            "x-" => return "x-systemd.foo".into(),
+            "comment" => return "comment=systemd".into(),
+            _ if !o.form.contains('=') => return o.key.into(),
+            "uidmapping" | "gidmapping" => "0:1000:1",
+            "oci_whiteouts" | "passthrough" | "writeback" | "verity" => "on",
+            "xattr_permissions" => "2",
+            "noxattrs" | "threaded" => "1",
+            "context" => "\"system_u:object_r:container_file_t:s0:c1,c2\"",
+            "xino" => "auto",
+            "uuid" => "off",
+            _ => "7",
+        };
+        format!("{}={value}", o.key)
+    }
+
+    fn parse_one(o: &Opt) -> Result<MountConfig, clap::Error> {
+        let opts = format!("upperdir=u,{}", sample(o));
+        if o.key.starts_with("lowerdir") {
+            p(&["m", "-o", &opts])
+        } else {
+            p(&["l", "m", "-o", &opts])
+        }
+    }
+
+    #[test]
+    fn every_option_in_the_help_table_parses_as_its_kind_says() {
+        let help = full_help();
+        for o in OPTIONS {
+            assert!(help.contains(o.form), "{} not in --help", o.form);
+            let r = parse_one(o);
+            match o.kind {
+                Kind::Refused => assert!(r.is_err(), "{} was accepted", o.key),
+                Kind::Ignored => {
+                    let c = r.unwrap_or_else(|e| panic!("{}: {e}", o.key));
+                    assert_eq!(c.warnings.len(), 1, "{}", o.key);
+                }
+                Kind::Accepted | Kind::ForMount => {
+                    let c = r.unwrap_or_else(|e| panic!("{}: {e}", o.key));
+                    assert!(c.warnings.is_empty(), "{}", o.key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_option_in_the_table_is_in_the_readme_options_section() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .unwrap_or_default();
+        let start = readme.find("### Options").unwrap_or(0);
+        let end = readme[start..]
+            .find("### Unmounting")
+            .map_or(readme.len(), |e| start + e);
+        let section = &readme[start..end];
+        for o in OPTIONS {
+            let shown = if o.key == "x-" { "x-*" } else { o.key };
+            assert!(
+                section.contains(&format!("`{shown}")),
+                "{shown} missing from the README's Options"
+            );
+        }
+    }
+
+    #[test]
+    fn quoted_and_escaped_commas_stay_in_the_value() {
+        let c = p(&[
+            "l",
+            "m",
+            "-o",
+            "context=\"system_u:object_r:container_file_t:s0:c1,c2\",fsname=a\\,b",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.context.as_deref(),
+            Some("system_u:object_r:container_file_t:s0:c1,c2")
+        );
+        assert_eq!(c.source, "a,b");
+        assert!(p(&["l", "m", "-o", "context=\"a,b"]).is_err());
+    }
+
+    #[test]
+    fn squash_to_uid_wins_over_squash_to_root() {
+        let c = p(&["l", "m", "-o", "squash_to_root,squash_to_uid=5"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.squash_uid, c.squash_gid), (Some(5), Some(0)));
+    }
+
+    #[test]
+    fn index_and_nfs_export_on_are_refused_off_accepted() {
+        for bad in ["index=on", "nfs_export=on", "metacopy=on", "verity=require"] {
+            let e = p(&["l", "u", "m", "-o", bad]).err().map(|e| e.to_string());
+            assert!(e.is_some_and(|e| e.contains(bad)), "{bad}");
+        }
+        assert!(p(&["l", "u", "m", "-o", "index=off,nfs_export=off,metacopy=off"]).is_ok());
+    }
+
+    #[test]
+    fn lowerdir_plus_appends_and_does_not_mix_with_lowerdir() {
+        let c = p(&["m", "-o", "lowerdir+=a,lowerdir+=b\\:c"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.lowers, ["a", "b\\:c"].map(PathBuf::from));
+        assert!(p(&["m", "-o", "lowerdir=a,lowerdir+=b"]).is_err());
+        assert!(p(&["m", "-o", "lowerdir=a::b"]).is_err());
+    }
+
+    #[test]
+    fn fsync_0_skips_fsync_without_the_volatile_marker() {
+        let c = p(&["l", "u", "m", "-o", "fsync=0"]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.no_fsync && !c.volatile);
+        assert!(p(&["l", "u", "m", "-o", "fsync=2"]).is_err());
+    }
+
     #[test]
     fn unknown_option_is_an_error() {
         assert!(p(&["l", "u", "m", "-o", "bogus"]).is_err());
         assert!(p(&["l", "u", "m", "-o", "redirect_dir=maybe"]).is_err());
+        assert!(p(&["l", "u", "m", "-o", "metacopy"]).is_err());
     }
 }

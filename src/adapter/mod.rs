@@ -23,8 +23,10 @@ use crate::union::{Caller, Entry, SetAttr, Union};
 
 pub mod mount;
 pub mod passthrough;
+pub mod present;
 
 use passthrough::{Open, Passthrough};
+use present::Present;
 
 pub struct Adapter {
     fs: Arc<Union>,
@@ -51,6 +53,8 @@ pub struct Adapter {
     /// agreed. Small writes then gather in the page cache, where each would
     /// otherwise be a round trip; it excludes passthrough.
     writeback: bool,
+    /// containers/storage's options applied to what the kernel is shown.
+    present: Present,
 }
 
 impl Adapter {
@@ -65,6 +69,7 @@ impl Adapter {
         stack_depth: u32,
         initial_ns: bool,
         writeback: bool,
+        present: Present,
     ) -> Adapter {
         Adapter {
             fs,
@@ -75,6 +80,7 @@ impl Adapter {
             killpriv: initial_ns,
             trust_kill: initial_ns,
             writeback,
+            present,
         }
     }
 
@@ -192,7 +198,7 @@ impl Adapter {
                 e.offset,
                 &e.name,
                 &self.ttl,
-                &to_attr(&st),
+                &self.attr(st.st_ino, &st),
                 Generation(generation),
             );
             if full {
@@ -329,9 +335,18 @@ fn creator(req: &Request, umask: u32) -> Caller {
 }
 
 impl Adapter {
+    /// The attributes the kernel is given for node `ino`.
+    fn attr(&self, ino: u64, st: &libc::stat) -> FileAttr {
+        to_attr(&self.present.attr(&self.fs, ino, *st))
+    }
+
     fn entry(&self, reply: ReplyEntry, r: Result<Entry, Errno>) {
         match r {
-            Ok(e) => reply.entry(&self.ttl, &to_attr(&e.attr), Generation(e.generation)),
+            Ok(e) => reply.entry(
+                &self.ttl,
+                &self.attr(e.ino, &e.attr),
+                Generation(e.generation),
+            ),
             Err(e) => reply.error(ferr(e)),
         }
     }
@@ -370,12 +385,16 @@ impl Filesystem for Adapter {
             // around the page cache (a passthrough write after a copy-up):
             // let size/mtime changes drop them.
             | InitFlags::FUSE_AUTO_INVAL_DATA
-            // The kernel then checks ACLs and caches them (also their
-            // absence), which saves a getxattr round trip per `ls -l` entry.
-            | InitFlags::FUSE_POSIX_ACL
             // With ACLs the umask must not be applied where the parent has a
             // default ACL: the kernel leaves it to the server.
             | InitFlags::FUSE_DONT_MASK;
+        // The kernel then checks ACLs and caches them (also their
+        // absence), which saves a getxattr round trip per `ls -l` entry.
+        let wanted = if self.present.noacl {
+            wanted
+        } else {
+            wanted | InitFlags::FUSE_POSIX_ACL
+        };
         for flag in wanted.iter() {
             let _ = config.add_capabilities(flag);
         }
@@ -426,7 +445,7 @@ impl Filesystem for Adapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         guarded("getattr", || {
             match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
-                Ok(st) => reply.attr(&self.ttl, &to_attr(&st)),
+                Ok(st) => reply.attr(&self.ttl, &self.attr(ino.0, &st)),
                 Err(e) => reply.error(ferr(e)),
             }
         });
@@ -460,7 +479,10 @@ impl Filesystem for Adapter {
                 mtime: mtime.map(to_time),
                 fh: fh.map(|f| f.0),
             };
-            match self.setattr_guarded(ino.0, a, &caller(req)) {
+            let r = self.present.setattr(&self.fs, ino.0, a, |a| {
+                self.setattr_guarded(ino.0, a, &caller(req))
+            });
+            match r {
                 Ok(st) => reply.attr(&self.ttl, &to_attr(&st)),
                 Err(e) => reply.error(ferr(e)),
             }
@@ -778,25 +800,38 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         guarded("setxattr", || {
-            Self::empty(reply, self.fs.setxattr(ino.0, name, value, flags))
+            let r = self.present.change_xattr(name);
+            Self::empty(
+                reply,
+                r.and_then(|()| self.fs.setxattr(ino.0, name, value, flags)),
+            )
         });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         guarded("getxattr", || {
-            Self::xattr_reply(reply, size, self.fs.getxattr(ino.0, name))
+            let r = match self.present.getxattr(name) {
+                Some(r) => r,
+                None => self.fs.getxattr(ino.0, name),
+            };
+            Self::xattr_reply(reply, size, r)
         });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         guarded("listxattr", || {
-            Self::xattr_reply(reply, size, self.fs.listxattr(ino.0))
+            let r = self
+                .present
+                .no_xattrs()
+                .and_then(|()| self.fs.listxattr(ino.0));
+            Self::xattr_reply(reply, size, r.map(|l| self.present.list(l)))
         });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guarded("removexattr", || {
-            Self::empty(reply, self.fs.removexattr(ino.0, name))
+            let r = self.present.change_xattr(name);
+            Self::empty(reply, r.and_then(|()| self.fs.removexattr(ino.0, name)))
         });
     }
 
@@ -820,7 +855,7 @@ impl Filesystem for Adapter {
             let c = creator(req, umask);
             match self.fs.create(parent.0, name, mode, flags, c) {
                 Ok((e, fh)) => {
-                    let (attr, generation) = (to_attr(&e.attr), Generation(e.generation));
+                    let (attr, generation) = (self.attr(e.ino, &e.attr), Generation(e.generation));
                     match self.open_mode(e.ino, fh, flags, c, |fd| reply.open_backing(fd.as_fd())) {
                         Open::Passthrough(id) => reply.created_passthrough(
                             &self.ttl,

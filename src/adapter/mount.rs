@@ -22,8 +22,11 @@ use crate::union::{Options, Union};
 
 const SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
-/// Clears debris a crash left in `WORKDIR/work` and returns its fd.
-fn prepare_workdir(work: &Path) -> Result<OwnedFd, String> {
+/// Clears debris a crash left in `WORKDIR/work` and returns its fd. As the
+/// kernel, refuses a work dir that holds an incompat feature marker (left
+/// by a `volatile` mount: the upper may have lost writes), and leaves one
+/// for a `volatile` mount.
+fn prepare_workdir(work: &Path, volatile: bool) -> Result<OwnedFd, String> {
     let wfd = open_dir(work).map_err(|e| format!("work dir {}: {e}", work.display()))?;
     match sys::fs::mkdirat(wfd.as_fd(), c"work", 0o700) {
         Ok(()) => {}
@@ -32,8 +35,52 @@ fn prepare_workdir(work: &Path) -> Result<OwnedFd, String> {
     }
     let inner = sys::fs::open_dir_path(wfd.as_fd(), c"work")
         .map_err(|e| format!("work dir {}/work: {e}", work.display()))?;
+    if let Some(feature) = incompat_feature(inner.as_fd()) {
+        return Err(format!(
+            "work dir {}: overlay with incompat feature '{feature}' cannot be mounted \
+             (remove {}/work/incompat if the upper is known to be intact)",
+            work.display(),
+            work.display()
+        ));
+    }
     remove_tree_contents(inner.as_fd(), 0);
+    if volatile {
+        mark_volatile(inner.as_fd())
+            .map_err(|e| format!("work dir {}/work/incompat/volatile: {e}", work.display()))?;
+    }
     Ok(inner)
+}
+
+/// The first entry of `work/incompat`, if any.
+fn incompat_feature(work: std::os::fd::BorrowedFd<'_>) -> Option<String> {
+    let dir = sys::fs::open_dir_path(work, INCOMPAT).ok()?;
+    let rfd = sys::fs::openat(dir.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0).ok()?;
+    let entries = sys::dir::read_all(rfd.as_fd()).ok()?;
+    entries
+        .into_iter()
+        .next()
+        .map(|e| e.name.to_string_lossy().into_owned())
+}
+
+const INCOMPAT: &std::ffi::CStr = c"incompat";
+
+/// The kernel's `work/incompat/volatile/dirty`.
+fn mark_volatile(work: std::os::fd::BorrowedFd<'_>) -> Result<(), Errno> {
+    let mkdir = |dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::CStr| match sys::fs::mkdirat(
+        dir, name, 0o700,
+    ) {
+        Err(e) if e != Errno::EEXIST => Err(e),
+        _ => sys::fs::open_dir_path(dir, name),
+    };
+    let incompat = mkdir(work, INCOMPAT)?;
+    let vol = mkdir(incompat.as_fd(), c"volatile")?;
+    sys::fs::openat(
+        vol.as_fd(),
+        c"dirty",
+        libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW,
+        0o600,
+    )?;
+    Ok(())
 }
 
 /// Best-effort removal of everything below a dir fd (leftover staging).
@@ -70,7 +117,7 @@ fn build_union(c: &MountConfig) -> Result<Union, String> {
         None => None,
     };
     let work = match &c.work {
-        Some(w) => Some(prepare_workdir(w)?),
+        Some(w) => Some(prepare_workdir(w, c.volatile)?),
         None => None,
     };
     let layers = Layers::new(upper, lowers, work).map_err(|e| format!("layers: {e}"))?;
@@ -83,8 +130,9 @@ fn build_union(c: &MountConfig) -> Result<Union, String> {
     let opts = Options {
         userxattr,
         oci_whiteouts: c.oci_whiteouts,
-        volatile: c.volatile,
+        volatile: c.volatile || c.no_fsync,
         redirect_dir: c.redirect_dir,
+        redirect_nofollow: c.redirect_nofollow,
         uid_map: c.uid_map.clone(),
         gid_map: c.gid_map.clone(),
     };
@@ -112,6 +160,10 @@ fn mount_fuse(c: &MountConfig, allow_other: bool, default_perms: bool) -> Result
     if allow_other {
         data.push_str(",allow_other");
     }
+    if let Some(label) = c.context.as_ref().filter(|_| selinux_enabled()) {
+        // The LSM takes it from the mount data, quoted for its commas.
+        data.push_str(&format!(",context=\"{label}\""));
+    }
     let mut flags: u64 = 0;
     if c.upper.is_none() {
         flags |= libc::MS_RDONLY;
@@ -133,6 +185,11 @@ fn mount_fuse(c: &MountConfig, allow_other: bool, default_perms: bool) -> Result
     let data = CString::new(data).map_err(|_| Errno::EINVAL)?;
     sys::proc::mount(&src, &target, c"fuse.unionfs-fuse", flags, &data)?;
     Ok(fd)
+}
+
+/// Whether the kernel runs SELinux, which then takes `context=` itself.
+fn selinux_enabled() -> bool {
+    Path::new("/sys/fs/selinux/enforce").exists()
 }
 
 /// The readahead of the mount, in KiB: one READ request of max_write size.
@@ -330,6 +387,7 @@ fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
         stack_depth,
         !sys::proc::in_user_namespace(),
         c.writeback,
+        super::present::Present::new(c, selinux_enabled()),
     );
     let cfg = fuser_config(c, allow_other, default_perms);
 

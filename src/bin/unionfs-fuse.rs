@@ -5,6 +5,9 @@ fn main() {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    for w in &config.warnings {
+        eprintln!("unionfs-fuse: warning: {w}");
+    }
     let level = if config.debug { "debug" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let config = match unionfs::options::validate(config) {

@@ -81,6 +81,7 @@ impl Union {
                         return Ok(None);
                     }
                     if kind_of(&st) != libc::S_IFDIR {
+                        Self::refuse_metacopy(&self.fmt, bfd(&ufd), &cn, &st)?;
                         return self.resolved_upper_leaf(parent, u, &cn, name, st).map(Some);
                     }
                     let fd = sys::fs::open_dir_path(bfd(&ufd), &cn)?;
@@ -139,7 +140,7 @@ impl Union {
             // With user.overlay.* xattrs, which their owner can set on a
             // layer by hand, the kernel refuses to follow redirects
             // (userxattr implies redirect_dir=nofollow).
-            if self.opts.userxattr && want != Want::Own {
+            if (self.opts.userxattr || self.opts.redirect_nofollow) && want != Want::Own {
                 return Err(Errno::EPERM);
             }
             let in_parent = parent.lowers.get(cursor).filter(|l| l.layer == idx);
@@ -163,6 +164,7 @@ impl Union {
                         if top.is_some() {
                             break;
                         }
+                        Self::refuse_metacopy(&self.fmt, bfd(&lfd), cn, &st)?;
                         let ino = self.layers.map_ino(st.st_dev, st.st_ino);
                         return Ok(Some(Resolved {
                             kind: kind_of(&st),
@@ -217,6 +219,27 @@ impl Union {
             (Some(d), Some(st)) => Ok(Some(self.resolved_dir(d, st, lower_present, upper_origin))),
             _ => Ok(None),
         }
+    }
+
+    /// A metadata-only copy (the kernel's `metacopy=on` copy-up) holds no
+    /// data: its data is in the lower it came from. Without metacopy support
+    /// its lookup fails with EPERM, as the kernel's "refusing to follow
+    /// metacopy origin": reading it as it is would give zeros, and a write
+    /// would then make them its data for good.
+    fn refuse_metacopy(
+        fmt: &Format,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &CStr,
+        st: &libc::stat,
+    ) -> Result<()> {
+        if fmt.is_metacopy(dir, name, st) {
+            log::warn!(
+                "refusing to follow metacopy origin for {} (metacopy=on is not supported)",
+                name.to_string_lossy()
+            );
+            return Err(Errno::EPERM);
+        }
+        Ok(())
     }
 
     /// An upper dir merged with a lower one but without an origin (made

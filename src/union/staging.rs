@@ -104,6 +104,7 @@ mod tests {
             oci_whiteouts: false,
             volatile: true,
             redirect_dir: false,
+            redirect_nofollow: false,
             uid_map: Default::default(),
             gid_map: Default::default(),
         };

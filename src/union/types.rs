@@ -20,6 +20,8 @@ pub struct Options {
     pub oci_whiteouts: bool,
     pub volatile: bool,
     pub redirect_dir: bool,
+    /// `redirect_dir=nofollow`: a lookup that meets a redirect gives EPERM.
+    pub redirect_nofollow: bool,
     pub uid_map: crate::idmap::IdMap,
     pub gid_map: crate::idmap::IdMap,
 }
