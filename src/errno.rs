@@ -40,7 +40,7 @@ impl Errno {
 
     /// The calling thread's current errno (EIO if it is somehow zero).
     pub fn last() -> Errno {
-        Errno::from_raw(crate::sys::last_errno())
+        Errno::from_raw(io::Error::last_os_error().raw_os_error().unwrap_or(0))
     }
 
     /// Wraps a raw errno; 0 or negative becomes EIO so an error is never lost.

@@ -28,7 +28,14 @@ fn main() {
     if let Some(job) = cli.layer_job() {
         std::process::exit(launcher::run_layer_job(&job));
     }
-    let code = match launcher::run(&cli.into_config()) {
+    let config = match cli.into_config() {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("unionfs-run: {msg}");
+            std::process::exit(launcher::error::EXIT_LAUNCHER);
+        }
+    };
+    let code = match launcher::run(&config) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("unionfs-run: {e}");

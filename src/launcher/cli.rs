@@ -1,9 +1,12 @@
 //! Command line of `unionfs-run`.
 
 use std::ffi::OsString;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+
+use super::spec::{self, Bind, Tmpfs, UserSpec};
 
 const HELP: &str = "\
 Runs CMD (default /bin/sh from the image) with the union of the LOWER dirs
@@ -19,7 +22,18 @@ files of other owners show as nobody. Rootless FUSE needs /dev/fuse 0666.
 The rootfs gets a fresh /proc (the host's bound when a rootless run has no
 --pid), a tmpfs /dev (null zero full random urandom tty from the host,
 devpts, shm), and a read-only /sys. Missing /proc, /dev, /sys dirs are
-created through the union (in the upper).
+created through the union (in the upper). A missing UPPER (or work dir)
+whose parent exists is created.
+
+INIT LAYER: /etc/hosts (localhost, the host name, --add-host lines),
+/etc/hostname and /etc/resolv.conf (the host's; systemd-resolved's upstream
+list instead of its 127.0.0.53 stub; empty with --net none; --dns
+overrides) sit in a layer of their own between the image and the upper:
+they reach the upper, and --commit, only when the command changes them.
+
+ENVIRONMENT: clean: PATH (Debian's default), HOME (the user's in the image's
+/etc/passwd), TERM (copied), HOSTNAME, container=unionfs-run; then
+--env-file lines and -e values, which override.
 
 LAYERS: --commit FILE.tar saves the run's upper as an OCI image layer when
 the command exits (whiteouts as .wh. entries, opaque dirs as .wh..wh..opq;
@@ -53,9 +67,58 @@ pub struct Cli {
     /// The unionfs-fuse binary (default: next to this program, else $PATH).
     #[arg(long, value_name = "PATH")]
     pub unionfs_fuse: Option<PathBuf>,
-    /// Work dir for a given UPPER (same filesystem, outside it).
+    /// The overlay work dir for a given UPPER (same filesystem, outside
+    /// it); also `-o workdir=DIR`.
     #[arg(long, value_name = "DIR")]
-    pub workdir: Option<PathBuf>,
+    pub union_workdir: Option<PathBuf>,
+    /// The host name, in a new UTS namespace (default: the run's id, 12 hex
+    /// digits).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Bind-mount host path SRC at DST inside (created if missing), with
+    /// the mounts below it; `:ro` read-only throughout. Repeatable.
+    #[arg(long, value_name = "SRC:DST[:ro]")]
+    pub bind: Vec<String>,
+    /// A tmpfs at DST (created if missing); OPTS: size=N[k|m|g|%],
+    /// mode=OCTAL, nr_inodes=N, uid=N, gid=N. Repeatable.
+    #[arg(long, value_name = "DST[:OPTS]")]
+    pub tmpfs: Vec<String>,
+    /// Set K to V in the command's environment, or copy K from here.
+    /// Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "K=V|K")]
+    pub env: Vec<String>,
+    /// Read K=V (or K) lines from FILE (# comments and blank lines
+    /// skipped), before the -e values. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Run the command as this user, a name looked up in the image's
+    /// /etc/passwd (supplementary groups from its /etc/group).
+    #[arg(short = 'u', long, value_name = "UID[:GID]|NAME[:GROUP]")]
+    pub user: Option<String>,
+    /// The command's working dir inside (default /).
+    #[arg(short = 'w', long, visible_alias = "workdir", value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// host: the host's network; none: a new network namespace with only
+    /// lo, up.
+    #[arg(long, value_enum, default_value_t = Net::Host)]
+    pub net: Net,
+    /// A nameserver for /etc/resolv.conf instead of the host's. Repeatable.
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<String>,
+    /// An /etc/hosts line for NAME. Repeatable.
+    #[arg(long, value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
+    /// No upper: the union is read-only and writes fail with EROFS (a given
+    /// UPPER is shown read-only, as the top layer).
+    #[arg(long, conflicts_with = "commit")]
+    pub ro: bool,
+    /// Remove the upper after the run (the default without UPPER).
+    #[arg(long, conflicts_with = "keep")]
+    pub rm: bool,
+    /// Keep the upper (the default with UPPER); a throwaway one moves to
+    /// $TMPDIR/unionfs-run-upper.ID, which is printed.
+    #[arg(long)]
+    pub keep: bool,
     /// More unionfs-fuse mount options, comma separated (repeatable).
     #[arg(short = 'o', value_name = "OPTS")]
     pub opts: Vec<String>,
@@ -91,12 +154,34 @@ pub struct Cli {
     pub command: Vec<OsString>,
 }
 
+/// `--net`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Net {
+    #[default]
+    Host,
+    None,
+}
+
 /// What to run, from the command line.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub lowers: Vec<PathBuf>,
     pub upper: Option<PathBuf>,
+    /// The union's work dir (`--union-workdir`, `-o workdir=`).
     pub workdir: Option<PathBuf>,
+    pub hostname: Option<String>,
+    pub binds: Vec<Bind>,
+    pub tmpfs: Vec<Tmpfs>,
+    /// -e and --env-file values, host copies already taken.
+    pub env: Vec<(OsString, OsString)>,
+    pub user: Option<UserSpec>,
+    pub cwd: Option<PathBuf>,
+    pub net: Net,
+    pub dns: Vec<IpAddr>,
+    pub add_hosts: Vec<(String, IpAddr)>,
+    pub read_only: bool,
+    /// --rm: Some(false); --keep: Some(true); else the default.
+    pub keep: Option<bool>,
     pub command: Vec<OsString>,
     pub chroot: bool,
     pub pid: bool,
@@ -122,27 +207,91 @@ impl Cli {
         None
     }
 
-    pub fn into_config(self) -> Config {
+    /// The run's configuration; an unusable option value is a one-line
+    /// error naming the option. Host environment and env files are read
+    /// here, once.
+    pub fn into_config(self) -> Result<Config, String> {
+        let host_env = |k: &str| std::env::var_os(k);
+        let mut env = Vec::new();
+        for file in &self.env_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("--env-file {}: {e}", file.display()))?;
+            env.extend(spec::parse_env_file(file, &text, &host_env)?);
+        }
+        for value in &self.env {
+            env.extend(spec::parse_env("-e", value, &host_env)?);
+        }
+        // -o workdir=DIR is the union's work dir, like --union-workdir.
+        let mut workdir = self.union_workdir;
+        let mut opts = Vec::new();
+        for o in &self.opts {
+            let mut rest = Vec::new();
+            for item in o.split(',') {
+                match item.strip_prefix("workdir=") {
+                    Some(w) if workdir.is_some() => {
+                        return Err(format!("-o workdir={w}: the work dir is given twice"))
+                    }
+                    Some(w) => workdir = Some(PathBuf::from(w)),
+                    None => rest.push(item),
+                }
+            }
+            opts.push(rest.join(","));
+        }
         let mut layers = self.layers.into_iter();
         let lowers = layers.next().unwrap_or_default();
         let lowers = match lowers.to_str() {
             Some(s) => crate::options::split_lowers(s),
             None => vec![lowers],
         };
-        Config {
+        Ok(Config {
             lowers,
             upper: layers.next(),
-            workdir: self.workdir,
+            workdir,
+            hostname: self
+                .hostname
+                .as_deref()
+                .map(spec::parse_hostname)
+                .transpose()?,
+            binds: self
+                .bind
+                .iter()
+                .map(|b| spec::parse_bind(b))
+                .collect::<Result<_, _>>()?,
+            tmpfs: self
+                .tmpfs
+                .iter()
+                .map(|t| spec::parse_tmpfs(t))
+                .collect::<Result<_, _>>()?,
+            env,
+            user: self.user.as_deref().map(spec::parse_user).transpose()?,
+            cwd: self.cwd.as_deref().map(spec::parse_cwd).transpose()?,
+            net: self.net,
+            dns: self
+                .dns
+                .iter()
+                .map(|d| spec::parse_dns(d))
+                .collect::<Result<_, _>>()?,
+            add_hosts: self
+                .add_host
+                .iter()
+                .map(|h| spec::parse_add_host(h))
+                .collect::<Result<_, _>>()?,
+            read_only: self.ro,
+            keep: match (self.rm, self.keep) {
+                (true, _) => Some(false),
+                (_, true) => Some(true),
+                _ => None,
+            },
             command: self.command,
             chroot: self.chroot,
             pid: self.pid,
             unionfs_fuse: self.unionfs_fuse,
-            opts: self.opts,
+            opts,
             commit: self
                 .commit
                 .as_deref()
                 .map(|f| crate::launcher::LayerOut::new(f, self.gzip, self.mtime, false)),
-        }
+        })
     }
 }
 
@@ -155,6 +304,7 @@ mod tests {
         Cli::try_parse_from(argv)
             .unwrap_or_else(|e| panic!("{e}"))
             .into_config()
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -174,5 +324,83 @@ mod tests {
         assert_eq!(c.opts, ["noatime"]);
         assert!(Cli::try_parse_from(["unionfs-run"]).is_err());
         assert!(Cli::try_parse_from(["unionfs-run", "a", "b", "c"]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod option_tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, String> {
+        let argv = std::iter::once("unionfs-run").chain(args.iter().copied());
+        Cli::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_config()
+    }
+
+    #[test]
+    fn workdir_is_the_cwd_inside_and_the_union_workdir_has_its_own_names() {
+        let c = config(&["--workdir", "/srv", "img"]).unwrap();
+        assert_eq!(c.cwd, Some(PathBuf::from("/srv")));
+        assert!(c.workdir.is_none());
+        let c = config(&["-o", "noatime,workdir=/w", "img", "up"]).unwrap();
+        assert_eq!(c.workdir, Some(PathBuf::from("/w")));
+        assert_eq!(c.opts, ["noatime"]);
+        let c = config(&["--union-workdir", "/w2", "img", "up"]).unwrap();
+        assert_eq!(c.workdir, Some(PathBuf::from("/w2")));
+        let e = config(&["--union-workdir", "/w", "-o", "workdir=/x", "img"]).unwrap_err();
+        assert!(e.starts_with("-o workdir=/x"), "{e}");
+    }
+
+    #[test]
+    fn container_options_parse() {
+        let c = config(&[
+            "--hostname",
+            "box",
+            "--bind",
+            "/h:/d:ro",
+            "--tmpfs",
+            "/t:size=1m",
+            "-e",
+            "A=1",
+            "-u",
+            "app",
+            "--net",
+            "none",
+            "--dns",
+            "9.9.9.9",
+            "--add-host",
+            "db:10.0.0.9",
+            "--ro",
+            "--keep",
+            "img",
+        ])
+        .unwrap();
+        assert_eq!(c.hostname.as_deref(), Some("box"));
+        assert!(c.binds[0].read_only && c.tmpfs[0].options == "size=1m");
+        assert_eq!(c.env, [(OsString::from("A"), OsString::from("1"))]);
+        assert_eq!(c.net, Net::None);
+        assert!(c.read_only && c.keep == Some(true));
+        assert_eq!(c.dns.len() + c.add_hosts.len(), 2);
+        assert_eq!(config(&["--rm", "img"]).unwrap().keep, Some(false));
+    }
+
+    #[test]
+    fn bad_values_name_their_option() {
+        for (args, start) in [
+            (&["--bind", "/h:rel", "img"][..], "--bind /h:rel: "),
+            (&["--tmpfs", "/t:bogus", "img"][..], "--tmpfs /t:bogus: "),
+            (&["--hostname", "a b", "img"][..], "--hostname a b: "),
+            (&["--cwd", "rel", "img"][..], "--cwd rel: "),
+            (&["--dns", "x", "img"][..], "--dns x: "),
+            (
+                &["--env-file", "/nonexistent/env", "img"][..],
+                "--env-file /nonexistent/env: ",
+            ),
+        ] {
+            let e = config(args).unwrap_err();
+            assert!(e.starts_with(start), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 }

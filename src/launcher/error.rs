@@ -56,6 +56,21 @@ pub enum Error {
     Exec(String, Errno),
     /// Waiting for the command.
     Wait(Errno),
+    /// An option value that cannot be used (a missing SRC, an unknown
+    /// user): the message names the option.
+    BadOption(String),
+    /// Writing the init layer (/etc/hosts, hostname, resolv.conf).
+    InitLayer(PathBuf, Errno),
+    /// Setting the new UTS namespace's host name.
+    Hostname(Errno),
+    /// Bringing up `lo` in the new network namespace (`--net none`).
+    Loopback(Errno),
+    /// A `--bind` or `--tmpfs` mount, or its mount point.
+    MountBind(PathBuf, Errno),
+    /// Switching to the `--user` ids.
+    SetUser(String, Errno),
+    /// Changing into the `--cwd` dir.
+    Cwd(PathBuf, Errno),
 }
 
 impl Error {
@@ -81,6 +96,13 @@ impl Error {
             Error::Chroot(..) => "chroot",
             Error::Exec(..) => "exec",
             Error::Wait(..) => "wait for command",
+            Error::BadOption(..) => "option",
+            Error::InitLayer(..) => "init layer",
+            Error::Hostname(..) => "hostname",
+            Error::Loopback(..) => "loopback",
+            Error::MountBind(..) => "mount binds",
+            Error::SetUser(..) => "set user",
+            Error::Cwd(..) => "cwd",
         }
     }
 
@@ -91,7 +113,13 @@ impl Error {
             | Error::StartUnion(_, e)
             | Error::MountProc(_, e)
             | Error::MountDev(_, e)
-            | Error::MountSys(_, e) => *e,
+            | Error::MountSys(_, e)
+            | Error::InitLayer(_, e)
+            | Error::MountBind(_, e)
+            | Error::Cwd(_, e) => *e,
+            Error::BadOption(_) => Errno(0),
+            Error::SetUser(_, e) => *e,
+            Error::Hostname(e) | Error::Loopback(e) => *e,
             Error::Unshare(_, e)
             | Error::IdMaps(_, e)
             | Error::UnionReady(_, e)
@@ -116,7 +144,11 @@ impl Error {
             | Error::StartUnion(p, _)
             | Error::MountProc(p, _)
             | Error::MountDev(p, _)
-            | Error::MountSys(p, _) => p.display().to_string(),
+            | Error::MountSys(p, _)
+            | Error::InitLayer(p, _)
+            | Error::MountBind(p, _)
+            | Error::Cwd(p, _) => p.display().to_string(),
+            Error::BadOption(s) | Error::SetUser(s, _) => s.clone(),
             Error::Unshare(s, _) | Error::IdMaps(s, _) | Error::UnionReady(s, _) => s.clone(),
             Error::Exec(s, _) => s.clone(),
             Error::FuseDevice(_) => {
@@ -169,6 +201,13 @@ impl Error {
             "chroot" => Error::Chroot(errno),
             "exec" => Error::Exec(detail, errno),
             "wait for command" => Error::Wait(errno),
+            "option" => Error::BadOption(detail),
+            "init layer" => Error::InitLayer(path, errno),
+            "hostname" => Error::Hostname(errno),
+            "loopback" => Error::Loopback(errno),
+            "mount binds" => Error::MountBind(path, errno),
+            "set user" => Error::SetUser(detail, errno),
+            "cwd" => Error::Cwd(path, errno),
             _ => return None,
         })
     }
@@ -177,6 +216,10 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let detail = self.detail();
+        if let Error::BadOption(msg) = self {
+            // Already one line naming the option.
+            return write!(f, "{msg}");
+        }
         if detail.is_empty() {
             write!(f, "step `{}` failed: {}", self.step(), self.errno())
         } else if self.errno() == Errno(0) {
@@ -221,6 +264,13 @@ mod tests {
             Error::Chroot(e),
             Error::Exec("ls".into(), e),
             Error::Wait(e),
+            Error::BadOption("--user x: no user x".into()),
+            Error::InitLayer(p(), e),
+            Error::Hostname(e),
+            Error::Loopback(e),
+            Error::MountBind(p(), e),
+            Error::SetUser("1000:1000".into(), e),
+            Error::Cwd(p(), e),
         ]
     }
 

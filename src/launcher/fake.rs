@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::seam::{clone_names, Entry, Mount, Sys};
+use super::seam::{clone_names, DirAttrs, Entry, ImageDir, Mount, Sys};
 use super::userns::IdMapping;
 use crate::errno::{Errno, Result};
 
@@ -25,7 +25,21 @@ pub struct FakeSys {
     pub scratch_dirs: Vec<PathBuf>,
     /// Lock files that another process holds.
     pub busy_locks: Vec<PathBuf>,
+    /// Host paths `canonical` reports as files (others are dirs).
+    pub files: Vec<PathBuf>,
+    /// What `image_dir` answers (default: `etc`, a plain dir).
+    pub image_etc: Option<Vec<ImageDir>>,
+    /// Files `read_in_root` finds, by path inside the root.
+    pub root_files: Vec<(PathBuf, String)>,
 }
+
+/// The attributes the fake's image gives its dirs.
+pub const IMAGE_DIR: DirAttrs = DirAttrs {
+    mode: 0o40755,
+    uid: 0,
+    gid: 0,
+    mtime: (1, 0),
+};
 
 impl FakeSys {
     fn record(&mut self, line: String) -> Result<()> {
@@ -55,6 +69,81 @@ impl Sys for FakeSys {
             return Err(Errno::ENOENT);
         }
         Ok(path.to_path_buf())
+    }
+
+    fn canonical(&mut self, path: &Path) -> Result<(PathBuf, bool)> {
+        if self.missing.iter().any(|m| m == path) {
+            return Err(Errno::ENOENT);
+        }
+        Ok((path.to_path_buf(), !self.files.iter().any(|f| f == path)))
+    }
+
+    fn write_new_file(&mut self, path: &Path, data: &str, mode: u32) -> Result<()> {
+        let first = data.lines().next().unwrap_or("");
+        self.record(format!("write_new({}, {mode:o}, {first})", path.display()))
+    }
+
+    fn set_attrs(&mut self, path: &Path, a: &DirAttrs) -> Result<()> {
+        self.record(format!("set_attrs({}, {:o})", path.display(), a.mode))
+    }
+
+    fn image_dir(&mut self, _lowers: &[PathBuf], path: &str) -> Result<Vec<ImageDir>> {
+        Ok(self.image_etc.clone().unwrap_or_else(|| {
+            vec![ImageDir {
+                name: path.into(),
+                attrs: Some(IMAGE_DIR),
+            }]
+        }))
+    }
+
+    fn read_in_root(&mut self, root: &Path, path: &Path) -> Result<Option<String>> {
+        let _ = root;
+        Ok(self
+            .root_files
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, t)| t.clone()))
+    }
+
+    fn mount_point(&mut self, root: &Path, dst: &Path, file: bool) -> Result<PathBuf> {
+        let at = root.join(dst.strip_prefix("/").unwrap_or(dst));
+        let kind = if file { "file" } else { "dir" };
+        self.record(format!("mount_point({}, {kind})", at.display()))?;
+        Ok(at)
+    }
+
+    fn bind(&mut self, source: &Path, target: &Path, read_only: bool) -> Result<()> {
+        let how = if read_only { "ro" } else { "rw" };
+        self.record(format!(
+            "bind({}, {}, {how})",
+            source.display(),
+            target.display()
+        ))
+    }
+
+    fn sethostname(&mut self, name: &str) -> Result<()> {
+        self.record(format!("sethostname({name})"))
+    }
+
+    fn loopback_up(&mut self) -> Result<()> {
+        self.record("loopback_up".into())
+    }
+
+    fn set_identity(&mut self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Result<()> {
+        let groups = groups.map_or("-".into(), |g| format!("{g:?}"));
+        self.record(format!("set_identity({uid}, {gid}, {groups})"))
+    }
+
+    fn chdir(&mut self, dir: &Path) -> Result<()> {
+        self.record(format!("chdir({})", dir.display()))
+    }
+
+    fn chmod(&mut self, path: &Path, mode: u32) -> Result<()> {
+        self.record(format!("chmod({}, {mode:o})", path.display()))
+    }
+
+    fn rename(&mut self, from: &Path, to: &Path) -> Result<()> {
+        self.record(format!("rename({}, {})", from.display(), to.display()))
     }
 
     fn entry(&mut self, path: &Path) -> Entry {
@@ -147,7 +236,7 @@ impl Sys for FakeSys {
         self.record("no_new_privs".into())
     }
 
-    fn exec(&mut self, argv: &[OsString]) -> Errno {
+    fn exec(&mut self, argv: &[OsString], _env: &[(OsString, OsString)]) -> Errno {
         // A real exec does not return; the fake reports ENOEXEC to end the run.
         match self.record(format!("exec({})", show(argv))) {
             Err(e) => e,

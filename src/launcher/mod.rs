@@ -3,19 +3,27 @@
 //! its own [`Error`] variant), in bubblewrap's order:
 //!
 //! Launcher process (single-threaded until the server is a child):
-//! 1. `check layers`, `scratch dir`: absolute layer paths; a scratch dir in
-//!    $TMPDIR holds the mount point and, without UPPER, a throwaway upper
-//!    and workdir, and a lock file this process holds while it lives.
+//! 1. `check layers`, `option`, `scratch dir`, `init layer`: absolute layer
+//!    paths (a missing UPPER is created), bind sources; a scratch dir in
+//!    $TMPDIR holds the mount point, the init layer ([`initlayer`]: the
+//!    top lower, holding /etc/hosts, hostname, resolv.conf), without UPPER
+//!    a throwaway upper and workdir, and a lock file this process holds
+//!    while it lives.
 //! 2. `unshare`: a mount namespace, plus a user namespace when not root
 //!    (`open /dev/fuse` first, `id maps` after: the caller becomes uid 0),
 //!    then `make / rslave` before anything is mounted, so nothing leaks out.
 //! 3. `start unionfs-fuse` (`-f`, a child tied to us) and `wait for union
 //!    mount`.
-//! 4. `fork command` (in a new PID namespace with `--pid`).
+//! 4. `option` (the `--user` from the image's passwd, and with it HOME),
+//!    `fork command` (in a new PID namespace with `--pid`).
 //!
-//! Command process ([`rootfs`]): `command mount namespace` (its own, so
-//! switching root moves nobody else), `mount /proc`, `mount /dev`, `mount
-//! /sys`, `pivot_root` (or `chroot`), `exec`.
+//! Command process ([`rootfs`], [`container`]): `command mount namespace`
+//! (its own mount namespace, so switching root moves nobody else, with a
+//! UTS namespace and with `--net none` a network namespace), `hostname`,
+//! `loopback`, `mount /proc`, `mount /dev`, `mount /sys` (after the network
+//! namespace: its sysfs shows that namespace's devices), `mount binds`
+//! (`--bind`, `--tmpfs`), `pivot_root` (or `chroot`), `set user`, `cwd`,
+//! `exec` with the clean environment.
 //!
 //! Back in the launcher: forward SIGINT/SIGTERM/SIGHUP, wait, then stop the
 //! server, unmount the union lazily, remove the scratch dir (and with it a
@@ -27,12 +35,19 @@
 //! unit tests check the exact order with a recording fake.
 
 pub mod cli;
+pub mod commit;
+pub mod container;
 pub mod error;
 #[cfg(test)]
 mod fake;
+pub mod identity;
+pub mod image;
+pub mod initlayer;
 pub mod process;
+pub mod real;
 pub mod rootfs;
 pub mod seam;
+pub mod spec;
 pub mod userns;
 
 use std::ffi::OsString;
@@ -40,9 +55,13 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use cli::{Cli, Config};
+pub use cli::{Cli, Config, Net};
+pub use commit::{run_layer_job, LayerJob, LayerOut};
 pub use error::Error;
-use seam::{Mount, RealSys, Sys};
+use identity::Identity;
+use real::RealSys;
+use seam::{Mount, Sys};
+use spec::{Bind, Tmpfs, UserSpec};
 use userns::IdMapping;
 
 use crate::errno::Errno;
@@ -69,6 +88,13 @@ pub struct Host {
     pub tmpdir: PathBuf,
     /// The unionfs-fuse binary to run.
     pub server: PathBuf,
+    /// This run's id, 12 hex digits: the default host name.
+    pub run_id: String,
+    /// The host's resolv.conf as the run sees it
+    /// ([`initlayer::host_resolv_conf`]).
+    pub resolv_conf: String,
+    /// The host's TERM, passed on.
+    pub term: Option<OsString>,
 }
 
 impl Host {
@@ -92,6 +118,14 @@ impl Host {
                 .clone()
                 .or(beside_us)
                 .unwrap_or_else(|| PathBuf::from("unionfs-fuse")),
+            run_id: format!("{:012x}", crate::sys::proc::random_u64() & 0xffff_ffff_ffff),
+            resolv_conf: initlayer::host_resolv_conf(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                std::fs::read_to_string("/run/systemd/resolve/resolv.conf")
+                    .ok()
+                    .as_deref(),
+            ),
+            term: std::env::var_os("TERM"),
         }
     }
 }
@@ -103,14 +137,48 @@ pub struct Plan {
     pub scratch: PathBuf,
     /// The mount point, inside `scratch`.
     pub merged: PathBuf,
-    pub upper: PathBuf,
-    /// True when `upper` is ours, to remove afterwards.
+    /// The init layer, inside `scratch`: the top lower.
+    pub init: PathBuf,
+    /// None with `--ro` and no UPPER.
+    pub upper: Option<PathBuf>,
+    /// True when `upper` is ours, in the scratch dir.
     pub throwaway: bool,
+    /// Remove the upper afterwards (`--rm`, or a throwaway one).
+    pub remove_upper: bool,
+    /// Where a throwaway upper goes with `--keep`.
+    pub kept_upper: Option<PathBuf>,
     pub work: Option<PathBuf>,
     pub server_argv: Vec<OsString>,
     pub command: Vec<OsString>,
     pub chroot: bool,
     pub pid_ns: bool,
+    pub hostname: String,
+    pub net_none: bool,
+    /// `--ro`: the union is mounted read-only.
+    pub read_only: bool,
+    /// With canonical sources.
+    pub binds: Vec<Bind>,
+    pub tmpfs: Vec<Tmpfs>,
+    pub user: Option<UserSpec>,
+    /// Who the command runs as: set once the union is mounted (the image's
+    /// passwd decides); None keeps the launcher's ids (root inside).
+    pub identity: Option<Identity>,
+    pub cwd: Option<PathBuf>,
+    /// The command's whole environment, complete once `identity` is known.
+    pub env: Vec<(OsString, OsString)>,
+    /// -e and --env-file values, and the host's TERM, for `env`.
+    pub extra_env: Vec<(OsString, OsString)>,
+    pub term: Option<OsString>,
+}
+
+impl Plan {
+    /// The mount points `--bind` and `--tmpfs` make inside.
+    pub fn mount_points(&self) -> Vec<PathBuf> {
+        let binds = self.binds.iter().map(|b| b.target.clone());
+        binds
+            .chain(self.tmpfs.iter().map(|t| t.target.clone()))
+            .collect()
+    }
 }
 
 /// Joins lower dirs into unionfs-fuse's `L1:L2` form, escaping `:` and `\`.
@@ -132,6 +200,9 @@ pub fn join_lowers(lowers: &[PathBuf]) -> OsString {
 
 fn server_argv(server: &Path, lowers: &[PathBuf], plan: &Plan, opts: &[String]) -> Vec<OsString> {
     let mut o: Vec<String> = Vec::new();
+    if plan.read_only {
+        o.push("ro".into());
+    }
     if let Some(w) = plan.work.as_ref().and_then(|p| p.to_str()) {
         // A comma would split the option; without workdir= unionfs-fuse
         // stages copy-ups in the upper itself.
@@ -147,59 +218,105 @@ fn server_argv(server: &Path, lowers: &[PathBuf], plan: &Plan, opts: &[String]) 
         argv.push("-o".into());
         argv.push(o.join(",").into());
     }
-    argv.push(join_lowers(lowers));
-    argv.push(plan.upper.clone().into_os_string());
+    let mut all = vec![plan.init.clone()];
+    all.extend(lowers.iter().cloned());
+    argv.push(join_lowers(&all));
+    if let Some(u) = &plan.upper {
+        argv.push(u.clone().into_os_string());
+    }
     argv.push(plan.merged.clone().into_os_string());
     argv
 }
 
-/// Steps `check layers` and `scratch dir`.
+/// A given UPPER or work dir: missing with an existing parent, it is made
+/// (by the caller, mode 0755).
+fn given_dir<S: Sys>(sys: &mut S, role: &str, p: &Path) -> Result<PathBuf, Error> {
+    let fail = |e| Error::Layers(PathBuf::from(format!("{role} {}", p.display())), e);
+    match sys.canonical_dir(p) {
+        Err(e) if e == Errno::ENOENT => {
+            let parent = p.parent().filter(|q| !q.as_os_str().is_empty());
+            sys.canonical_dir(parent.unwrap_or(Path::new(".")))
+                .map_err(fail)?;
+            sys.mkdir(p, 0o755).map_err(fail)?;
+            // 0755 whatever the umask: the server and the command reach it.
+            sys.chmod(p, 0o755).map_err(fail)?;
+            log::info!("created {role} {}", p.display());
+            sys.canonical_dir(p).map_err(fail)
+        }
+        r => r.map_err(fail),
+    }
+}
+
+/// Steps `check layers`, `option`, `scratch dir` and `init layer`.
 pub fn prepare<S: Sys>(sys: &mut S, config: &Config, host: &Host) -> Result<Plan, Error> {
-    // The error names the path with its role: "upper dir /x".
-    let mut canon = |role: &str, p: &PathBuf| {
-        sys.canonical_dir(p)
-            .map_err(|e| Error::Layers(PathBuf::from(format!("{role} {}", p.display())), e))
-    };
     let lowers = config
         .lowers
         .iter()
-        .map(|l| canon("lower dir", l))
+        .map(|l| {
+            sys.canonical_dir(l)
+                .map_err(|e| Error::Layers(PathBuf::from(format!("lower dir {}", l.display())), e))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let upper = config
-        .upper
-        .as_ref()
-        .map(|u| canon("upper dir", u))
-        .transpose()?;
-    let work = config
-        .workdir
-        .as_ref()
-        .map(|w| canon("work dir", w))
-        .transpose()?;
     if lowers.is_empty() {
         return Err(Error::Layers(PathBuf::new(), Errno::EINVAL));
     }
-    if work.is_some() && upper.is_none() {
+    if config.workdir.is_some() && config.upper.is_none() {
         return Err(Error::Layers(
-            PathBuf::from("--workdir needs an UPPER after the lower dirs"),
+            PathBuf::from("--union-workdir needs an UPPER after the lower dirs"),
             Errno::EINVAL,
         ));
     }
+    if config.read_only && config.commit.is_some() {
+        return Err(Error::BadOption(
+            "--commit: a --ro run has no changes".into(),
+        ));
+    }
+    let binds = check_binds(sys, &config.binds)?;
+    let upper = match &config.upper {
+        Some(u) => Some(given_dir(sys, "upper dir", u)?),
+        None => None,
+    };
+    let work = match &config.workdir {
+        Some(w) => Some(given_dir(sys, "work dir", w)?),
+        None => None,
+    };
 
     let scratch = make_scratch(sys, host)?;
-    let result = fill_scratch(sys, &scratch, upper, work);
-    let (upper, work, throwaway) = match result {
-        Ok(v) => v,
+    let throwaway = upper.is_none() && !config.read_only;
+    let result = fill_scratch(sys, &scratch, throwaway).and_then(|layout| {
+        let files = initlayer::InitFiles {
+            hosts: initlayer::hosts(&hostname(config, host), &config.add_hosts),
+            hostname: format!("{}\n", hostname(config, host)),
+            resolv_conf: initlayer::resolv_conf(
+                &host.resolv_conf,
+                &config.dns,
+                config.net == Net::None,
+            ),
+        };
+        initlayer::write(sys, &scratch.join(INIT), &lowers, &files)?;
+        Ok(layout)
+    });
+    let (upper, work) = match result {
+        Ok(Some((u, w))) => (Some(u), Some(w)),
+        Ok(None) => (upper, work),
         Err(e) => {
             let _ = sys.remove_tree(&scratch);
             return Err(e);
         }
     };
+    let keep = config.keep.unwrap_or(!throwaway);
     let mut plan = Plan {
         mode: host.mode.clone(),
         merged: scratch.join("merged"),
+        init: scratch.join(INIT),
         scratch,
         upper,
         throwaway,
+        remove_upper: !keep && !config.read_only,
+        kept_upper: (throwaway && keep).then(|| {
+            host.tmpdir
+                .join(format!("unionfs-run-upper.{}", host.run_id))
+        }),
         work,
         server_argv: Vec::new(),
         command: if config.command.is_empty() {
@@ -209,10 +326,53 @@ pub fn prepare<S: Sys>(sys: &mut S, config: &Config, host: &Host) -> Result<Plan
         },
         chroot: config.chroot,
         pid_ns: config.pid,
+        hostname: hostname(config, host),
+        net_none: config.net == Net::None,
+        read_only: config.read_only,
+        binds,
+        tmpfs: config.tmpfs.clone(),
+        user: config.user.clone(),
+        identity: None,
+        cwd: config.cwd.clone(),
+        env: Vec::new(),
+        extra_env: config.env.clone(),
+        term: host.term.clone(),
     };
     plan.server_argv = server_argv(&host.server, &lowers, &plan, &config.opts);
     Ok(plan)
 }
+
+fn hostname(config: &Config, host: &Host) -> String {
+    config
+        .hostname
+        .clone()
+        .unwrap_or_else(|| host.run_id.clone())
+}
+
+/// Bind sources exist: made canonical, and known as dir or file.
+fn check_binds<S: Sys>(sys: &mut S, binds: &[Bind]) -> Result<Vec<Bind>, Error> {
+    binds
+        .iter()
+        .map(|b| {
+            let (source, dir) = sys.canonical(&b.source).map_err(|e| {
+                Error::BadOption(format!(
+                    "--bind {}:{}: {}: {e}",
+                    b.source.display(),
+                    b.target.display(),
+                    b.source.display()
+                ))
+            })?;
+            Ok(Bind {
+                source,
+                file: !dir,
+                ..b.clone()
+            })
+        })
+        .collect()
+}
+
+/// The init layer's dir in the scratch dir.
+const INIT: &str = "init";
 
 /// Scratch dirs are `$TMPDIR/unionfs-run.PID[.N]`.
 const SCRATCH_PREFIX: &str = "unionfs-run.";
@@ -249,15 +409,13 @@ fn is_scratch_name(name: &std::ffi::OsStr) -> bool {
             .all(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))
 }
 
-type Layout = (PathBuf, Option<PathBuf>, bool);
-
-/// The mount point, and a throwaway upper and workdir when no UPPER is given.
+/// The mount point, and a throwaway upper and workdir (returned) when
+/// `throwaway`.
 fn fill_scratch<S: Sys>(
     sys: &mut S,
     scratch: &Path,
-    upper: Option<PathBuf>,
-    work: Option<PathBuf>,
-) -> Result<Layout, Error> {
+    throwaway: bool,
+) -> Result<Option<(PathBuf, PathBuf)>, Error> {
     // Locked before `merged` exists: a sweep leaves a dir without it alone.
     let lock = scratch.join(SCRATCH_LOCK);
     match sys.create_lock(&lock) {
@@ -275,10 +433,10 @@ fn fill_scratch<S: Sys>(
         Ok::<_, Error>(p)
     };
     mkdir("merged", 0o755)?;
-    Ok(match upper {
-        Some(u) => (u, work, false),
-        None => (mkdir("upper", 0o755)?, Some(mkdir("work", 0o700)?), true),
-    })
+    if !throwaway {
+        return Ok(None);
+    }
+    Ok(Some((mkdir("upper", 0o755)?, mkdir("work", 0o700)?)))
 }
 
 /// Steps `open /dev/fuse`, `unshare`, `id maps`, `make / rslave`.
@@ -394,11 +552,24 @@ pub fn remove_scratch<S: Sys>(sys: &mut S, plan: &Plan) {
             return;
         }
     }
+    let mut trees = vec![plan.init.clone()];
+    if let (Some(upper), Some(kept)) = (&plan.upper, &plan.kept_upper) {
+        match sys.rename(upper, kept) {
+            Ok(()) => eprintln!("unionfs-run: the upper is kept in {}", kept.display()),
+            Err(e) => log::warn!("keeping the upper in {}: {e}", kept.display()),
+        }
+    }
+    if plan.remove_upper {
+        trees.extend(plan.upper.iter().cloned());
+    }
     if plan.throwaway {
-        for dir in std::iter::once(&plan.upper).chain(plan.work.iter()) {
-            if let Err(e) = sys.remove_tree(dir) {
-                log::warn!("removing {}: {e}", dir.display());
-            }
+        trees.extend(plan.work.iter().cloned());
+    }
+    for dir in &trees {
+        match sys.remove_tree(dir) {
+            Ok(()) => {}
+            Err(e) if e == Errno::ENOENT => {}
+            Err(e) => log::warn!("removing {}: {e}", dir.display()),
         }
     }
     let _ = sys.remove_file(&plan.scratch.join(SCRATCH_LOCK));
@@ -422,7 +593,7 @@ pub fn sweep_stale_scratch<S: Sys>(sys: &mut S, tmpdir: &Path) {
         let merged = dir.join("merged");
         if sys.entry(&merged) == seam::Entry::Dir && sys.remove_dir(&merged).is_ok() {
             let mut result = Ok(());
-            for name in ["upper", "work"] {
+            for name in [INIT, "upper", "work"] {
                 let p = dir.join(name);
                 if sys.entry(&p) == seam::Entry::Dir {
                     result = result.and(sys.remove_tree(&p));
@@ -445,7 +616,7 @@ pub fn run(config: &Config) -> Result<i32, Error> {
         log::warn!("{}", userns::SINGLE_MAP_NOTE);
     }
     let mut sys = RealSys::default();
-    log::debug!("step: check layers, scratch dir");
+    log::debug!("step: check layers, scratch dir, init layer");
     let plan = prepare(&mut sys, config, &host)?;
     let mut result = launch(&mut sys, &plan);
     if let (Ok(_), Some(out)) = (&result, &config.commit) {
@@ -453,7 +624,12 @@ pub fn run(config: &Config) -> Result<i32, Error> {
         log::debug!("step: commit");
         let mut out = out.clone();
         out.userxattr = !matches!(host.mode, Mode::Root);
-        if commit_layer(&plan.upper, &out, Some(&config.lowers)).is_err() {
+        let mount_points = plan.mount_points();
+        let committed = plan
+            .upper
+            .as_ref()
+            .map(|upper| commit::commit_layer(upper, &out, Some(&config.lowers), &mount_points));
+        if !matches!(committed, Some(Ok(()))) {
             result = Ok(error::EXIT_LAUNCHER);
         }
     }
@@ -462,121 +638,37 @@ pub fn run(config: &Config) -> Result<i32, Error> {
     result
 }
 
-/// Where and how to write a layer tarball.
-#[derive(Clone, Debug)]
-pub struct LayerOut {
-    pub file: PathBuf,
-    pub gzip: bool,
-    pub mtime: Option<i64>,
-    pub userxattr: bool,
-}
-
-impl LayerOut {
-    pub fn new(file: &Path, gzip: bool, mtime: Option<i64>, userxattr: bool) -> LayerOut {
-        let name = file.to_string_lossy();
-        LayerOut {
-            file: file.to_path_buf(),
-            gzip: gzip || name.ends_with(".gz") || name.ends_with(".tgz"),
-            mtime,
-            userxattr,
+/// Step `option` once the union is mounted: the `--user` (default root)
+/// from the image's /etc/passwd and /etc/group, and with it HOME and the
+/// command's whole environment.
+pub fn resolve_identity<S: Sys>(sys: &mut S, plan: &Plan) -> Result<Plan, Error> {
+    let mut read = |name: &str| {
+        sys.read_in_root(&plan.merged, Path::new(name))
+            .map(Option::unwrap_or_default)
+            .map_err(|e| Error::BadOption(format!("reading the image's {name}: {e}")))
+    };
+    let (passwd, group) = (read("/etc/passwd")?, read("/etc/group")?);
+    let id = identity::resolve(plan.user.as_ref(), &passwd, &group).map_err(Error::BadOption)?;
+    if let (Some(spec), Mode::Rootless(IdMapping::Single { .. })) = (&plan.user, &plan.mode) {
+        if id.uid != 0 || id.gid != 0 {
+            return Err(Error::BadOption(format!(
+                "--user {}: uid {} gid {} do not exist in this rootless run: \
+                 its single-id map holds only 0 (see /etc/subuid)",
+                identity::describe(spec),
+                id.uid,
+                id.gid
+            )));
         }
     }
-}
-
-/// A layer tool run instead of a command.
-#[derive(Clone, Debug)]
-pub enum LayerJob {
-    Export(PathBuf, LayerOut),
-    /// (tarball, target dir, userxattr)
-    Unpack(PathBuf, PathBuf, bool),
-}
-
-/// Runs a layer job; prints the diff_id, or the error. Returns the exit code.
-pub fn run_layer_job(job: &LayerJob) -> i32 {
-    let r = match job {
-        LayerJob::Export(upper, out) => {
-            // Unprivileged, only user.overlay.* can be what the upper uses.
-            let out = LayerOut {
-                userxattr: out.userxattr || crate::sys::proc::needs_userxattr(),
-                ..out.clone()
-            };
-            commit_layer(upper, &out, None)
-        }
-        LayerJob::Unpack(file, dir, userxattr) => {
-            let opts = crate::layer::UnpackOptions {
-                userxattr: *userxattr,
-                ..Default::default()
-            };
-            match crate::layer::unpack_file(file, dir, &opts) {
-                Ok(rep) => print_digest(&rep.diff_id.to_string(), false),
-                Err(e) => {
-                    eprintln!("unionfs-run: unpack {}: {e}", file.display());
-                    Err(())
-                }
-            }
-        }
-    };
-    if r.is_ok() {
-        0
-    } else {
-        error::EXIT_LAUNCHER
-    }
-}
-
-/// Exports `upper` as a layer tarball (`-`: to stdout) and prints its
-/// diff_id. The empty /proc, /dev and /sys dirs a run creates for its
-/// mounts are not part of the layer: after a run (`lowers` given) those no
-/// lower has; for an upper alone, those made in it (no overlay xattrs).
-fn commit_layer(upper: &Path, out: &LayerOut, lowers: Option<&[PathBuf]>) -> Result<(), ()> {
-    let mut exclude = Vec::new();
-    for d in ["proc", "dev", "sys"] {
-        let empty = std::fs::read_dir(upper.join(d)).is_ok_and(|mut r| r.next().is_none());
-        let made_by_run = match lowers {
-            Some(lowers) => !lowers.iter().any(|l| l.join(d).exists()),
-            None => crate::layer::is_plain_upper_dir(upper, d),
-        };
-        if empty && made_by_run {
-            exclude.push(PathBuf::from(d));
-        }
-    }
-    let opts = crate::layer::ExportOptions {
-        userxattr: out.userxattr,
-        mtime: out
-            .mtime
-            .map(crate::layer::MtimePolicy::Fixed)
-            .unwrap_or_default(),
-        gzip: out.gzip,
-        exclude,
-    };
-    let to_stdout = out.file.as_os_str() == "-";
-    let r = if to_stdout {
-        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-        crate::layer::export(upper, &mut w, &opts).and_then(|d| {
-            std::io::Write::flush(&mut w).map_err(crate::layer::LayerError::Write)?;
-            Ok(d)
-        })
-    } else {
-        crate::layer::export_file(upper, &out.file, &opts)
-    };
-    match r {
-        // With the layer on stdout, the digest goes to stderr.
-        Ok(d) => print_digest(&d.diff_id.to_string(), to_stdout),
-        Err(e) => {
-            eprintln!("unionfs-run: export {}: {e}", upper.display());
-            Err(())
-        }
-    }
-}
-
-/// Prints a digest line; a closed stdout (`| head`) is an error, not a panic.
-fn print_digest(digest: &str, to_stderr: bool) -> Result<(), ()> {
-    use std::io::Write;
-    let r = if to_stderr {
-        writeln!(std::io::stderr(), "{digest}")
-    } else {
-        writeln!(std::io::stdout(), "{digest}")
-    };
-    r.map_err(|e| eprintln!("unionfs-run: printing the digest: {e}"))
+    let mut plan = plan.clone();
+    plan.env = identity::environment(
+        &id.home,
+        plan.term.as_ref(),
+        &plan.hostname,
+        &plan.extra_env,
+    );
+    plan.identity = plan.user.is_some().then_some(id);
+    Ok(plan)
 }
 
 /// The steps between `scratch dir` and the cleanup.
@@ -585,8 +677,9 @@ fn launch(sys: &mut RealSys, plan: &Plan) -> Result<i32, Error> {
     enter_namespaces(sys, plan)?;
     log::debug!("step: start unionfs-fuse");
     let result = start_union(sys, plan).and_then(|()| {
+        let plan = resolve_identity(sys, plan)?;
         log::debug!("step: fork command");
-        process::run_command(plan)
+        process::run_command(&plan)
     });
     stop_union(sys, plan);
     result

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 
-use super::seam::RealSys;
+use super::real::RealSys;
 use super::{rootfs, Error, Plan};
 use crate::errno::Errno;
 use crate::sys;

@@ -1,5 +1,6 @@
-//! The command process's steps: its own mount namespace, /proc, /dev and
-//! /sys on the union, the switch of root, and exec.
+//! The command process's steps: its own namespaces, /proc, /dev and /sys
+//! on the union, the binds, the switch of root, and exec (the container
+//! steps among them are in [`super::container`]).
 //!
 //! The special filesystems are mounted on top of the merged dir's `proc`,
 //! `dev` and `sys`, so nothing of them goes through the union or lands in
@@ -10,6 +11,7 @@
 
 use std::path::Path;
 
+use super::container;
 use super::seam::{Entry, Mount, Sys};
 use super::{Error, Mode, Plan};
 use crate::errno::{Errno, Result};
@@ -25,12 +27,17 @@ type Step<S> = (&'static str, fn(&mut S, &Plan) -> Done);
 /// Runs the command process's steps in order; returns only on failure (on
 /// success, exec replaced the process).
 pub fn command_process<S: Sys>(sys: &mut S, plan: &Plan) -> Error {
-    let steps: [Step<S>; 5] = [
+    let steps: [Step<S>; 10] = [
         ("command mount namespace", own_mount_namespace),
+        ("hostname", container::set_hostname),
+        ("loopback", container::loopback),
         ("mount /proc", mount_proc),
         ("mount /dev", mount_dev),
         ("mount /sys", mount_sys),
+        ("mount binds", container::mount_binds),
         ("switch root", switch_root),
+        ("set user", container::set_user),
+        ("cwd", container::change_dir),
     ];
     for (name, step) in steps {
         log::debug!("step: {name}");
@@ -44,8 +51,10 @@ pub fn command_process<S: Sys>(sys: &mut S, plan: &Plan) -> Error {
 
 /// A mount namespace of the command's own, all private: switching root there
 /// moves neither the launcher nor the server, and nothing propagates out.
-pub fn own_mount_namespace<S: Sys>(sys: &mut S, _plan: &Plan) -> Done {
-    sys.unshare(libc::CLONE_NEWNS)
+/// With it a UTS namespace, and with `--net none` a network namespace
+/// (before /sys is mounted, so sysfs shows its devices).
+pub fn own_mount_namespace<S: Sys>(sys: &mut S, plan: &Plan) -> Done {
+    sys.unshare(container::namespace_flags(plan))
         .map_err(Error::CommandNamespace)?;
     sys.mount(&Mount {
         source: None,
@@ -226,5 +235,5 @@ pub fn exec_command<S: Sys>(sys: &mut S, plan: &Plan) -> Error {
     if let Err(e) = sys.set_no_new_privs() {
         return Error::Exec(name, e);
     }
-    Error::Exec(name, sys.exec(&plan.command))
+    Error::Exec(name, sys.exec(&plan.command, &plan.env))
 }

@@ -1,21 +1,14 @@
 //! The syscall seam under the launcher (youki's `Syscall` trait): every call
 //! that changes the mount table, the namespaces or the process image goes
 //! through [`Sys`], so unit tests can record the exact order without root.
-//! [`RealSys`] is the kernel; `fake::FakeSys` (tests only) records.
+//! `real::RealSys` is the kernel; `fake::FakeSys` (tests only) records.
 
-use std::ffi::{CString, OsString};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::userns::{self, IdMapping};
+use super::userns::IdMapping;
 use crate::errno::{Errno, Result};
-use crate::sys;
 
 /// One mount(2) call; `None` fields are NULL.
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +70,8 @@ pub fn clone_names(flags: i32) -> String {
         (libc::CLONE_NEWUSER, "NEWUSER"),
         (libc::CLONE_NEWNS, "NEWNS"),
         (libc::CLONE_NEWPID, "NEWPID"),
+        (libc::CLONE_NEWUTS, "NEWUTS"),
+        (libc::CLONE_NEWNET, "NEWNET"),
     ]
     .iter()
     .filter(|(bit, _)| flags & bit != 0)
@@ -93,10 +88,52 @@ pub enum Entry {
     Other,
 }
 
+/// The attributes an init-layer dir copies from the image's dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirAttrs {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// (seconds, nanoseconds)
+    pub mtime: (i64, i64),
+}
+
+/// One dir of a path resolved in the image; `attrs` None where the image
+/// lacks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageDir {
+    pub name: String,
+    pub attrs: Option<DirAttrs>,
+}
+
 pub trait Sys {
     /// The absolute, symlink-free form of `path`, which must be a directory.
     fn canonical_dir(&mut self, path: &Path) -> Result<PathBuf>;
+    /// The absolute, symlink-free form of `path`, and whether it is a dir.
+    fn canonical(&mut self, path: &Path) -> Result<(PathBuf, bool)>;
     fn entry(&mut self, path: &Path) -> Entry;
+    /// Creates `path`, which must not exist, holding `data`, with `mode`.
+    fn write_new_file(&mut self, path: &Path, data: &str, mode: u32) -> Result<()>;
+    /// Gives the dir `path` these mode, owner (where allowed) and mtime.
+    fn set_attrs(&mut self, path: &Path, attrs: &DirAttrs) -> Result<()>;
+    /// Where `path` resolves in the union of `lowers` (see `image::image_dir`).
+    fn image_dir(&mut self, lowers: &[PathBuf], path: &str) -> Result<Vec<ImageDir>>;
+    /// A file of the rootfs at `root`, read without leaving it; None if missing.
+    fn read_in_root(&mut self, root: &Path, path: &Path) -> Result<Option<String>>;
+    /// Makes `dst` a mount point inside `root` (see `image::mount_point`);
+    /// returns a path naming it that a mount may follow.
+    fn mount_point(&mut self, root: &Path, dst: &Path, file: bool) -> Result<PathBuf>;
+    /// Binds `source` with its submounts onto `target`, read-only throughout
+    /// with `read_only`.
+    fn bind(&mut self, source: &Path, target: &Path, read_only: bool) -> Result<()>;
+    fn sethostname(&mut self, name: &str) -> Result<()>;
+    /// Brings up `lo` in the current network namespace.
+    fn loopback_up(&mut self) -> Result<()>;
+    /// Switches to `uid`/`gid`, and to `groups` when given.
+    fn set_identity(&mut self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Result<()>;
+    fn chdir(&mut self, dir: &Path) -> Result<()>;
+    fn rename(&mut self, from: &Path, to: &Path) -> Result<()>;
+    fn chmod(&mut self, path: &Path, mode: u32) -> Result<()>;
     fn mkdir(&mut self, path: &Path, mode: u32) -> Result<()>;
     /// Creates an empty file to bind a device onto.
     fn create_file(&mut self, path: &Path) -> Result<()>;
@@ -128,8 +165,9 @@ pub trait Sys {
     /// chroot into `new_root`, cwd at its `/`.
     fn chroot(&mut self, new_root: &Path) -> Result<()>;
     fn set_no_new_privs(&mut self) -> Result<()>;
-    /// Replaces the process with `argv` (PATH lookup); returns only on error.
-    fn exec(&mut self, argv: &[OsString]) -> Errno;
+    /// Replaces the process with `argv` (PATH lookup in `env`), with
+    /// exactly the environment `env`; returns only on error.
+    fn exec(&mut self, argv: &[OsString], env: &[(OsString, OsString)]) -> Errno;
     fn remove_dir(&mut self, path: &Path) -> Result<()>;
     /// Removes a tree (the throwaway upper or workdir, which hold no mounts).
     fn remove_tree(&mut self, path: &Path) -> Result<()>;
@@ -147,307 +185,4 @@ pub trait Sys {
     /// the effective uid.
     fn scratch_dirs(&mut self, dir: &Path) -> Vec<PathBuf>;
     fn sleep(&mut self, d: Duration);
-}
-
-fn cpath(p: &Path) -> Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
-}
-
-fn cstr(s: &str) -> Result<CString> {
-    CString::new(s).map_err(|_| Errno::EINVAL)
-}
-
-/// The kernel.
-#[derive(Debug, Default)]
-pub struct RealSys {
-    server: Option<Child>,
-    id_helper: Option<(i32, OwnedFd)>,
-    /// Lock files held, by path: the open file holds the flock.
-    locks: Vec<(PathBuf, File)>,
-}
-
-/// Runs newuidmap then newgidmap for `target`; true when both succeed.
-fn run_id_tools(target: i32, mapping: &IdMapping) -> bool {
-    let IdMapping::Subordinate {
-        uid,
-        gid,
-        uids,
-        gids,
-        newuidmap,
-        newgidmap,
-    } = mapping
-    else {
-        return false;
-    };
-    let run = |tool: &Path, args: Vec<String>| {
-        Command::new(tool)
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    run(newuidmap, userns::helper_args(target, *uid, *uids))
-        && run(newgidmap, userns::helper_args(target, *gid, *gids))
-}
-
-impl Sys for RealSys {
-    fn canonical_dir(&mut self, path: &Path) -> Result<PathBuf> {
-        let p = std::fs::canonicalize(path)?;
-        if !std::fs::metadata(&p)?.is_dir() {
-            return Err(Errno::ENOTDIR);
-        }
-        Ok(p)
-    }
-
-    fn entry(&mut self, path: &Path) -> Entry {
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.is_dir() => Entry::Dir,
-            Ok(_) => Entry::Other,
-            Err(_) => Entry::Missing,
-        }
-    }
-
-    fn mkdir(&mut self, path: &Path, mode: u32) -> Result<()> {
-        Ok(std::fs::DirBuilder::new().mode(mode).create(path)?)
-    }
-
-    fn create_file(&mut self, path: &Path) -> Result<()> {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(path)?;
-        Ok(())
-    }
-
-    fn symlink(&mut self, target: &str, link: &Path) -> Result<()> {
-        Ok(std::os::unix::fs::symlink(target, link)?)
-    }
-
-    fn write_file(&mut self, path: &Path, data: &str) -> Result<()> {
-        let mut f = OpenOptions::new().write(true).open(path)?;
-        Ok(f.write_all(data.as_bytes())?)
-    }
-
-    fn access_rw(&mut self, path: &Path) -> Result<()> {
-        sys::ns::access(&cpath(path)?, libc::R_OK | libc::W_OK)
-    }
-
-    fn unshare(&mut self, flags: i32) -> Result<()> {
-        sys::ns::unshare(flags)
-    }
-
-    fn start_id_helper(&mut self, mapping: &IdMapping) -> Result<()> {
-        let (r, w) = sys::proc::pipe()?;
-        let target = sys::proc::getpid();
-        // Still single-threaded: the launcher has not started anything yet.
-        match sys::proc::fork()? {
-            sys::proc::Fork::Child => {
-                drop(w);
-                let mut go = [0u8; 1];
-                let told = File::from(r).read(&mut go).is_ok_and(|n| n == 1);
-                let ok = told && run_id_tools(target, mapping);
-                sys::ns::exit_now(if ok { 0 } else { 1 });
-            }
-            sys::proc::Fork::Parent(pid) => {
-                self.id_helper = Some((pid, w));
-                Ok(())
-            }
-        }
-    }
-
-    fn finish_id_helper(&mut self) -> Result<()> {
-        let (pid, w) = self.id_helper.take().ok_or(Errno::EINVAL)?;
-        let wrote = File::from(w).write_all(b"g");
-        let status = sys::proc::waitpid(pid)?;
-        wrote?;
-        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-            Ok(())
-        } else {
-            Err(Errno::EPERM)
-        }
-    }
-
-    fn mount(&mut self, m: &Mount<'_>) -> Result<()> {
-        let source = m.source.map(cstr).transpose()?;
-        let fstype = m.fstype.map(cstr).transpose()?;
-        let data = m.data.map(cstr).transpose()?;
-        log::debug!("{}", m.describe());
-        sys::ns::mount(
-            source.as_deref(),
-            &cpath(m.target)?,
-            fstype.as_deref(),
-            m.flags,
-            data.as_deref(),
-        )
-    }
-
-    fn mount_flags(&mut self, path: &Path) -> Result<u64> {
-        sys::ns::mount_flags(&cpath(path)?)
-    }
-
-    fn umount(&mut self, target: &Path, flags: i32) -> Result<()> {
-        sys::ns::umount2(&cpath(target)?, flags)
-    }
-
-    fn spawn_server(&mut self, argv: &[OsString]) -> Result<i32> {
-        let (bin, args) = argv.split_first().ok_or(Errno::EINVAL)?;
-        let mut cmd = Command::new(bin);
-        cmd.args(args).stdin(Stdio::null());
-        if std::env::var_os("RUST_LOG").is_none() {
-            // fuser warns about every operation the server leaves to the
-            // kernel's default; the command's output is no place for that.
-            cmd.env("RUST_LOG", "warn,fuser=error");
-        }
-        let child = sys::ns::spawn_tied_to_parent(&mut cmd)?;
-        let pid = child.id() as i32;
-        self.server = Some(child);
-        Ok(pid)
-    }
-
-    fn server_exited(&mut self) -> Option<i32> {
-        let status = self.server.as_mut()?.try_wait().ok()??;
-        self.server = None;
-        use std::os::unix::process::ExitStatusExt;
-        Some(status.into_raw())
-    }
-
-    fn stop_server(&mut self, grace: Duration) {
-        let Some(mut child) = self.server.take() else {
-            return;
-        };
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        // SIGTERM makes unionfs-fuse unmount lazily and exit 0.
-        let _ = sys::proc::kill(child.id() as i32, libc::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if !matches!(child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        log::warn!(
-            "unionfs-fuse (pid {}) ignored SIGTERM; killing it",
-            child.id()
-        );
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
-    fn is_mount_point(&mut self, path: &Path) -> bool {
-        let parent = path.parent().unwrap_or(Path::new("/"));
-        match (std::fs::metadata(path), std::fs::metadata(parent)) {
-            (Ok(a), Ok(b)) => {
-                use std::os::unix::fs::MetadataExt;
-                a.dev() != b.dev()
-            }
-            _ => false,
-        }
-    }
-
-    fn pivot_root(&mut self, new_root: &Path) -> Result<()> {
-        let old = sys::ns::open_dir_handle(c"/")?;
-        let new = sys::ns::open_dir_handle(&cpath(new_root)?)?;
-        // pivot_root(".", ".") needs no put_old dir inside the image: the old
-        // root ends up mounted on top of the new one, at the same place.
-        sys::ns::fchdir(new.as_fd())?;
-        sys::ns::pivot_root(c".", c".")?;
-        // Step onto the old root and detach it with everything below it, so
-        // the command cannot reach the host. The command's mount namespace is
-        // all private, so the detach propagates nowhere.
-        sys::ns::fchdir(old.as_fd())?;
-        sys::ns::umount2(c".", libc::MNT_DETACH)?;
-        sys::ns::chdir(c"/")
-    }
-
-    fn chroot(&mut self, new_root: &Path) -> Result<()> {
-        sys::ns::chdir(&cpath(new_root)?)?;
-        sys::ns::chroot(c".")?;
-        sys::ns::chdir(c"/")
-    }
-
-    fn set_no_new_privs(&mut self) -> Result<()> {
-        sys::ns::set_no_new_privs()
-    }
-
-    fn exec(&mut self, argv: &[OsString]) -> Errno {
-        let Ok(args) = argv
-            .iter()
-            .map(|a| CString::new(a.as_bytes()))
-            .collect::<std::result::Result<Vec<_>, _>>()
-        else {
-            return Errno::EINVAL;
-        };
-        // exec keeps the signal mask and ignored signals: the command starts
-        // with none blocked and SIGPIPE (which Rust ignores) at its default.
-        let reset = sys::ns::unblock_all_signals()
-            .and_then(|()| sys::ns::default_disposition(libc::SIGPIPE));
-        if let Err(e) = reset {
-            return e;
-        }
-        sys::ns::execvp(&args)
-    }
-
-    fn remove_dir(&mut self, path: &Path) -> Result<()> {
-        Ok(std::fs::remove_dir(path)?)
-    }
-
-    fn remove_tree(&mut self, path: &Path) -> Result<()> {
-        Ok(std::fs::remove_dir_all(path)?)
-    }
-
-    fn remove_file(&mut self, path: &Path) -> Result<()> {
-        Ok(std::fs::remove_file(path)?)
-    }
-
-    fn create_lock(&mut self, path: &Path) -> Result<bool> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?;
-        if sys::fs::try_lock_exclusive(file.as_fd()) != Ok(true) {
-            // An unlocked lock file would mark a live run as dead.
-            std::fs::remove_file(path)?;
-            return Ok(false);
-        }
-        self.locks.push((path.to_path_buf(), file));
-        Ok(true)
-    }
-
-    fn try_lock(&mut self, path: &Path) -> Result<bool> {
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?;
-        let locked = sys::fs::try_lock_exclusive(file.as_fd())?;
-        if locked {
-            self.locks.push((path.to_path_buf(), file));
-        }
-        Ok(locked)
-    }
-
-    fn unlock(&mut self, path: &Path) {
-        self.locks.retain(|(p, _)| p != path);
-    }
-
-    fn scratch_dirs(&mut self, dir: &Path) -> Vec<PathBuf> {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Vec::new();
-        };
-        let uid = sys::proc::geteuid();
-        entries
-            .flatten()
-            .filter(|e| super::is_scratch_name(&e.file_name()))
-            .map(|e| e.path())
-            .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == uid))
-            .collect()
-    }
-
-    fn sleep(&mut self, d: Duration) {
-        std::thread::sleep(d);
-    }
 }

@@ -12,6 +12,9 @@ fn host(mode: Mode) -> Host {
         pid: 7,
         tmpdir: PathBuf::from("/t"),
         server: PathBuf::from("/bin/unionfs-fuse"),
+        run_id: "0123456789ab".into(),
+        resolv_conf: "nameserver 192.0.2.53\n".into(),
+        term: None,
     }
 }
 
@@ -38,9 +41,10 @@ fn single() -> Mode {
 
 /// What the command process does on a root run with an image that has
 /// /proc, /dev and /sys.
-const ROOTFS_CALLS: [&str; 28] = [
-    "unshare(NEWNS)",
+const ROOTFS_CALLS: [&str; 29] = [
+    "unshare(NEWNS|NEWUTS)",
     "mount(-, /, -, REC|PRIVATE, -)",
+    "sethostname(0123456789ab)",
     "mount(proc, /t/unionfs-run.7/merged/proc, proc, NOSUID|NODEV|NOEXEC, -)",
     "mount(tmpfs, /t/unionfs-run.7/merged/dev, tmpfs, NOSUID|STRICTATIME, mode=0755)",
     "create(/t/unionfs-run.7/merged/dev/null)",
@@ -69,6 +73,16 @@ const ROOTFS_CALLS: [&str; 28] = [
     "no_new_privs",
 ];
 
+/// The init layer of a run whose image has a plain /etc.
+const INIT_CALLS: [&str; 6] = [
+    "mkdir(/t/unionfs-run.7/init, 755)",
+    "mkdir(/t/unionfs-run.7/init/etc, 755)",
+    "write_new(/t/unionfs-run.7/init/etc/hosts, 644, 127.0.0.1\tlocalhost)",
+    "write_new(/t/unionfs-run.7/init/etc/hostname, 644, 0123456789ab)",
+    "write_new(/t/unionfs-run.7/init/etc/resolv.conf, 644, nameserver 192.0.2.53)",
+    "set_attrs(/t/unionfs-run.7/init/etc, 40755)",
+];
+
 #[test]
 fn root_run_follows_the_steps_in_order() {
     let mut sys = FakeSys::default();
@@ -90,17 +104,21 @@ fn root_run_follows_the_steps_in_order() {
         "mkdir(/t/unionfs-run.7/merged, 755)",
         "mkdir(/t/unionfs-run.7/upper, 755)",
         "mkdir(/t/unionfs-run.7/work, 700)",
+    ];
+    want.extend(INIT_CALLS);
+    want.extend([
         "unshare(NEWNS)",
         "mount(-, /, -, REC|SLAVE, -)",
-        "spawn(/bin/unionfs-fuse -f -o workdir=/t/unionfs-run.7/work /img/a:/img/b \
-         /t/unionfs-run.7/upper /t/unionfs-run.7/merged)",
-    ];
+        "spawn(/bin/unionfs-fuse -f -o workdir=/t/unionfs-run.7/work \
+         /t/unionfs-run.7/init:/img/a:/img/b /t/unionfs-run.7/upper /t/unionfs-run.7/merged)",
+    ]);
     want.extend(ROOTFS_CALLS);
     want.extend([
         "exec(/bin/sh)",
         "stop_server",
         "umount(/t/unionfs-run.7/merged, DETACH)",
         "rmdir(/t/unionfs-run.7/merged)",
+        "rm -r(/t/unionfs-run.7/init)",
         "rm -r(/t/unionfs-run.7/upper)",
         "rm -r(/t/unionfs-run.7/work)",
         "rm(/t/unionfs-run.7/lock)",
@@ -114,21 +132,20 @@ fn a_given_upper_is_kept() {
     let mut sys = FakeSys::default();
     let plan =
         prepare(&mut sys, &config(Some("/u")), &host(Mode::Root)).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        sys.calls,
-        [
-            "mkdir(/t/unionfs-run.7, 700)",
-            "create_lock(/t/unionfs-run.7/lock)",
-            "mkdir(/t/unionfs-run.7/merged, 755)"
-        ]
-    );
+    let mut want = vec![
+        "mkdir(/t/unionfs-run.7, 700)",
+        "create_lock(/t/unionfs-run.7/lock)",
+        "mkdir(/t/unionfs-run.7/merged, 755)",
+    ];
+    want.extend(INIT_CALLS);
+    assert_eq!(sys.calls, want);
     assert!(!plan.throwaway);
     assert_eq!(
         plan.server_argv,
         [
             "/bin/unionfs-fuse",
             "-f",
-            "/img/a:/img/b",
+            "/t/unionfs-run.7/init:/img/a:/img/b",
             "/u",
             "/t/unionfs-run.7/merged"
         ]
@@ -142,6 +159,7 @@ fn a_given_upper_is_kept() {
             "stop_server",
             "umount(/t/unionfs-run.7/merged, DETACH)",
             "rmdir(/t/unionfs-run.7/merged)",
+            "rm -r(/t/unionfs-run.7/init)",
             "rm(/t/unionfs-run.7/lock)",
             "rmdir(/t/unionfs-run.7)",
         ]
@@ -187,6 +205,7 @@ fn a_sweep_removes_only_scratch_dirs_of_dead_runs() {
         [
             "try_lock(/t/unionfs-run.5/lock)",
             "rmdir(/t/unionfs-run.5/merged)",
+            "rm -r(/t/unionfs-run.5/init)",
             "rm -r(/t/unionfs-run.5/upper)",
             "rm -r(/t/unionfs-run.5/work)",
             "rm(/t/unionfs-run.5/lock)",
@@ -339,7 +358,7 @@ fn missing_special_dirs_are_created_through_the_union() {
     };
     let plan = plan_for(&mut sys, Mode::Root, None);
     let _ = rootfs::command_process(&mut sys, &plan);
-    assert_eq!(sys.calls[2], "mkdir(/t/unionfs-run.7/merged/proc, 555)");
+    assert_eq!(sys.calls[3], "mkdir(/t/unionfs-run.7/merged/proc, 555)");
     assert!(sys
         .calls
         .contains(&"mkdir(/t/unionfs-run.7/merged/sys, 555)".to_string()));
@@ -434,6 +453,216 @@ fn lowers_are_escaped_for_unionfs_fuse() {
             PathBuf::from("/a:b"),
             PathBuf::from("/c\\d"),
             PathBuf::from("/e")
+        ]
+    );
+}
+
+fn position(calls: &[String], prefix: &str) -> usize {
+    calls
+        .iter()
+        .position(|c| c.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {calls:#?}"))
+}
+
+#[test]
+fn the_init_layer_is_written_before_the_mount() {
+    let mut sys = FakeSys::default();
+    let plan =
+        prepare(&mut sys, &config(None), &host(Mode::Root)).unwrap_or_else(|e| panic!("{e}"));
+    enter_namespaces(&mut sys, &plan).unwrap_or_else(|e| panic!("{e}"));
+    start_union(&mut sys, &plan).unwrap_or_else(|e| panic!("{e}"));
+    let last_init = sys
+        .calls
+        .iter()
+        .rposition(|c| c.contains("/init/"))
+        .unwrap_or_else(|| panic!("{:#?}", sys.calls));
+    assert!(last_init < position(&sys.calls, "spawn("));
+    assert!(plan.server_argv[4]
+        .to_string_lossy()
+        .starts_with("/t/unionfs-run.7/init:"));
+}
+
+/// The container options, through the command process.
+fn container_plan(sys: &mut FakeSys) -> Plan {
+    let mut c = config(None);
+    c.binds = vec![spec::parse_bind("/host/data:/data:ro").unwrap_or_else(|e| panic!("{e}"))];
+    c.tmpfs = vec![spec::parse_tmpfs("/scratch:size=1m").unwrap_or_else(|e| panic!("{e}"))];
+    c.net = Net::None;
+    c.hostname = Some("box".into());
+    c.cwd = Some(PathBuf::from("/srv"));
+    c.user = Some(spec::parse_user("app").unwrap_or_else(|e| panic!("{e}")));
+    let plan = prepare(sys, &c, &host(Mode::Root)).unwrap_or_else(|e| panic!("{e}"));
+    sys.root_files = vec![
+        (
+            PathBuf::from("/etc/passwd"),
+            "app:x:1000:100::/home/app:/bin/sh\n".into(),
+        ),
+        (
+            PathBuf::from("/etc/group"),
+            "users:x:100:\nwheel:x:10:app\n".into(),
+        ),
+    ];
+    let plan = resolve_identity(sys, &plan).unwrap_or_else(|e| panic!("{e}"));
+    sys.calls.clear();
+    plan
+}
+
+#[test]
+fn binds_come_after_proc_dev_and_sys_and_before_the_switch_of_root() {
+    let mut sys = FakeSys::default();
+    let plan = container_plan(&mut sys);
+    let _ = rootfs::command_process(&mut sys, &plan);
+    let c = &sys.calls;
+    let bind = position(c, "bind(/host/data, /t/unionfs-run.7/merged/data, ro)");
+    let tmpfs = position(
+        c,
+        "mount(tmpfs, /t/unionfs-run.7/merged/scratch, tmpfs, NOSUID|NODEV, size=1m)",
+    );
+    assert!(position(c, "mount(proc,") < bind);
+    assert!(position(c, "mount(tmpfs, /t/unionfs-run.7/merged/dev,") < bind);
+    assert!(position(c, "mount(sysfs,") < bind);
+    assert_eq!(
+        position(c, "mount_point(/t/unionfs-run.7/merged/data, dir)") + 1,
+        bind
+    );
+    assert!(bind < tmpfs && tmpfs < position(c, "pivot_root("));
+}
+
+#[test]
+fn uts_and_net_namespaces_are_entered_before_the_command() {
+    let mut sys = FakeSys::default();
+    let plan = container_plan(&mut sys);
+    let _ = rootfs::command_process(&mut sys, &plan);
+    let c = &sys.calls;
+    assert_eq!(c[0], "unshare(NEWNS|NEWUTS|NEWNET)");
+    let exec = position(c, "exec(");
+    let host = position(c, "sethostname(box)");
+    let lo = position(c, "loopback_up");
+    assert!(
+        host < lo && lo < position(c, "mount(sysfs,"),
+        "sysfs of the new net ns"
+    );
+    let user = position(c, "set_identity(1000, 100, [100, 10])");
+    let cwd = position(c, "chdir(/srv)");
+    assert!(position(c, "pivot_root(") < user && user < cwd && cwd < exec);
+    let keys: Vec<String> = plan
+        .env
+        .iter()
+        .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            format!("PATH={}", identity::DEFAULT_PATH),
+            "HOME=/home/app".into(),
+            "HOSTNAME=box".into(),
+            "container=unionfs-run".into()
+        ]
+    );
+}
+
+#[test]
+fn an_image_etc_symlink_puts_the_init_files_where_it_resolves() {
+    use super::seam::ImageDir;
+    let attrs = Some(super::fake::IMAGE_DIR);
+    let mut sys = FakeSys {
+        image_etc: Some(vec![
+            ImageDir {
+                name: "usr".into(),
+                attrs,
+            },
+            ImageDir {
+                name: "etc".into(),
+                attrs,
+            },
+        ]),
+        ..FakeSys::default()
+    };
+    prepare(&mut sys, &config(Some("/u")), &host(Mode::Root)).unwrap_or_else(|e| panic!("{e}"));
+    let init: Vec<&String> = sys.calls.iter().filter(|c| c.contains("/init")).collect();
+    assert_eq!(
+        init,
+        [
+            "mkdir(/t/unionfs-run.7/init, 755)",
+            "mkdir(/t/unionfs-run.7/init/usr, 755)",
+            "mkdir(/t/unionfs-run.7/init/usr/etc, 755)",
+            "write_new(/t/unionfs-run.7/init/usr/etc/hosts, 644, 127.0.0.1\tlocalhost)",
+            "write_new(/t/unionfs-run.7/init/usr/etc/hostname, 644, 0123456789ab)",
+            "write_new(/t/unionfs-run.7/init/usr/etc/resolv.conf, 644, nameserver 192.0.2.53)",
+            "set_attrs(/t/unionfs-run.7/init/usr/etc, 40755)",
+            "set_attrs(/t/unionfs-run.7/init/usr, 40755)",
+        ]
+    );
+}
+
+#[test]
+fn a_missing_upper_is_created_and_a_missing_bind_source_is_an_option_error() {
+    let mut sys = FakeSys {
+        missing: vec![PathBuf::from("/new-upper")],
+        ..FakeSys::default()
+    };
+    // The fake's canonical_dir keeps failing for a missing path: the error
+    // after the mkdir shows that the mkdir came first.
+    let err = prepare(&mut sys, &config(Some("/new-upper")), &host(Mode::Root)).err();
+    assert_eq!(
+        sys.calls,
+        ["mkdir(/new-upper, 755)", "chmod(/new-upper, 755)"]
+    );
+    assert_eq!(err.map(|e| e.step()), Some("check layers"));
+
+    let mut sys = FakeSys {
+        missing: vec![PathBuf::from("/nope")],
+        ..FakeSys::default()
+    };
+    let mut c = config(None);
+    c.binds = vec![spec::parse_bind("/nope:/data").unwrap_or_else(|e| panic!("{e}"))];
+    let err = prepare(&mut sys, &c, &host(Mode::Root)).err();
+    let msg = err.map(|e| e.to_string()).unwrap_or_default();
+    assert!(msg.starts_with("--bind /nope:/data: /nope: "), "{msg}");
+    assert!(sys.calls.is_empty(), "nothing made: {:?}", sys.calls);
+}
+
+#[test]
+fn keep_moves_a_throwaway_upper_out_and_rm_removes_a_given_one() {
+    let mut sys = FakeSys::default();
+    let mut c = config(None);
+    c.keep = Some(true);
+    let plan = prepare(&mut sys, &c, &host(Mode::Root)).unwrap_or_else(|e| panic!("{e}"));
+    sys.calls.clear();
+    remove_scratch(&mut sys, &plan);
+    assert!(sys.calls.contains(
+        &"rename(/t/unionfs-run.7/upper, /t/unionfs-run-upper.0123456789ab)".to_string()
+    ));
+    assert!(!sys
+        .calls
+        .iter()
+        .any(|c| c.starts_with("rm -r(/t/unionfs-run.7/upper")));
+
+    let mut sys = FakeSys::default();
+    let mut c = config(Some("/u"));
+    c.keep = Some(false);
+    let plan = prepare(&mut sys, &c, &host(Mode::Root)).unwrap_or_else(|e| panic!("{e}"));
+    sys.calls.clear();
+    remove_scratch(&mut sys, &plan);
+    assert!(sys.calls.contains(&"rm -r(/u)".to_string()));
+}
+
+#[test]
+fn a_read_only_run_has_no_upper() {
+    let mut sys = FakeSys::default();
+    let mut c = config(None);
+    c.read_only = true;
+    let plan = prepare(&mut sys, &c, &host(Mode::Root)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(plan.upper.is_none());
+    assert_eq!(
+        plan.server_argv,
+        [
+            "/bin/unionfs-fuse",
+            "-f",
+            "-o",
+            "ro",
+            "/t/unionfs-run.7/init:/img/a:/img/b",
+            "/t/unionfs-run.7/merged"
         ]
     );
 }

@@ -4,6 +4,7 @@
 //! server, and returns our errno-carrying [`Result`](crate::errno::Result).
 #![allow(unsafe_code)]
 
+pub mod container;
 pub mod dir;
 pub mod fs;
 pub mod ns;
@@ -19,10 +20,4 @@ fn check<T: PartialEq + From<i8>>(ret: T) -> Result<T> {
     } else {
         Ok(ret)
     }
-}
-
-/// The calling thread's errno, as a raw number.
-pub(crate) fn last_errno() -> i32 {
-    // SAFETY: __errno_location always returns a valid thread-local pointer.
-    unsafe { *libc::__errno_location() }
 }

@@ -8,18 +8,18 @@ use std::ffi::{CStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use super::Union;
 use crate::errno::{Errno, Result};
 use crate::format::cname;
 use crate::node::{Body, Node};
 use crate::sys;
 use crate::sys::fs::bfd;
-use crate::union::Union;
 
 /// Lower inode number -> the paths (as components) of its names in a layer.
 pub type LinkMap = HashMap<u64, Vec<Vec<OsString>>>;
 
 /// Walks one layer and records every non-dir with more than one link.
-pub(crate) fn scan_layer(root: &OwnedFd) -> LinkMap {
+pub(super) fn scan_layer(root: &OwnedFd) -> LinkMap {
     let mut map = LinkMap::new();
     // Pending dirs: (their parent fd, name, path). Fds are opened when popped.
     let mut stack: Vec<(Arc<OwnedFd>, OsString, Vec<OsString>)> = Vec::new();
@@ -107,7 +107,7 @@ impl Union {
 
     /// After copying up a lower file with several links, links the copy at
     /// each other visible name of the same lower inode.
-    pub(crate) fn link_other_names(
+    pub(super) fn link_other_names(
         &self,
         layer: usize,
         lower_ino: u64,

@@ -11,13 +11,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::Union;
 use crate::dir_fd::DirFd;
 use crate::errno::{Errno, Result};
 use crate::format::Format;
 use crate::node::{Body, LayerDir, Node};
 use crate::sys;
 use crate::sys::fs::{bfd, Time};
-use crate::union::Union;
 
 const CHUNK: usize = 1 << 20;
 
@@ -27,7 +27,7 @@ fn time_of(sec: i64, nsec: i64) -> Time {
 
 impl Union {
     /// Makes sure `node` (and all its ancestors) exist in the upper layer.
-    pub(crate) fn copy_up(&self, node: &Arc<Node>) -> Result<()> {
+    pub(super) fn copy_up(&self, node: &Arc<Node>) -> Result<()> {
         if node.in_upper() {
             return Ok(());
         }
@@ -280,7 +280,7 @@ impl Union {
 
     /// Records the lower object as the copy's `overlay.origin`, as the kernel
     /// does, so its inode number survives copy-up and remount.
-    pub(crate) fn set_origin(
+    pub(super) fn set_origin(
         &self,
         ldir: BorrowedFd<'_>,
         lname: &CStr,

@@ -1,0 +1,212 @@
+//! Saving an upper as an OCI layer (`--commit`, `--export-layer`) and
+//! unpacking one (`--unpack-layer`). What a run made only to mount on (the
+//! empty /proc, /dev, /sys dirs, and `--bind`/`--tmpfs` mount points with
+//! the dirs made for them) is left out of the layer.
+
+use std::path::{Path, PathBuf};
+
+use super::error;
+
+/// Where and how to write a layer tarball.
+#[derive(Clone, Debug)]
+pub struct LayerOut {
+    pub file: PathBuf,
+    pub gzip: bool,
+    pub mtime: Option<i64>,
+    pub userxattr: bool,
+}
+
+impl LayerOut {
+    pub fn new(file: &Path, gzip: bool, mtime: Option<i64>, userxattr: bool) -> LayerOut {
+        let name = file.to_string_lossy();
+        LayerOut {
+            file: file.to_path_buf(),
+            gzip: gzip || name.ends_with(".gz") || name.ends_with(".tgz"),
+            mtime,
+            userxattr,
+        }
+    }
+}
+
+/// A layer tool run instead of a command.
+#[derive(Clone, Debug)]
+pub enum LayerJob {
+    Export(PathBuf, LayerOut),
+    /// (tarball, target dir, userxattr)
+    Unpack(PathBuf, PathBuf, bool),
+}
+
+/// Runs a layer job; prints the diff_id, or the error. Returns the exit code.
+pub fn run_layer_job(job: &LayerJob) -> i32 {
+    let r = match job {
+        LayerJob::Export(upper, out) => {
+            // Unprivileged, only user.overlay.* can be what the upper uses.
+            let out = LayerOut {
+                userxattr: out.userxattr || crate::sys::proc::needs_userxattr(),
+                ..out.clone()
+            };
+            commit_layer(upper, &out, None, &[])
+        }
+        LayerJob::Unpack(file, dir, userxattr) => {
+            let opts = crate::layer::UnpackOptions {
+                userxattr: *userxattr,
+                ..Default::default()
+            };
+            match crate::layer::unpack_file(file, dir, &opts) {
+                Ok(rep) => print_digest(&rep.diff_id.to_string(), false),
+                Err(e) => {
+                    eprintln!("unionfs-run: unpack {}: {e}", file.display());
+                    Err(())
+                }
+            }
+        }
+    };
+    if r.is_ok() {
+        0
+    } else {
+        error::EXIT_LAUNCHER
+    }
+}
+
+/// Exports `upper` as a layer tarball (`-`: to stdout) and prints its
+/// diff_id. The empty /proc, /dev and /sys dirs a run creates for its
+/// mounts are not part of the layer: after a run (`lowers` given) those no
+/// lower has; for an upper alone, those made in it (no overlay xattrs).
+/// Nor are the run's `mount_points` (absolute, inside) with the dirs made
+/// for them.
+pub(super) fn commit_layer(
+    upper: &Path,
+    out: &LayerOut,
+    lowers: Option<&[PathBuf]>,
+    mount_points: &[PathBuf],
+) -> Result<(), ()> {
+    let mut exclude = Vec::new();
+    if let Some(lowers) = lowers {
+        exclude.extend(
+            mount_points
+                .iter()
+                .filter_map(|m| made_for_mount(upper, lowers, m)),
+        );
+    }
+    for d in ["proc", "dev", "sys"] {
+        let empty = std::fs::read_dir(upper.join(d)).is_ok_and(|mut r| r.next().is_none());
+        let made_by_run = match lowers {
+            Some(lowers) => !lowers.iter().any(|l| l.join(d).exists()),
+            None => crate::layer::is_plain_upper_dir(upper, d),
+        };
+        if empty && made_by_run {
+            exclude.push(PathBuf::from(d));
+        }
+    }
+    let opts = crate::layer::ExportOptions {
+        userxattr: out.userxattr,
+        mtime: out
+            .mtime
+            .map(crate::layer::MtimePolicy::Fixed)
+            .unwrap_or_default(),
+        gzip: out.gzip,
+        exclude,
+    };
+    let to_stdout = out.file.as_os_str() == "-";
+    let r = if to_stdout {
+        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+        crate::layer::export(upper, &mut w, &opts).and_then(|d| {
+            std::io::Write::flush(&mut w).map_err(crate::layer::LayerError::Write)?;
+            Ok(d)
+        })
+    } else {
+        crate::layer::export_file(upper, &out.file, &opts)
+    };
+    match r {
+        // With the layer on stdout, the digest goes to stderr.
+        Ok(d) => print_digest(&d.diff_id.to_string(), to_stdout),
+        Err(e) => {
+            eprintln!("unionfs-run: export {}: {e}", upper.display());
+            Err(())
+        }
+    }
+}
+
+/// Prints a digest line; a closed stdout (`| head`) is an error, not a panic.
+fn print_digest(digest: &str, to_stderr: bool) -> Result<(), ()> {
+    use std::io::Write;
+    let r = if to_stderr {
+        writeln!(std::io::stderr(), "{digest}")
+    } else {
+        writeln!(std::io::stdout(), "{digest}")
+    };
+    r.map_err(|e| eprintln!("unionfs-run: printing the digest: {e}"))
+}
+
+/// The topmost dir of `mount_point`'s path that the run made only to mount
+/// on: the upper holds it and nothing but the path down to the mount point,
+/// which is empty (a dir, or an empty file for a file bind), and no lower
+/// has any of that path.
+fn made_for_mount(upper: &Path, lowers: &[PathBuf], mount_point: &Path) -> Option<PathBuf> {
+    let rel = mount_point.strip_prefix("/").ok()?;
+    let parts: Vec<_> = rel.components().collect();
+    let in_lower = |p: &Path| lowers.iter().any(|l| l.join(p).symlink_metadata().is_ok());
+    let mut prefixes: Vec<PathBuf> = Vec::new();
+    let mut p = PathBuf::new();
+    for c in &parts {
+        p.push(c);
+        prefixes.push(p.clone());
+    }
+    let leaf = prefixes.last()?;
+    let leaf_meta = upper.join(leaf).symlink_metadata().ok()?;
+    let empty_leaf = if leaf_meta.is_dir() {
+        std::fs::read_dir(upper.join(leaf)).ok()?.next().is_none()
+    } else {
+        leaf_meta.is_file() && leaf_meta.len() == 0
+    };
+    if !empty_leaf || in_lower(leaf) {
+        return None;
+    }
+    let mut top = leaf.clone();
+    // Walk up while the parent holds only the path down and is the run's.
+    for i in (0..prefixes.len() - 1).rev() {
+        let dir = &prefixes[i];
+        if in_lower(dir) || !upper.join(dir).symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            break;
+        }
+        let names: Vec<_> = match std::fs::read_dir(upper.join(dir)) {
+            Ok(r) => r.flatten().map(|e| e.file_name()).collect(),
+            Err(_) => break,
+        };
+        if names.len() != 1 || Some(names[0].as_os_str()) != top.file_name() {
+            break;
+        }
+        top = dir.clone();
+    }
+    Some(top)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_made_by_the_run_are_left_out_with_their_parents() {
+        let t = std::env::temp_dir().join(format!("unionfs-commit-test.{}", std::process::id()));
+        let (upper, lower) = (t.join("upper"), t.join("lower"));
+        for d in [
+            "upper/a/b/c",
+            "upper/mnt/data",
+            "lower/mnt",
+            "upper/kept/m",
+            "upper/full/m",
+        ] {
+            std::fs::create_dir_all(t.join(d)).unwrap();
+        }
+        std::fs::write(upper.join("kept/other"), "x").unwrap();
+        std::fs::write(upper.join("full/m/f"), "x").unwrap();
+        let lowers = [lower];
+        let got = |m: &str| made_for_mount(&upper, &lowers, Path::new(m));
+        assert_eq!(got("/a/b/c"), Some(PathBuf::from("a")));
+        assert_eq!(got("/mnt/data"), Some(PathBuf::from("mnt/data")));
+        assert_eq!(got("/kept/m"), Some(PathBuf::from("kept/m")));
+        assert_eq!(got("/full/m"), None, "written to: a change");
+        assert_eq!(got("/mnt"), None, "the image has it");
+        std::fs::remove_dir_all(&t).unwrap();
+    }
+}

@@ -1,0 +1,70 @@
+//! The plain types the union's callers (adapter/, fuzz/) and its operation
+//! families share: they sit below every family, so none imports another
+//! for them.
+
+use std::sync::Arc;
+
+use crate::node::{Body, Node};
+use crate::sys::fs::Time;
+
+/// A hook that invalidates the kernel's cached attributes of an inode.
+pub type Invalidator = Box<dyn Fn(u64) + Send + Sync>;
+
+/// The FUSE root inode number.
+pub const ROOT_INO: u64 = 1;
+
+/// Mount-wide behaviour switches.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub userxattr: bool,
+    pub oci_whiteouts: bool,
+    pub volatile: bool,
+    pub redirect_dir: bool,
+    pub uid_map: crate::idmap::IdMap,
+    pub gid_map: crate::idmap::IdMap,
+}
+
+/// Who is asking: the caller's fsuid/fsgid and pid as FUSE reports them
+/// (pid 0: unknown).
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+    /// For a create: the caller's umask, which the server applies unless
+    /// the new object's upper parent has a default ACL (the filesystem then
+    /// derives the mode from the ACL, as for the kernel). 0 elsewhere.
+    pub umask: u32,
+}
+
+/// A node handed to the kernel: its number, generation and attributes.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub ino: u64,
+    pub generation: u64,
+    pub attr: libc::stat,
+    pub node: Arc<Node>,
+}
+
+/// Attribute changes requested by setattr.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Time>,
+    pub mtime: Option<Time>,
+    pub fh: Option<u64>,
+}
+
+/// What a name resolves to across the layers.
+#[derive(Clone, Debug)]
+pub(super) struct Resolved {
+    pub kind: u32,
+    pub st: libc::stat,
+    pub ino: u64,
+    pub body: Body,
+    /// The name also exists (unhidden) in a lower layer below the top object.
+    pub lower_present: bool,
+}
