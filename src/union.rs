@@ -60,6 +60,9 @@ pub struct Union {
     invalidator: parking_lot::RwLock<Option<Invalidator>>,
     /// Per lower layer: multiply-linked inodes and their names (lazy).
     link_maps: parking_lot::Mutex<std::collections::HashMap<usize, Arc<hardlinks::LinkMap>>>,
+    /// Upper (st_dev, st_ino) of a hard-linked object -> the key of the node
+    /// serving it on this mount, so a name found later gets that number.
+    linked: DashMap<(u64, u64), u64>,
     /// The kernel's writeback cache is on (see `real_file_flags`).
     writeback: AtomicBool,
     /// Bounds the open fds of layer dirs.
@@ -121,6 +124,7 @@ impl Union {
             root_ino: ROOT_INO,
             invalidator: parking_lot::RwLock::new(None),
             link_maps: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            linked: DashMap::new(),
             writeback: AtomicBool::new(false),
             // Tests set UNIONFS_DIR_FDS to make reopening the common case.
             dir_fds: FdPool::new(

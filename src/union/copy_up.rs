@@ -85,6 +85,7 @@ impl Union {
                     }
                 }
                 if lst.st_nlink > 1 {
+                    self.remember_linked(node);
                     self.link_other_names(layer, lst.st_ino, pfd, &st.name);
                     // Every name is in the upper: its own nlink is the truth
                     // (the kernel's index=on accounting, "U+0").

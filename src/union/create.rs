@@ -244,6 +244,9 @@ impl Union {
         // Linked through an fd checked to be this object: the source name
         // may be renamed or replaced meanwhile.
         let src = self.leaf_path_fd(&node)?;
+        // The new name is this node, under its number (the kernel shows the
+        // old number at the old name until its dentry goes: a deviation).
+        self.remember_linked(&node);
         self.create_in_upper(&np, newname, false, 0, &mut |dir, n, _| {
             sys::fs::link_tmpfile(src.as_fd(), dir, n)
         })?;

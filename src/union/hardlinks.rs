@@ -1,7 +1,8 @@
 //! Hard links to multiply-linked lower files: after a copy-up, every visible
 //! name of the lower inode is linked to the upper copy, so all names show the
 //! new data, on this mount, after a remount, and under kernel overlayfs
-//! (`index=on` semantics without an index dir).
+//! (`index=on` semantics without an index dir). And one number for all
+//! names of an upper object with several links (`linked_key`).
 
 use std::collections::HashMap;
 use std::ffi::{CStr, OsString};
@@ -72,6 +73,30 @@ fn scan_dir(
 }
 
 impl Union {
+    /// Records that `node` serves its upper object, which has (or is about
+    /// to get) several links, so its other names get the node's number.
+    pub(super) fn remember_linked(&self, node: &Node) {
+        if !node.is_dir() {
+            self.linked.insert(self.leaf_real(node), node.key);
+        }
+    }
+
+    /// The key of the live node serving upper object `real`, if any.
+    pub(super) fn linked_key(&self, real: (u64, u64)) -> Option<u64> {
+        let key = *self.linked.get(&real)?;
+        if self
+            .nodes
+            .current(key)
+            .is_some_and(|n| self.leaf_real(&n) == real)
+        {
+            return Some(key);
+        }
+        // Forgotten, or the number went to another object: the next name
+        // found decides again.
+        self.linked.remove_if(&real, |_, k| *k == key);
+        None
+    }
+
     /// The names of lower inode `ino` in `layer` (scanned once per layer).
     fn link_names(&self, layer: usize, ino: u64) -> Vec<Vec<OsString>> {
         let map = {

@@ -361,7 +361,11 @@ impl Union {
     }
 
     /// An upper non-dir: keeps its lower origin's inode number when the
-    /// `overlay.origin` xattr names the lower object at the same path.
+    /// `overlay.origin` xattr names the lower object at the same path. An
+    /// object with several upper links has one number for every name: the
+    /// one it is served under on this mount, else its origin's (found by
+    /// file handle, as root), else its upper inode's (the kernel's rule
+    /// without CAP_DAC_READ_SEARCH, where it cannot decode origins).
     fn resolved_upper_leaf(
         &self,
         parent: &DirBody,
@@ -391,7 +395,9 @@ impl Union {
                         if let (Some(stored), true) = (&origin, joined) {
                             if let Ok((t, fid)) = sys::fs::name_to_handle(bfd(&lfd), cn, 0) {
                                 if Format::origin_matches(stored, t, &fid) {
-                                    ino = self.layers.map_ino(lst.st_dev, lst.st_ino);
+                                    if st.st_nlink <= 1 {
+                                        ino = self.layers.map_ino(lst.st_dev, lst.st_ino);
+                                    }
                                     lower = Some((l.layer, l.dir.clone()));
                                 }
                             }
@@ -407,7 +413,14 @@ impl Union {
                 Err(e) => return Err(e),
             }
         }
-        if lower.is_none() {
+        if st.st_nlink > 1 {
+            if let Some(i) = self
+                .linked_key((st.st_dev, st.st_ino))
+                .or_else(|| origin.as_deref().and_then(|o| self.origin_ino(o)))
+            {
+                ino = i;
+            }
+        } else if lower.is_none() {
             if let Some(i) = origin.as_deref().and_then(|o| self.origin_ino(o)) {
                 // Moved since its copy-up: the origin still names its number.
                 ino = i;

@@ -29,6 +29,16 @@ pub struct Config {
     /// Keep applying ops after an op result diverged (later differences may
     /// be consequences); otherwise the case ends there.
     pub keep_going: bool,
+    /// Builds each case's lowers below the dir given.
+    pub fixture: fn(&Path),
+    /// Raw-upper xattrs dropped on both sides before comparing, beyond
+    /// snap's (the `user.overlay.*` bookkeeping of a `userxattr` mount).
+    pub raw_ignored: &'static [&'static str],
+    /// A further check of every merged view but the kernel's first one:
+    /// (merged dir, the upper dir it shows) -> differing entries.
+    pub view_check: Option<fn(&Path, &Path) -> Vec<snap::DiffLine>>,
+    /// The ops of a random case: (seed, count) -> ops.
+    pub generate: fn(u64, usize) -> Vec<Op>,
 }
 
 impl Config {
@@ -42,6 +52,10 @@ impl Config {
             kernel_opts: "index=on".into(),
             cross: true,
             keep_going: false,
+            fixture: fixture::build,
+            raw_ignored: &[],
+            view_check: None,
+            generate: ops::generate,
         }
     }
 
@@ -234,7 +248,7 @@ fn case_body(cfg: &Config, ops: &[Op], target: Option<&str>, out: &mut Outcome) 
     let upto = target.map_or(usize::MAX, phase_rank);
     let tmp = TempDir::new("diff");
     let root = tmp.path();
-    fixture::build(root);
+    (cfg.fixture)(root);
     let lowers: Vec<PathBuf> = (0..3).map(|i| root.join(format!("lower{i}"))).collect();
     let lowers_before: Vec<Snap> = lowers.iter().map(|l| snapshot(l, View::RawLower)).collect();
     let d = |s: &str| root.join(s);
@@ -300,14 +314,21 @@ fn case_body(cfg: &Config, ops: &[Op], target: Option<&str>, out: &mut Outcome) 
     let kv = snapshot(&k.merged, View::Merged);
     let ov = snapshot(&o.merged, View::Merged);
     add_diffs(out, "merged", diff(&kv, &ov, "kernel", other));
+    if let Some(check) = cfg.view_check {
+        add_diffs(out, "merged", check(&o.merged, &d("o/upper")));
+    }
     unmount(k, "kernel", out);
     unmount(o, other, out);
     if upto < phase_rank("raw-upper:") {
         return;
     }
 
-    let ku = snapshot(&d("k/upper"), View::RawUpper);
+    let mut ku = snapshot(&d("k/upper"), View::RawUpper);
     let mut ou = snapshot(&d("o/upper"), View::RawUpper);
+    for e in ku.0.values_mut().chain(ou.0.values_mut()) {
+        e.xattrs
+            .retain(|n, _| !cfg.raw_ignored.contains(&n.as_str()));
+    }
     if cfg.other == Impl::Ours {
         snap::drop_eager_links(&ku, &mut ou);
     }
@@ -384,6 +405,9 @@ fn case_body(cfg: &Config, ops: &[Op], target: Option<&str>, out: &mut Outcome) 
                                 .is_ok_and(|m| m.is_file() && m.nlink() > 1);
                         !(linked_in_lower || linked_written || linked_in_upper)
                     });
+                }
+                if let Some(check) = cfg.view_check {
+                    lines.extend(check(&m.merged, &d(&format!("{side}/upper"))));
                 }
                 add_diffs(out, phase, lines);
                 unmount(m, phase, out);
@@ -636,9 +660,9 @@ pub fn trace_text(out: &Outcome, other: &str) -> String {
     s
 }
 
-fn fixture_text(ops: &[Op]) -> String {
+fn fixture_text(cfg: &Config, ops: &[Op]) -> String {
     let tmp = TempDir::new("diff-describe");
-    fixture::build(tmp.path());
+    (cfg.fixture)(tmp.path());
     let mut paths = BTreeSet::new();
     for op in ops {
         for p in op.paths() {
@@ -715,7 +739,7 @@ pub fn run_campaign(cfg: &Config, c: &Campaign) -> Summary {
                     }
                     let seed = c.seeds[i];
                     running.lock().unwrap()[j] = Some((seed, Instant::now()));
-                    let ops = ops::generate(seed, c.ops_per_case);
+                    let ops = (cfg.generate)(seed, c.ops_per_case);
                     let out = run_case(cfg, &ops, None);
                     running.lock().unwrap()[j] = None;
                     if c.verbose {
@@ -816,7 +840,7 @@ pub fn run_campaign(cfg: &Config, c: &Campaign) -> Summary {
                         let Some((cl, seed)) = to_shrink.get(i) else {
                             return;
                         };
-                        let ops = ops::generate(*seed, c.ops_per_case);
+                        let ops = (cfg.generate)(*seed, c.ops_per_case);
                         let r = shrink(cfg, &ops, cl, c.shrink_budget);
                         eprintln!(
                             "[differential] minimised [{cl}]: {} -> {} op(s) in {} trial(s)",
@@ -870,7 +894,7 @@ pub fn run_campaign(cfg: &Config, c: &Campaign) -> Summary {
             text,
             "  fixture entries named by these ops (per lower layer):"
         );
-        text += &fixture_text(&r.ops);
+        text += &fixture_text(cfg, &r.ops);
         let _ = writeln!(
             text,
             "  divergences of the minimised case (kernel = expected):"
