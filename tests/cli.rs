@@ -2,6 +2,8 @@
 //! non-zero with a message and mount nothing; a good mount shows up as a
 //! fuse mount with default_permissions,allow_other,suid,dev; SIGTERM and an
 //! external umount end the daemon with status 0; without -f it daemonises.
+//! A table of bad command lines and bad layer combinations, each rejected
+//! with a clear message and no mount left.
 
 mod common;
 
@@ -371,5 +373,425 @@ fn daemon_raises_nofile_soft_limit_to_hard_limit() {
         limits,
         ("4096".to_string(), "4096".to_string()),
         "RLIMIT_NOFILE (soft, hard) of the daemon"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Bad input
+// ---------------------------------------------------------------------------
+
+struct BadRun {
+    code: Option<i32>,
+    stderr: String,
+    left_mounted: Vec<PathBuf>,
+}
+
+fn run_bad(fx: &Fixture, args: &[String]) -> BadRun {
+    let mut child = bin_piped().args(args).spawn().expect("spawn unionfs-fuse");
+    let status = wait_timeout(&mut child, Duration::from_secs(10));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    // Only FUSE mounts count (the test's own tmpfs lives below the fixture).
+    let left: Vec<PathBuf> = mounts()
+        .into_iter()
+        .filter(|(mp, ty, _)| mp.starts_with(fx.root()) && ty.starts_with("fuse"))
+        .map(|(mp, _, _)| mp)
+        .collect();
+    for mp in &left {
+        let _ = sys::umount2(mp, libc::MNT_DETACH);
+    }
+    BadRun {
+        code: status.and_then(|s| s.code()),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        left_mounted: left,
+    }
+}
+
+#[test]
+fn bad_command_lines_and_layer_combinations_are_rejected_clearly() {
+    if only_for_ours() {
+        return;
+    }
+    let Some(fx) = Fixture::new() else { return };
+    let l0 = fx.lower(0);
+    l0.dir("nested").file("sub/x", b"");
+    let l1 = fx.lower(1);
+    let up = fx.upper();
+    up.dir("mnt").dir("lower-in-upper").dir("work-in-upper");
+    let (m, w) = (fx.merged(), fx.work());
+    let file = fx.root().join("a-file");
+    fs::write(&file, b"").unwrap();
+    let missing = fx.root().join("no-such-dir");
+    let tmpfs = Tmpfs::mount(&fx.root().join("tmpfs"), "size=1m");
+    let tw = tmpfs.0.join("w");
+    fs::create_dir(&tw).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let wo = |p: &Path| format!("workdir={}", p.display());
+    let (sl0, sl1, su, sm) = (s(&l0.root), s(&l1.root), s(&up.root), s(&m));
+    // (what, argv, words the message must contain)
+    let cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
+        (
+            "missing lower",
+            vec![s(&missing), su.clone(), sm.clone(), "-o".into(), wo(&w)],
+            vec!["no-such-dir"],
+        ),
+        (
+            "missing second lower",
+            vec![
+                format!("{sl0}:{}", s(&missing)),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                wo(&w),
+            ],
+            vec!["no-such-dir"],
+        ),
+        (
+            "missing upper",
+            vec![sl0.clone(), s(&missing), sm.clone(), "-o".into(), wo(&w)],
+            vec!["no-such-dir"],
+        ),
+        (
+            "missing mount point",
+            vec![sl0.clone(), su.clone(), s(&missing), "-o".into(), wo(&w)],
+            vec!["no-such-dir"],
+        ),
+        (
+            "missing workdir",
+            vec![
+                sl0.clone(),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                wo(&missing),
+            ],
+            vec!["no-such-dir"],
+        ),
+        (
+            "file as lower",
+            vec![s(&file), su.clone(), sm.clone(), "-o".into(), wo(&w)],
+            vec!["a-file", "not a directory"],
+        ),
+        (
+            "file as upper",
+            vec![sl0.clone(), s(&file), sm.clone(), "-o".into(), wo(&w)],
+            vec!["a-file", "not a directory"],
+        ),
+        (
+            "file as mount point",
+            vec![sl0.clone(), su.clone(), s(&file), "-o".into(), wo(&w)],
+            vec!["a-file", "not a directory"],
+        ),
+        (
+            "file as workdir",
+            vec![sl0.clone(), su.clone(), sm.clone(), "-o".into(), wo(&file)],
+            vec!["a-file", "not a directory"],
+        ),
+        (
+            "upper inside lower",
+            vec![
+                sl0.clone(),
+                s(&l0.path("nested")),
+                sm.clone(),
+                "-o".into(),
+                wo(&w),
+            ],
+            vec!["inside"],
+        ),
+        (
+            "lower inside upper",
+            vec![
+                s(&up.path("lower-in-upper")),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                wo(&w),
+            ],
+            vec!["inside"],
+        ),
+        (
+            "mount point inside upper",
+            vec![
+                sl0.clone(),
+                su.clone(),
+                s(&up.path("mnt")),
+                "-o".into(),
+                wo(&w),
+            ],
+            vec!["inside"],
+        ),
+        (
+            "mount point inside lower",
+            vec![
+                sl0.clone(),
+                su.clone(),
+                s(&l0.path("sub")),
+                "-o".into(),
+                wo(&w),
+            ],
+            vec!["inside"],
+        ),
+        (
+            "mount point is the upper",
+            vec![sl0.clone(), su.clone(), su.clone(), "-o".into(), wo(&w)],
+            vec!["upper"],
+        ),
+        (
+            "same lower twice",
+            vec![
+                format!("{sl0}:{sl0}"),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                wo(&w),
+            ],
+            vec!["twice"],
+        ),
+        (
+            "lower is the upper",
+            vec![sl0.clone(), sl0.clone(), sm.clone(), "-o".into(), wo(&w)],
+            vec!["twice"],
+        ),
+        (
+            "workdir is the upper",
+            vec![
+                sl0.clone(),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                wo(&up.root),
+            ],
+            vec!["twice"],
+        ),
+        (
+            "workdir is a lower",
+            vec![
+                format!("{sl0}:{sl1}"),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                wo(&l1.root),
+            ],
+            vec!["twice"],
+        ),
+        (
+            "workdir on another filesystem",
+            vec![sl0.clone(), su.clone(), sm.clone(), "-o".into(), wo(&tw)],
+            vec!["another filesystem"],
+        ),
+        (
+            "workdir inside upper",
+            vec![
+                sl0.clone(),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                wo(&up.path("work-in-upper")),
+            ],
+            vec!["workdir", "upper"],
+        ),
+        (
+            "unknown option",
+            vec![
+                sl0.clone(),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                format!("{},bogus", wo(&w)),
+            ],
+            vec!["bogus"],
+        ),
+        (
+            "unknown option with value",
+            vec![
+                sl0.clone(),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                "no_such_opt=1".into(),
+            ],
+            vec!["no_such_opt"],
+        ),
+        (
+            "timeout=x",
+            vec![
+                sl0.clone(),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                "timeout=x".into(),
+            ],
+            vec!["timeout"],
+        ),
+        (
+            "timeout=-1",
+            vec![
+                sl0.clone(),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                "timeout=-1".into(),
+            ],
+            vec!["timeout"],
+        ),
+        (
+            "threads=0",
+            vec![
+                sl0.clone(),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                "threads=0".into(),
+            ],
+            vec!["threads"],
+        ),
+        (
+            "threads=many",
+            vec![
+                sl0.clone(),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                "threads=many".into(),
+            ],
+            vec!["threads"],
+        ),
+        (
+            "redirect_dir=maybe",
+            vec![
+                sl0.clone(),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                "redirect_dir=maybe".into(),
+            ],
+            vec!["redirect_dir"],
+        ),
+        (
+            "oci_whiteouts=perhaps",
+            vec![
+                sl0.clone(),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                "oci_whiteouts=perhaps".into(),
+            ],
+            vec!["oci_whiteouts"],
+        ),
+        (
+            "workdir without a value",
+            vec![
+                sl0.clone(),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                "workdir".into(),
+            ],
+            vec!["workdir"],
+        ),
+        (
+            "empty lowerdir item (middle)",
+            vec![
+                format!("{sl0}::{sl1}"),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                wo(&w),
+            ],
+            vec!["empty"],
+        ),
+        (
+            "empty lowerdir item (trailing)",
+            vec![
+                format!("{sl0}:"),
+                su.clone(),
+                sm.clone(),
+                "-o".into(),
+                wo(&w),
+            ],
+            vec!["empty"],
+        ),
+        (
+            "empty lowerdir= option",
+            vec![
+                "-o".into(),
+                format!("lowerdir=,upperdir={su},{}", wo(&w)),
+                sm.clone(),
+            ],
+            vec!["empty"],
+        ),
+        (
+            "-o lowerdir= with 3 positionals",
+            vec![
+                "-o".into(),
+                format!("lowerdir={sl0}"),
+                sl1.clone(),
+                su.clone(),
+                sm.clone(),
+            ],
+            vec!["lowerdir"],
+        ),
+        (
+            "workdir without upper",
+            vec![sl0.clone(), sm.clone(), "-o".into(), wo(&w)],
+            vec!["workdir"],
+        ),
+        ("no arguments at all", vec![], vec!["ARGS"]),
+        ("only a mount point", vec![sm.clone()], vec!["lower"]),
+    ];
+    let mut problems = Vec::new();
+    for (what, mut argv, words) in cases {
+        argv.push("-f".into());
+        let r = run_bad(&fx, &argv);
+        let lines: Vec<&str> = r
+            .stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let first = lines.first().copied().unwrap_or("");
+        let lower_err = r.stderr.to_lowercase();
+        let mut why = Vec::new();
+        match r.code {
+            None => why.push("did not exit within 10 s (killed)".to_string()),
+            Some(0) => why.push("exited 0".to_string()),
+            Some(_) => {}
+        }
+        if !r.left_mounted.is_empty() {
+            why.push(format!("left mounts behind: {:?}", r.left_mounted));
+        }
+        if lines.is_empty() {
+            why.push("no message on stderr".into());
+        }
+        for w in &words {
+            if !lower_err.contains(&w.to_lowercase()) {
+                why.push(format!("message does not mention {w:?}"));
+            }
+        }
+        if lower_err.contains("panicked") || lower_err.contains("backtrace") {
+            why.push("panicked".into());
+        }
+        // One message: an error line first, not a dump of the usage text.
+        let has_error_line = first.starts_with("unionfs-fuse:") || first.starts_with("error:");
+        if !has_error_line || lines.len() > 4 {
+            why.push(format!("not one clear message ({} lines)", lines.len()));
+        }
+        eprintln!("{what:40} exit={:?} {first}", r.code);
+        if !why.is_empty() {
+            problems.push(format!(
+                "{what}: {}\n    argv: {argv:?}\n    stderr: {:?}",
+                why.join("; "),
+                r.stderr
+            ));
+        }
+    }
+    drop(tmpfs);
+    assert!(
+        problems.is_empty(),
+        "{} bad invocation(s) not rejected cleanly:\n{}",
+        problems.len(),
+        problems.join("\n")
     );
 }
