@@ -78,16 +78,6 @@ fn is_enotconn(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOTCONN)
 }
 
-fn fd_count(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn drop_caches() {
-    let _ = fs::write("/proc/sys/vm/drop_caches", "2");
-}
-
 fn count_entries(dir: &Path) -> usize {
     fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }

@@ -382,10 +382,6 @@ fn check_watchdog_budget(secs: u64) {
     );
 }
 
-fn drop_caches() {
-    let _ = fs::write("/proc/sys/vm/drop_caches", "2");
-}
-
 fn daemon_log(fx: &Fixture) -> String {
     fs::read_to_string(fx.root().join("merged.log")).unwrap_or_default()
 }
@@ -553,12 +549,6 @@ fn randomized_stress_finds_no_deadlock_panic_or_unexpected_error() {
 // ---------------------------------------------------------------------------
 // Soak
 // ---------------------------------------------------------------------------
-
-fn fd_count(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
 
 fn rss_kib(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))

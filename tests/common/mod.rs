@@ -1021,6 +1021,19 @@ pub fn seed() -> u64 {
         })
 }
 
+/// How many fds process `pid` has open (0 if it is gone).
+pub fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Makes the kernel drop its cached dentries and inodes, so that it
+/// forgets (and the server may close) what it looked up.
+pub fn drop_caches() {
+    let _ = fs::write("/proc/sys/vm/drop_caches", "2");
+}
+
 /// The number in env var `name`, or `default` when unset or not a number.
 pub fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
