@@ -93,10 +93,11 @@ impl Union {
                 )
             },
         );
-        if r.st.st_nlink > 1 && matches!(&r.body, Body::Leaf(l) if l.upper.is_some()) {
-            if self.linked_key(self.leaf_real(&node)).is_none() {
-                self.remember_linked(&node);
-            }
+        if r.st.st_nlink > 1
+            && matches!(&r.body, Body::Leaf(l) if l.upper.is_some())
+            && self.linked_key(self.leaf_real(&node)).is_none()
+        {
+            self.remember_linked(&node);
         }
         let attr = self.present(self.attr_of(&node).unwrap_or(r.st));
         Ok(Entry {
