@@ -177,7 +177,7 @@ pub fn build_rootless(root: &Path, r: Rootless) {
 
 fn build_variant(root: &Path, rootless: Option<Rootless>) {
     let full = rootless.is_none();
-    let ids = rootless.is_none_or(|r| r.foreign_ids);
+    let ids = rootless.map_or(true, |r| r.foreign_ids);
     let ns = if full { "trusted" } else { "user" };
     let l2 = Layer::new(root.join("lower2"));
     let l1 = Layer::new(root.join("lower1"));

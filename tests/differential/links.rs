@@ -46,7 +46,7 @@ fn walk(root: &Path, rel: &str, out: &mut Vec<(String, fs::Metadata)>) {
 /// The object a merged name should be, from the raw upper dir.
 fn expected_object(upper: &Path, rel: &str) -> String {
     match fs::symlink_metadata(upper.join(rel)) {
-        Ok(m) if !m.is_dir() && !(m.file_type().is_char_device() && m.rdev() == 0) => {
+        Ok(m) if !(m.is_dir() || m.file_type().is_char_device() && m.rdev() == 0) => {
             format!("upper inode {}", m.ino())
         }
         _ => format!("lower /{}", short(rel)),
