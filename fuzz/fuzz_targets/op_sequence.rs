@@ -483,6 +483,7 @@ impl Fixture {
                 oci_whiteouts: s.oci_whiteouts,
                 volatile: s.volatile,
                 redirect_dir: false,
+                redirect_nofollow: false,
                 uid_map: id_map(s.uid_map),
                 gid_map: id_map(s.gid_map),
             },
