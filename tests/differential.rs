@@ -220,21 +220,10 @@ fn campaign_fixed_scenario() {
         keep_going: true,
         ..Config::standard()
     };
-    let out = run_case(&cfg, &ops, None);
-    if std::env::var_os("UNIONFS_DIFF_VERBOSE").is_some() {
-        eprintln!("{}", engine::trace_text(&out, "ours"));
-    }
-    if out.divs.is_empty() {
+    let Some((out, mut msg)) = engine::run_fixed(&cfg, &ops, "fixed scenario") else {
         return;
-    }
+    };
     // Minimise each distinct class for the report.
-    let mut msg = format!(
-        "fixed scenario: {} divergence(s) from kernel overlayfs\n",
-        out.divs.len()
-    );
-    for d in &out.divs {
-        msg += &format!("  [{}]\n      {}\n", d.class, d.detail);
-    }
     // At most 8 classes and 120 trials each, to stay within CI time.
     let mut seen: Vec<Vec<Op>> = Vec::new();
     for class in out.classes().into_iter().take(8) {

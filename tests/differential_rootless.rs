@@ -373,21 +373,10 @@ fn fixed_scenario_matches_the_kernel(map: Map) {
         keep_going: true,
         ..config(map)
     };
-    let out = run_case(&cfg, &ops, None);
-    if std::env::var_os("UNIONFS_DIFF_VERBOSE").is_some() {
-        eprintln!("{}", engine::trace_text(&out, "ours"));
-    }
-    if out.divs.is_empty() {
+    let title = format!("rootless fixed scenario ({} map)", map.name());
+    let Some((out, mut msg)) = engine::run_fixed(&cfg, &ops, &title) else {
         return;
-    }
-    let mut msg = format!(
-        "rootless fixed scenario ({} map): {} divergence(s) from kernel overlayfs\n",
-        map.name(),
-        out.divs.len()
-    );
-    for d in &out.divs {
-        msg += &format!("  [{}]\n      {}\n", d.class, d.detail);
-    }
+    };
     msg += &engine::trace_text(&out, "ours");
     panic!("{msg}");
 }

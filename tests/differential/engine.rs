@@ -445,6 +445,27 @@ pub struct Shrunk {
     pub trials: usize,
 }
 
+/// Runs a fixed scenario (trace on stderr with `UNIONFS_DIFF_VERBOSE`). On
+/// a divergence: the outcome and a report that starts with `title` and
+/// lists every divergence, for the caller to extend and panic with.
+pub fn run_fixed(cfg: &Config, ops: &[Op], title: &str) -> Option<(Outcome, String)> {
+    let out = run_case(cfg, ops, None);
+    if std::env::var_os("UNIONFS_DIFF_VERBOSE").is_some() {
+        eprintln!("{}", trace_text(&out, "ours"));
+    }
+    if out.divs.is_empty() {
+        return None;
+    }
+    let mut msg = format!(
+        "{title}: {} divergence(s) from kernel overlayfs\n",
+        out.divs.len()
+    );
+    for d in &out.divs {
+        msg += &format!("  [{}]\n      {}\n", d.class, d.detail);
+    }
+    Some((out, msg))
+}
+
 /// Removes ops (chunks, then single ops) and simplifies the rest while the
 /// case still shows `class`, re-running both sides on fresh fixtures each
 /// time; at most `budget` trials.
