@@ -12,6 +12,7 @@
 //! - `adapter`: the only module that imports fuser; it serves `Union` and
 //!   mounts it.
 //! - `options`: command line parsing and directory checks.
+//! - `logging`: the binaries' logger.
 #![deny(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -29,6 +30,7 @@ pub mod handles {
 pub mod idmap;
 pub mod launcher;
 pub mod layers;
+pub mod logging;
 pub mod node;
 pub mod oci;
 pub mod options;

@@ -9,7 +9,7 @@ fn main() {
         eprintln!("unionfs-fuse: warning: {w}");
     }
     let level = if config.debug { "debug" } else { "warn" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    unionfs::logging::init(level, None);
     let config = match unionfs::options::validate(config) {
         Ok(c) => c,
         Err(msg) => {
