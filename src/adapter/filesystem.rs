@@ -66,8 +66,7 @@ impl Filesystem for Adapter {
         self.no_opendir = config
             .capabilities()
             .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
-            // Tests set this to exercise the per-handle path of older kernels.
-            && std::env::var_os("UNIONFS_OPENDIR").is_none();
+            && !self.always_opendir;
         // The kernel refuses backing files while the writeback cache is on.
         if self.pt.mode() != passthrough::Mode::Off
             && !self.writeback

@@ -16,6 +16,7 @@ use std::time::Duration;
 use fuser::{Generation, INodeNo, ReplyDirectoryPlus};
 
 use crate::errno::Errno;
+use crate::node::DirEntry;
 use crate::union::{Caller, SetAttr, Union};
 
 mod filesystem;
@@ -27,6 +28,17 @@ mod reply;
 use passthrough::{Open, Passthrough};
 use present::Present;
 
+/// Switches for tests, which the binary reads from the environment once
+/// (`UNIONFS_DIR_FDS`, `UNIONFS_OPENDIR`); `Default` is normal serving.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Switches {
+    /// At most this many open layer dir fds (1 makes reopening the common
+    /// case); None: a share of RLIMIT_NOFILE.
+    pub dir_fds: Option<usize>,
+    /// Serve OPENDIR even where the kernel could skip it.
+    pub opendir: bool,
+}
+
 pub struct Adapter {
     fs: Arc<Union>,
     ttl: Duration,
@@ -36,6 +48,8 @@ pub struct Adapter {
     /// OPENDIR/RELEASEDIR again (two round trips less per dir open) and
     /// caches listings by default.
     no_opendir: bool,
+    /// Serve OPENDIR even so (`Switches::opendir`).
+    always_opendir: bool,
     /// FUSE_HANDLE_KILLPRIV_V2: asked for in the initial user namespace or
     /// with the writeback cache, then whether the kernel agreed. The kernel
     /// then stops asking for `security.capability` before every write(2)
@@ -76,11 +90,19 @@ impl Adapter {
             pt: Passthrough::new(pt),
             stack_depth,
             no_opendir: false,
+            always_opendir: false,
             killpriv: initial_ns,
             trust_kill: initial_ns,
             writeback,
             present,
         }
+    }
+
+    /// Serves OPENDIR even where the kernel could skip it, as for older
+    /// kernels (tests reach the per-handle listing path this way).
+    pub fn always_opendir(mut self, always: bool) -> Adapter {
+        self.always_opendir = always;
+        self
     }
 
     /// The entries a read at `offset` returns: from the open handle's
@@ -213,12 +235,12 @@ impl Adapter {
 
 /// A listing and where a read resumes in it.
 struct ListingTail {
-    entries: Arc<Vec<crate::handles::DirEntry>>,
+    entries: Arc<Vec<DirEntry>>,
     start: usize,
 }
 
 impl ListingTail {
-    fn iter(&self) -> impl Iterator<Item = &crate::handles::DirEntry> {
+    fn iter(&self) -> impl Iterator<Item = &DirEntry> {
         self.entries[self.start..].iter()
     }
 }
