@@ -23,10 +23,6 @@ pub mod adapter;
 pub mod dir_fd;
 pub mod errno;
 pub mod format;
-/// The path adapter/ names `DirEntry` by; goes once it imports it from `node`.
-pub mod handles {
-    pub use crate::node::DirEntry;
-}
 pub mod idmap;
 pub mod launcher;
 pub mod layers;

@@ -109,6 +109,10 @@ impl Union {
         ));
         let root_body = body;
         nodes.insert_root(root.clone());
+        let dir_fds = FdPool::new(
+            opts.dir_fds
+                .unwrap_or_else(|| FdPool::budget_for_limit(sys::proc::nofile_limit())),
+        );
         Ok(Union {
             layers,
             fmt,
@@ -126,13 +130,7 @@ impl Union {
             link_maps: parking_lot::Mutex::new(std::collections::HashMap::new()),
             linked: DashMap::new(),
             writeback: AtomicBool::new(false),
-            // Tests set UNIONFS_DIR_FDS to make reopening the common case.
-            dir_fds: FdPool::new(
-                std::env::var("UNIONFS_DIR_FDS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| FdPool::budget_for_limit(sys::proc::nofile_limit())),
-            ),
+            dir_fds,
         })
         .map(|mut u| {
             if let Ok(st) = Self::dir_top(&root_body).and_then(|fd| sys::fs::fstat(bfd(&*fd))) {
