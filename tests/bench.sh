@@ -13,7 +13,8 @@
 # (holds one ext4 image per SIZE, 1/4/8 GiB sparse, loop-mounted while it runs),
 # IMPLS="kernel ours ours-pt-all ours-wb fuse-overlayfs" (ours-wb: -o writeback,
 # the rootless small-write mode), BIN=target/release/unionfs-fuse,
-# SCALE=|1|only, SCALE_LAYERS, SCALE_FILES, SCALE_ENTRIES (override the SIZE's).
+# SCALE=|1|only, SCALE_LAYERS, SCALE_FILES, SCALE_ENTRIES (override the SIZE's),
+# ROWS="create_rm rename" (only these workloads; default all).
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
@@ -329,6 +330,20 @@ mount_impl() { # IMPL
 umount_impl() { umount "$MNT" 2>/dev/null || umount -l "$MNT"; sleep 0.2; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
+# Renames in merged dirs, in one process (a mv per name would time fork):
+# each new file moves to a second name in its dir, then to another dir.
+rename_files() {
+    python3 - "$MNT" "$DIRS" "$((COPYUP * 2))" <<'PY'
+import os, sys
+mnt, dirs, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(n):
+    d, e = i % dirs + 1, (i + 1) % dirs + 1
+    a, b, c = f"{mnt}/d{d}/n{i}", f"{mnt}/d{d}/r{i}", f"{mnt}/d{e}/x{i}"
+    os.close(os.open(a, os.O_CREAT | os.O_WRONLY, 0o644))
+    os.rename(a, b)
+    os.rename(b, c)
+PY
+}
 
 # Workloads: name, cold (fresh mount + dropped caches) or warm, command.
 WORKLOADS=(
@@ -342,7 +357,16 @@ WORKLOADS=(
     "copyup|fresh|for f in \$(seq 1 $COPYUP); do d=\$(( (f % $DIRS) + 1 )); n=\$(( (f / $DIRS) * 10 + 3 )); echo x >> \$MNT/d\$d/f\$n 2>/dev/null || true; done"
     "create_rm|fresh|mkdir \$MNT/many && for i in \$(seq 1 $((COPYUP * 2))); do : > \$MNT/many/\$i; done && rm -rf \$MNT/many"
     "untar_rm|fresh|tar xf $B/src.tar -C \$MNT && rm -rf \$MNT/tree"
+    "rename|fresh|rename_files"
 )
+if [ -n "${ROWS:-}" ]; then
+    picked=()
+    for w in "${WORKLOADS[@]}"; do
+        case " $ROWS " in *" ${w%%|*} "*) picked+=("$w") ;; esac
+    done
+    ((${#picked[@]})) || { echo "bench.sh: ROWS names no workload" >&2; exit 2; }
+    WORKLOADS=("${picked[@]}")
+fi
 
 declare -A RESULT
 for w in "${WORKLOADS[@]}"; do

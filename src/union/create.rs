@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use crate::errno::{Errno, Result};
 use crate::format::{cname, EntryKind};
-use crate::node::Node;
+use crate::node::{Body, LayerDir, LeafBody, Node};
 use crate::sys;
 use crate::sys::fs::bfd;
 
-use super::{is_absent, Caller, Entry, Union};
+use super::{is_absent, Caller, Entry, Resolved, Union};
 
 /// Whether upper dir `dir` has a default ACL, which then decides the mode
 /// of what is created in it instead of the caller's umask.
@@ -23,7 +23,7 @@ fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
 impl Union {
     /// Runs `build` to create an object named `name` in parent's upper dir,
     /// replacing a whiteout there atomically. New dirs over a whiteout are
-    /// made opaque. Returns nothing; the caller looks the entry up.
+    /// made opaque. Returns the upper dir it was made in.
     ///
     /// `build` gets the bits to clear from the new object's mode: the
     /// caller's umask, or none where the upper parent has a default ACL.
@@ -34,7 +34,7 @@ impl Union {
         is_dir: bool,
         umask: u32,
         build: &mut dyn FnMut(BorrowedFd<'_>, &CStr, u32) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<LayerDir> {
         self.require_upper()?;
         if self.fmt.is_oci_name(name) {
             // With OCI whiteouts on, such a name would act as a marker.
@@ -66,7 +66,7 @@ impl Union {
                 {
                     self.fmt.set_opaque(ufd, &cn)?;
                 }
-                Ok(())
+                Ok(upper.clone())
             }
             Some(st) if self.fmt.classify(ufd, &cn, &st, upper.xwh) == EntryKind::Whiteout => {
                 // Staged in the parent itself where its default ACL must be
@@ -93,7 +93,7 @@ impl Union {
                 if r.is_err() {
                     self.discard_staged(stage, &tmp);
                 }
-                r
+                r.map(|()| upper.clone())
             }
             Some(_) => Err(Errno::EEXIST),
         }
@@ -219,7 +219,7 @@ impl Union {
             | libc::O_EXCL
             | libc::O_NOFOLLOW;
         let parent2 = parent.clone();
-        self.create_in_upper(&parent, name, false, c.umask, &mut |dir, n, clear| {
+        let upper = self.create_in_upper(&parent, name, false, c.umask, &mut |dir, n, clear| {
             let fd = sys::fs::openat(dir, n, open_flags, perm & !clear)?;
             if let Err(e) = self.own_new(&parent2, dir, n, c, libc::S_IFREG | (perm & !clear)) {
                 self.discard_staged(dir, n);
@@ -229,9 +229,28 @@ impl Union {
             Ok(())
         })?;
         let fd = opened.ok_or(Errno::EIO)?;
-        let entry = self.lookup(parent_ino, name)?;
+        let entry = self.install(&parent, name, self.created_file(&upper, &fd)?)?;
         let fh = self.add_file_handle(&entry.node, fd, flags, true);
         Ok((entry, fh))
+    }
+
+    /// What a resolve of a file `create` just made would find, from what it
+    /// holds: made with O_EXCL, the file is `fd`, in upper dir `upper`, with
+    /// one link and no origin, so it has its own number; resolving its name
+    /// again would ask every layer.
+    fn created_file(&self, upper: &LayerDir, fd: &OwnedFd) -> Result<Resolved> {
+        let st = sys::fs::fstat(fd.as_fd())?;
+        Ok(Resolved {
+            kind: libc::S_IFREG,
+            st,
+            ino: self.layers.map_ino(st.st_dev, st.st_ino),
+            body: Body::Leaf(LeafBody {
+                upper: Some(upper.dir.clone()),
+                lower: None,
+                real: (st.st_dev, st.st_ino),
+            }),
+            in_lower: None,
+        })
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Entry> {

@@ -70,8 +70,9 @@ struct Walk {
     top: Option<libc::stat>,
     /// What the layers below are asked for.
     want: Want,
-    /// A lower dir of the name's own (not one found through a redirect).
-    lower_present: bool,
+    /// What the name's own topmost lower entry is (see `Resolved::in_lower`),
+    /// once met; entries found through a redirect do not count.
+    in_lower: Option<bool>,
     /// Whether the upper dir has an origin, once `fix_origin` looked.
     upper_origin: Option<bool>,
 }
@@ -98,22 +99,42 @@ impl Union {
     /// an xattr whiteout in a lower layer as a whiteout even outside an
     /// `opaque=x` dir (readdir lists it there), exactly as the kernel does.
     pub(super) fn resolve(&self, parent: &DirBody, name: &OsStr) -> Result<Option<Resolved>> {
+        Ok(self.resolve_probed(parent, name)?.0)
+    }
+
+    /// [`Union::resolve`], and whether a lower layer has the name (see
+    /// `Resolved::in_lower`) also when it resolves to nothing, so that a
+    /// rename to a free name need not ask the lowers again.
+    pub(super) fn resolve_probed(
+        &self,
+        parent: &DirBody,
+        name: &OsStr,
+    ) -> Result<(Option<Resolved>, Option<bool>)> {
         if self.fmt.is_oci_name(name) {
-            return Ok(None);
+            return Ok((None, None));
         }
         let cn = cname(name)?;
         let mut walk = match self.resolve_upper(parent, &cn, name)? {
-            Upper::Done(r) => return Ok(r),
+            Upper::Done(r) => {
+                let in_lower = r.as_ref().and_then(|r| r.in_lower);
+                return Ok((r, in_lower));
+            }
             Upper::Merge(walk) => walk,
         };
+        // A walk of the name's own lower dirs that meets nothing tells that
+        // no lower has it; one that follows a redirect tells nothing.
+        let own = walk.want == Want::Own;
         if let Some(leaf) = self.resolve_lowers(parent, &cn, name, &mut walk)? {
-            return Ok(Some(leaf));
+            let in_lower = leaf.in_lower;
+            return Ok((Some(leaf), in_lower));
         }
+        let in_lower = walk.in_lower.or(own.then_some(false));
         Ok(match (walk.dir, walk.top) {
             (Some(d), Some(st)) => {
-                Some(self.resolved_dir(d, st, walk.lower_present, walk.upper_origin))
+                let r = self.resolved_dir(d, st, in_lower, walk.upper_origin);
+                (Some(r), in_lower)
             }
-            _ => None,
+            _ => (None, in_lower),
         })
     }
 
@@ -123,7 +144,7 @@ impl Union {
             dir: None,
             top: None,
             want: Want::Own,
-            lower_present: false,
+            in_lower: None,
             upper_origin: None,
         };
         let Some(u) = &parent.upper else {
@@ -155,7 +176,7 @@ impl Union {
             lowers: Vec::new(),
         };
         if opacity == Opacity::Opaque {
-            return Ok(Upper::Done(Some(self.resolved_dir(d, st, false, None))));
+            return Ok(Upper::Done(Some(self.resolved_dir(d, st, None, None))));
         }
         // Where the layers below look: a renamed dir finds its lower dirs
         // where its redirect says, as on the kernel.
@@ -243,7 +264,11 @@ impl Union {
             Err(e) if is_absent(e) => return Ok(Step::Go),
             Err(e) => return Err(e),
         };
-        if self.fmt.classify(bfd(&lfd), cn, &st, true) == EntryKind::Whiteout {
+        let object = self.fmt.classify(bfd(&lfd), cn, &st, true) == EntryKind::Object;
+        if walk.want == Want::Own {
+            walk.in_lower.get_or_insert(object);
+        }
+        if !object {
             return Ok(Step::Stop);
         }
         if kind_of(&st) != libc::S_IFDIR {
@@ -266,10 +291,6 @@ impl Union {
             found,
             opacity == Opacity::XattrWhiteouts,
         ));
-        // Lower dirs found through a redirect are not this name's own.
-        if walk.want == Want::Own {
-            walk.lower_present = true;
-        }
         if walk.top.is_none() {
             walk.top = Some(st);
         }
@@ -295,7 +316,7 @@ impl Union {
                 lower: Some((l.layer, l.dir.clone())),
                 real: (st.st_dev, st.st_ino),
             }),
-            lower_present: false,
+            in_lower: Some(true),
         }
     }
 
@@ -386,7 +407,7 @@ impl Union {
         &self,
         d: DirBody,
         top: libc::stat,
-        lower_present: bool,
+        in_lower: Option<bool>,
         upper_origin: Option<bool>,
     ) -> Resolved {
         let ino = self.dir_ino_known(&d, &top, upper_origin);
@@ -395,7 +416,7 @@ impl Union {
             st: top,
             ino,
             body: Body::Dir(d),
-            lower_present,
+            in_lower,
         }
     }
 
@@ -513,7 +534,7 @@ impl Union {
                 lower,
                 real: (st.st_dev, st.st_ino),
             }),
-            lower_present,
+            in_lower: Some(lower_present),
         })
     }
 

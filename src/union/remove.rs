@@ -45,9 +45,10 @@ impl Union {
         let ufd = upper.fd()?;
         let ufd = bfd(&ufd);
         let cn = cname(name)?;
-        let needs_whiteout = r.lower_present
-            || matches!(&r.body, Body::Leaf(l) if l.upper.is_none())
-            || self.lower_has(&body, name)?;
+        let needs_whiteout = match r.in_lower {
+            Some(known) => known,
+            None => self.lower_has(&body, name)?,
+        };
         {
             let _g = parent.dir_lock.lock();
             let in_upper = match sys::fs::lstatat(ufd, &cn) {

@@ -25,6 +25,9 @@ struct Plan<'a> {
     src: Resolved,
     /// What the new name holds now.
     dst: Option<Resolved>,
+    /// Whether a lower layer has the new name, if its resolve found out
+    /// (`Resolved::in_lower`, also for a free name).
+    dst_in_lower: Option<bool>,
     exchange: bool,
     /// The source (or, exchanged, the target) is a dir with lower dirs,
     /// which records where they are in a redirect.
@@ -91,7 +94,7 @@ impl Union {
         let pbody = Self::dir_body(&parent)?;
         let nbody = Self::dir_body(&newparent)?;
         let src = self.resolve(&pbody, name)?.ok_or(Errno::ENOENT)?;
-        let dst = self.resolve(&nbody, newname)?;
+        let (dst, dst_in_lower) = self.resolve_probed(&nbody, newname)?;
         if flags & libc::RENAME_NOREPLACE != 0 && dst.is_some() {
             return Err(Errno::EEXIST);
         }
@@ -137,6 +140,7 @@ impl Union {
             newname,
             src,
             dst,
+            dst_in_lower,
             exchange,
             src_redirect,
             dst_redirect,
@@ -265,7 +269,12 @@ impl Union {
     ) -> Result<Result<()>> {
         let (cold, cnew) = (m.cold.as_c_str(), m.cnew.as_c_str());
         let src_dir = p.src.kind == libc::S_IFDIR;
-        let old_needs_whiteout = self.lower_has(pbody, p.name)?;
+        // Known from the checks' resolves where they looked: lower layers
+        // never change under the mount.
+        let old_needs_whiteout = match p.src.in_lower {
+            Some(known) => known,
+            None => self.lower_has(pbody, p.name)?,
+        };
         let dst_upper = match sys::fs::lstatat(nfd, cnew) {
             Ok(st) => Some(st),
             Err(e) if is_absent(e) => None,
@@ -274,7 +283,10 @@ impl Union {
         let dst_is_whiteout = dst_upper
             .as_ref()
             .is_some_and(|st| self.fmt.classify(nfd, cnew, st, m.nu.xwh) == EntryKind::Whiteout);
-        let new_has_lower = self.lower_has(nbody, p.newname)?;
+        let new_has_lower = match p.dst_in_lower {
+            Some(known) => known,
+            None => self.lower_has(nbody, p.newname)?,
+        };
         let mut after_move = Ok(());
         if src_dir {
             // A moved pure-upper dir must not merge with lower dirs at its

@@ -72,6 +72,9 @@ pub(super) struct Resolved {
     pub st: libc::stat,
     pub ino: u64,
     pub body: Body,
-    /// The name also exists (unhidden) in a lower layer below the top object.
-    pub lower_present: bool,
+    /// Whether the name's topmost entry in the parent's lower dirs is an
+    /// object, not a whiteout (what `lower_has` answers, so deleting or
+    /// moving it needs a whiteout): `None` where the resolve did not look
+    /// (an opaque or redirected upper dir, a name just created).
+    pub in_lower: Option<bool>,
 }
