@@ -27,6 +27,7 @@ use crate::sys::fs::bfd;
 mod attrs;
 mod copy_up;
 mod create;
+mod fileattr;
 mod files;
 mod hardlinks;
 mod install;

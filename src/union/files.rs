@@ -72,6 +72,7 @@ impl Union {
         if node.is_dir() {
             return Err(Errno::EISDIR);
         }
+        self.guard_open(&node, flags)?;
         let flags = if node.kind == libc::S_IFREG {
             self.real_file_flags(flags)
         } else {

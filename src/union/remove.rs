@@ -38,6 +38,7 @@ impl Union {
                 return Err(Errno::ENOTEMPTY);
             }
         }
+        self.guard_removal(&parent, &r.body, name)?;
         self.join_lower_links(&parent, name, &r)?;
         self.copy_up(&parent)?;
         let body = Self::dir_body(&parent)?;
