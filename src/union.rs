@@ -5,13 +5,14 @@
 //! - `attrs`: getattr, setattr, readlink; `setid`: the set-id policy;
 //! - `staging`, `create`, `remove`, `rename`, `xattr`: changes;
 //! - `copy_up`, `hardlinks`: bringing lower objects up;
-//! - `files`: open files; `readdir`: open dirs and the merged listing.
+//! - `files`: open files; `readdir`: open dirs and the merged listing;
+//! - `fileattr`: inode flags; `volatile`: a volatile mount's sync status.
 //!
 //! This file holds the struct, its constructor and the few helpers every
 //! family uses.
 
 use std::ffi::CString;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -38,6 +39,7 @@ mod rename;
 mod setid;
 mod staging;
 mod types;
+mod volatile;
 mod xattr;
 
 use files::FileHandle;
@@ -68,6 +70,8 @@ pub struct Union {
     writeback: AtomicBool,
     /// Bounds the open fds of layer dirs.
     dir_fds: Arc<FdPool>,
+    /// A volatile mount's latched upper writeback error (0: none yet).
+    wb_error: AtomicI32,
 }
 
 fn kind_of(st: &libc::stat) -> u32 {
@@ -134,6 +138,7 @@ impl Union {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or_else(|| FdPool::budget_for_limit(sys::proc::nofile_limit())),
             ),
+            wb_error: AtomicI32::new(0),
         })
         .map(|mut u| {
             if let Ok(st) = Self::dir_top(&root_body).and_then(|fd| sys::fs::fstat(bfd(&*fd))) {

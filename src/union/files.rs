@@ -31,6 +31,10 @@ impl FileHandle {
     pub fn writable(&self) -> bool {
         self.flags & libc::O_ACCMODE != libc::O_RDONLY
     }
+
+    pub(super) fn is_upper(&self) -> bool {
+        self.upper.load(Ordering::Acquire)
+    }
 }
 
 impl Union {
@@ -296,7 +300,7 @@ impl Union {
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         if self.opts.volatile {
-            return Ok(());
+            return self.volatile_sync_status();
         }
         let h = self.file(fh)?;
         sys::fs::fsync(h.fd().as_fd(), datasync)
