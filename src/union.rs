@@ -72,6 +72,9 @@ pub struct Union {
     dir_fds: Arc<FdPool>,
     /// A volatile mount's latched upper writeback error (0: none yet).
     wb_error: AtomicI32,
+    /// A volatile mount's recently closed written upper files, whose
+    /// writeback errors fsync still reports (see `volatile`).
+    wb_watch: parking_lot::Mutex<std::collections::VecDeque<Arc<std::os::fd::OwnedFd>>>,
 }
 
 fn kind_of(st: &libc::stat) -> u32 {
@@ -139,6 +142,7 @@ impl Union {
                     .unwrap_or_else(|| FdPool::budget_for_limit(sys::proc::nofile_limit())),
             ),
             wb_error: AtomicI32::new(0),
+            wb_watch: parking_lot::Mutex::new(std::collections::VecDeque::new()),
         })
         .map(|mut u| {
             if let Ok(st) = Self::dir_top(&root_body).and_then(|fd| sys::fs::fstat(bfd(&*fd))) {

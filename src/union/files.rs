@@ -295,7 +295,9 @@ impl Union {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files.remove(&fh);
+        if let Some((_, h)) = self.files.remove(&fh) {
+            self.watch_released(&h);
+        }
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
