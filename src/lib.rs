@@ -12,6 +12,7 @@
 //! - `adapter`: the only module that imports fuser; it serves `Union` and
 //!   mounts it.
 //! - `options`: command line parsing and directory checks.
+//! - `logging`: the binaries' logger.
 #![deny(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -22,13 +23,10 @@ pub mod adapter;
 pub mod dir_fd;
 pub mod errno;
 pub mod format;
-/// The path adapter/ names `DirEntry` by; goes once it imports it from `node`.
-pub mod handles {
-    pub use crate::node::DirEntry;
-}
 pub mod idmap;
 pub mod launcher;
 pub mod layers;
+pub mod logging;
 pub mod node;
 pub mod oci;
 pub mod options;

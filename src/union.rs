@@ -117,6 +117,10 @@ impl Union {
         ));
         let root_body = body;
         nodes.insert_root(root.clone());
+        let dir_fds = FdPool::new(
+            opts.dir_fds
+                .unwrap_or_else(|| FdPool::budget_for_limit(sys::proc::nofile_limit())),
+        );
         Ok(Union {
             layers,
             fmt,
@@ -134,13 +138,7 @@ impl Union {
             link_maps: parking_lot::Mutex::new(std::collections::HashMap::new()),
             linked: DashMap::new(),
             writeback: AtomicBool::new(false),
-            // Tests set UNIONFS_DIR_FDS to make reopening the common case.
-            dir_fds: FdPool::new(
-                std::env::var("UNIONFS_DIR_FDS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| FdPool::budget_for_limit(sys::proc::nofile_limit())),
-            ),
+            dir_fds,
             wb_error: AtomicI32::new(0),
             wb_watch: parking_lot::Mutex::new(std::collections::VecDeque::new()),
         })

@@ -474,18 +474,17 @@ impl Fixture {
             None
         };
         let layers = Layers::new(upper, lowers, work)?;
-        // Read by Union::new; runs are sequential within the process.
-        std::env::set_var("UNIONFS_DIR_FDS", if s.few_dir_fds { "1" } else { "" });
         Union::new(
             layers,
             Options {
                 userxattr: s.userxattr,
                 oci_whiteouts: s.oci_whiteouts,
                 volatile: s.volatile,
-                redirect_dir: false,
-                redirect_nofollow: false,
                 uid_map: id_map(s.uid_map),
                 gid_map: id_map(s.gid_map),
+                dir_fds: s.few_dir_fds.then_some(1),
+                // The switches not drawn stay off, also those added later.
+                ..Options::default()
             },
         )
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use super::Adapter;
+use super::{Adapter, Switches};
 use crate::errno::Errno;
 use crate::layers::{open_dir, Layers};
 use crate::options::MountConfig;
@@ -107,7 +107,7 @@ fn remove_tree_contents(dir: std::os::fd::BorrowedFd<'_>, depth: usize) {
     }
 }
 
-fn build_union(c: &MountConfig) -> Result<Union, String> {
+fn build_union(c: &MountConfig, sw: Switches) -> Result<Union, String> {
     let mut lowers = Vec::new();
     for l in &c.lowers {
         lowers.push(open_dir(l).map_err(|e| format!("lower dir {}: {e}", l.display()))?);
@@ -135,6 +135,7 @@ fn build_union(c: &MountConfig) -> Result<Union, String> {
         redirect_nofollow: c.redirect_nofollow,
         uid_map: c.uid_map.clone(),
         gid_map: c.gid_map.clone(),
+        dir_fds: sw.dir_fds,
     };
     Union::new(layers, opts).map_err(|e| format!("root: {e}"))
 }
@@ -315,8 +316,9 @@ impl Ready {
     }
 }
 
-/// Runs `unionfs-fuse` with a parsed and validated config; returns the exit code.
-pub fn run(c: MountConfig) -> i32 {
+/// Runs `unionfs-fuse` with a parsed and validated config and the test
+/// switches; returns the exit code.
+pub fn run(c: MountConfig, sw: Switches) -> i32 {
     sys::proc::raise_nofile_limit();
     sys::proc::limit_malloc_arenas();
     // Callers' modes arrive already masked by the kernel; apply them exactly.
@@ -358,7 +360,7 @@ pub fn run(c: MountConfig) -> i32 {
         }
     }
 
-    match serve(&c, &mut ready) {
+    match serve(&c, sw, &mut ready) {
         Ok(()) => 0,
         Err(msg) => {
             ready.send(&msg);
@@ -370,10 +372,10 @@ pub fn run(c: MountConfig) -> i32 {
     }
 }
 
-fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
+fn serve(c: &MountConfig, sw: Switches, ready: &mut Ready) -> Result<(), String> {
     // Signals go to one waiting thread; workers inherit the blocked mask.
     sys::proc::block_signals(&SIGNALS).map_err(|e| format!("signals: {e}"))?;
-    let fs = Arc::new(build_union(c)?);
+    let fs = Arc::new(build_union(c, sw)?);
     let root = sys::proc::geteuid() == 0;
     let allow_other = c.allow_other.unwrap_or(root);
     let default_perms = c.default_permissions.unwrap_or(true);
@@ -388,7 +390,8 @@ fn serve(c: &MountConfig, ready: &mut Ready) -> Result<(), String> {
         !sys::proc::in_user_namespace(),
         c.writeback,
         super::present::Present::new(c, selinux_enabled()),
-    );
+    )
+    .always_opendir(sw.opendir);
     let cfg = fuser_config(c, allow_other, default_perms);
 
     let session = match mount_fuse(c, allow_other, default_perms) {

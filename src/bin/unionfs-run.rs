@@ -1,8 +1,6 @@
 //! `unionfs-run`: run a command in a layered rootfs mounted with unionfs-fuse
 //! (see `unionfs::launcher` for the steps).
 
-use std::io::Write;
-
 use clap::Parser;
 use unionfs::launcher::{self, Cli};
 
@@ -19,12 +17,7 @@ fn main() {
         }
     };
     let level = if cli.verbose { "debug" } else { "warn" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format(|buf, rec| {
-            let level = rec.level().as_str().to_ascii_lowercase();
-            writeln!(buf, "unionfs-run: {level}: {}", rec.args())
-        })
-        .init();
+    unionfs::logging::init(level, Some("unionfs-run"));
     if let Some(job) = cli.layer_job() {
         std::process::exit(launcher::run_layer_job(&job));
     }

@@ -62,6 +62,37 @@ fn merges_many(d: &DirBody) -> bool {
     d.lowers.len() >= MANY_LOWERS
 }
 
+/// What `resolve` has found so far, carried from layer to layer.
+struct Walk {
+    /// The merged dir being built, once a layer had a dir.
+    dir: Option<DirBody>,
+    /// The topmost object's stat.
+    top: Option<libc::stat>,
+    /// What the layers below are asked for.
+    want: Want,
+    /// A lower dir of the name's own (not one found through a redirect).
+    lower_present: bool,
+    /// Whether the upper dir has an origin, once `fix_origin` looked.
+    upper_origin: Option<bool>,
+}
+
+/// The upper layer's answer: final, or where the lower layers carry on.
+enum Upper {
+    Done(Option<Resolved>),
+    Merge(Walk),
+}
+
+/// After one lower layer: a non-dir that ends the lookup, stop (a
+/// whiteout, an opaque dir, a non-dir below a dir), or go on below.
+// Returned once per layer and never stored: boxing would cost an
+// allocation on every lower non-dir found.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Leaf(Resolved),
+    Stop,
+    Go,
+}
+
 impl Union {
     /// Resolves `name` inside a merged dir, top layer first. A lookup treats
     /// an xattr whiteout in a lower layer as a whiteout even outside an
@@ -71,60 +102,88 @@ impl Union {
             return Ok(None);
         }
         let cn = cname(name)?;
-        let mut dir: Option<DirBody> = None;
-        let mut top: Option<libc::stat> = None;
-        if let Some(u) = &parent.upper {
-            let ufd = u.fd()?;
-            match sys::fs::lstatat(bfd(&ufd), &cn) {
-                Ok(st) => {
-                    if self.fmt.classify(bfd(&ufd), &cn, &st, u.xwh) == EntryKind::Whiteout {
-                        return Ok(None);
-                    }
-                    if kind_of(&st) != libc::S_IFDIR {
-                        Self::refuse_metacopy(&self.fmt, bfd(&ufd), &cn, &st)?;
-                        return self.resolved_upper_leaf(parent, u, &cn, name, st).map(Some);
-                    }
-                    let fd = sys::fs::open_dir_path(bfd(&ufd), &cn)?;
-                    let opacity = self.fmt.opacity(bfd(&ufd), &cn, false);
-                    dir = Some(DirBody {
-                        upper: Some(LayerDir::new(
-                            u.layer,
-                            DirFd::upper(fd, &u.dir, &cn, &self.dir_fds),
-                            opacity == Opacity::XattrWhiteouts,
-                        )),
-                        lowers: Vec::new(),
-                    });
-                    top = Some(st);
-                    if opacity == Opacity::Opaque {
-                        let d = dir.unwrap_or_default();
-                        return Ok(Some(self.resolved_dir(d, st, false, None)));
-                    }
-                }
-                Err(e) if is_absent(e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let mut lower_present = false;
-        // Whether the upper dir has an origin, once `fix_origin` looked.
-        let mut upper_origin = None;
-        // The name asked for; the loop below shadows `cn` per layer.
-        let own: &CStr = &cn;
-        // Where the layers below look: a renamed dir (upper or lower) finds
-        // its lower dirs where its redirect says, as on the kernel.
-        let mut want = match (&dir, &parent.upper) {
-            (Some(_), Some(u)) => self
-                .fmt
-                .checked_redirect(bfd(&u.fd()?), &cn)?
-                .map_or(Want::Own, Want::from),
-            _ => Want::Own,
+        let mut walk = match self.resolve_upper(parent, &cn, name)? {
+            Upper::Done(r) => return Ok(r),
+            Upper::Merge(walk) => walk,
         };
+        if let Some(leaf) = self.resolve_lowers(parent, &cn, name, &mut walk)? {
+            return Ok(Some(leaf));
+        }
+        Ok(match (walk.dir, walk.top) {
+            (Some(d), Some(st)) => {
+                Some(self.resolved_dir(d, st, walk.lower_present, walk.upper_origin))
+            }
+            _ => None,
+        })
+    }
+
+    /// The first phase of `resolve`: what the upper layer has under `cn`.
+    fn resolve_upper(&self, parent: &DirBody, cn: &CStr, name: &OsStr) -> Result<Upper> {
+        let mut walk = Walk {
+            dir: None,
+            top: None,
+            want: Want::Own,
+            lower_present: false,
+            upper_origin: None,
+        };
+        let Some(u) = &parent.upper else {
+            return Ok(Upper::Merge(walk));
+        };
+        let ufd = u.fd()?;
+        let st = match sys::fs::lstatat(bfd(&ufd), cn) {
+            Ok(st) => st,
+            Err(e) if is_absent(e) => return Ok(Upper::Merge(walk)),
+            Err(e) => return Err(e),
+        };
+        if self.fmt.classify(bfd(&ufd), cn, &st, u.xwh) == EntryKind::Whiteout {
+            return Ok(Upper::Done(None));
+        }
+        if kind_of(&st) != libc::S_IFDIR {
+            Self::refuse_metacopy(&self.fmt, bfd(&ufd), cn, &st)?;
+            return self
+                .resolved_upper_leaf(parent, u, cn, name, st)
+                .map(|r| Upper::Done(Some(r)));
+        }
+        let fd = sys::fs::open_dir_path(bfd(&ufd), cn)?;
+        let opacity = self.fmt.opacity(bfd(&ufd), cn, false);
+        let d = DirBody {
+            upper: Some(LayerDir::new(
+                u.layer,
+                DirFd::upper(fd, &u.dir, cn, &self.dir_fds),
+                opacity == Opacity::XattrWhiteouts,
+            )),
+            lowers: Vec::new(),
+        };
+        if opacity == Opacity::Opaque {
+            return Ok(Upper::Done(Some(self.resolved_dir(d, st, false, None))));
+        }
+        // Where the layers below look: a renamed dir finds its lower dirs
+        // where its redirect says, as on the kernel.
+        walk.want = self
+            .fmt
+            .checked_redirect(bfd(&ufd), cn)?
+            .map_or(Want::Own, Want::from);
+        walk.dir = Some(d);
+        walk.top = Some(st);
+        Ok(Upper::Merge(walk))
+    }
+
+    /// The second phase of `resolve`: the lower layers, top-down, merging
+    /// the dirs they hold into `walk`. Some: a lower non-dir ends the walk.
+    fn resolve_lowers(
+        &self,
+        parent: &DirBody,
+        own: &CStr,
+        name: &OsStr,
+        walk: &mut Walk,
+    ) -> Result<Option<Resolved>> {
         let many = merges_many(parent);
         let layer_count = self.layers.list.len();
         // The next layer to ask, and where the parent's lower dirs (in layer
         // order) are up to: one pass over each, also for deep stacks.
         let (mut next, mut cursor) = (self.layers.first_lower(), 0);
         while next < layer_count {
-            let idx = match want {
+            let idx = match walk.want {
                 Want::Path(_) => next,
                 _ => {
                     while parent.lowers.get(cursor).is_some_and(|l| l.layer < next) {
@@ -140,11 +199,12 @@ impl Union {
             // With user.overlay.* xattrs, which their owner can set on a
             // layer by hand, the kernel refuses to follow redirects
             // (userxattr implies redirect_dir=nofollow).
-            if (self.opts.userxattr || self.opts.redirect_nofollow) && want != Want::Own {
+            if (self.opts.userxattr || self.opts.redirect_nofollow) && walk.want != Want::Own {
                 return Err(Errno::EPERM);
             }
             let in_parent = parent.lowers.get(cursor).filter(|l| l.layer == idx);
-            let Some((l, cn, name)) = self.lower_target(in_parent, idx, &want, own, name) else {
+            let Some((l, cn, name)) = self.lower_target(in_parent, idx, &walk.want, own, name)
+            else {
                 continue;
             };
             let (cn, name) = (cn.as_c_str(), name.as_os_str());
@@ -154,70 +214,88 @@ impl Union {
                 }
                 continue;
             }
-            let lfd = l.fd()?;
-            match sys::fs::lstatat(bfd(&lfd), cn) {
-                Ok(st) => {
-                    if self.fmt.classify(bfd(&lfd), cn, &st, true) == EntryKind::Whiteout {
-                        break;
-                    }
-                    if kind_of(&st) != libc::S_IFDIR {
-                        if top.is_some() {
-                            break;
-                        }
-                        Self::refuse_metacopy(&self.fmt, bfd(&lfd), cn, &st)?;
-                        let ino = self.layers.map_ino(st.st_dev, st.st_ino);
-                        return Ok(Some(Resolved {
-                            kind: kind_of(&st),
-                            st,
-                            ino,
-                            body: Body::Leaf(LeafBody {
-                                upper: None,
-                                lower: Some((l.layer, l.dir.clone())),
-                                real: (st.st_dev, st.st_ino),
-                            }),
-                            lower_present: false,
-                        }));
-                    }
-                    let found = DirFd::lower(&l.dir, cn, &st, &self.dir_fds)?;
-                    let opacity = self.fmt.opacity(bfd(&lfd), cn, true);
-                    let d = dir.get_or_insert_with(DirBody::default);
-                    if d.lowers.is_empty() {
-                        if let (Some(pu), Some(du)) = (&parent.upper, &d.upper) {
-                            upper_origin = Some(self.fix_origin(pu, du, &l, cn, own));
-                        }
-                    }
-                    d.lowers.push(LayerDir::new(
-                        l.layer,
-                        found,
-                        opacity == Opacity::XattrWhiteouts,
-                    ));
-                    // Lower dirs found through a redirect are not this
-                    // name's own.
-                    if want == Want::Own {
-                        lower_present = true;
-                    }
-                    if top.is_none() {
-                        top = Some(st);
-                    }
-                    if opacity == Opacity::Opaque {
-                        break;
-                    }
-                    if idx + 1 < layer_count {
-                        if let Some(r) = self.fmt.checked_redirect(bfd(&lfd), cn)? {
-                            want = want.then(r);
-                        }
-                    }
-                }
-                Err(e) if is_absent(e) => {}
-                Err(e) => return Err(e),
+            match self.resolve_in_lower(parent, &l, cn, own, idx + 1 < layer_count, walk)? {
+                Step::Leaf(r) => return Ok(Some(r)),
+                Step::Stop => break,
+                Step::Go => {}
             }
             if self.oci_hides(&l, name, many) {
                 break;
             }
         }
-        match (dir, top) {
-            (Some(d), Some(st)) => Ok(Some(self.resolved_dir(d, st, lower_present, upper_origin))),
-            _ => Ok(None),
+        Ok(None)
+    }
+
+    /// One lower layer's part of `resolve_lowers`: `cn` in lower dir `l`.
+    /// `more`: layers below this one follow.
+    fn resolve_in_lower(
+        &self,
+        parent: &DirBody,
+        l: &LayerDir,
+        cn: &CStr,
+        own: &CStr,
+        more: bool,
+        walk: &mut Walk,
+    ) -> Result<Step> {
+        let lfd = l.fd()?;
+        let st = match sys::fs::lstatat(bfd(&lfd), cn) {
+            Ok(st) => st,
+            Err(e) if is_absent(e) => return Ok(Step::Go),
+            Err(e) => return Err(e),
+        };
+        if self.fmt.classify(bfd(&lfd), cn, &st, true) == EntryKind::Whiteout {
+            return Ok(Step::Stop);
+        }
+        if kind_of(&st) != libc::S_IFDIR {
+            if walk.top.is_some() {
+                return Ok(Step::Stop);
+            }
+            Self::refuse_metacopy(&self.fmt, bfd(&lfd), cn, &st)?;
+            return Ok(Step::Leaf(self.resolved_lower_leaf(l, st)));
+        }
+        let found = DirFd::lower(&l.dir, cn, &st, &self.dir_fds)?;
+        let opacity = self.fmt.opacity(bfd(&lfd), cn, true);
+        let d = walk.dir.get_or_insert_with(DirBody::default);
+        if d.lowers.is_empty() {
+            if let (Some(pu), Some(du)) = (&parent.upper, &d.upper) {
+                walk.upper_origin = Some(self.fix_origin(pu, du, l, cn, own));
+            }
+        }
+        d.lowers.push(LayerDir::new(
+            l.layer,
+            found,
+            opacity == Opacity::XattrWhiteouts,
+        ));
+        // Lower dirs found through a redirect are not this name's own.
+        if walk.want == Want::Own {
+            walk.lower_present = true;
+        }
+        if walk.top.is_none() {
+            walk.top = Some(st);
+        }
+        if opacity == Opacity::Opaque {
+            return Ok(Step::Stop);
+        }
+        if more {
+            if let Some(r) = self.fmt.checked_redirect(bfd(&lfd), cn)? {
+                walk.want = std::mem::replace(&mut walk.want, Want::Own).then(r);
+            }
+        }
+        Ok(Step::Go)
+    }
+
+    /// A lower non-dir with nothing above it: its own number.
+    fn resolved_lower_leaf(&self, l: &LayerDir, st: libc::stat) -> Resolved {
+        Resolved {
+            kind: kind_of(&st),
+            st,
+            ino: self.layers.map_ino(st.st_dev, st.st_ino),
+            body: Body::Leaf(LeafBody {
+                upper: None,
+                lower: Some((l.layer, l.dir.clone())),
+                real: (st.st_dev, st.st_ino),
+            }),
+            lower_present: false,
         }
     }
 

@@ -100,13 +100,8 @@ mod tests {
         )
         .unwrap();
         let opts = Options {
-            userxattr: false,
-            oci_whiteouts: false,
             volatile: true,
-            redirect_dir: false,
-            redirect_nofollow: false,
-            uid_map: Default::default(),
-            gid_map: Default::default(),
+            ..Options::default()
         };
         let u = Union::new(layers, opts).unwrap();
         u.tmp_counter.store(0, Ordering::Relaxed);

@@ -13,8 +13,10 @@ pub type Invalidator = Box<dyn Fn(u64) + Send + Sync>;
 /// The FUSE root inode number.
 pub const ROOT_INO: u64 = 1;
 
-/// Mount-wide behaviour switches.
-#[derive(Clone, Debug)]
+/// Mount-wide behaviour switches. `Default` is every switch off, which a
+/// literal can build on (`..Options::default()`) so a new field does not
+/// break it.
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     pub userxattr: bool,
     pub oci_whiteouts: bool,
@@ -24,6 +26,9 @@ pub struct Options {
     pub redirect_nofollow: bool,
     pub uid_map: crate::idmap::IdMap,
     pub gid_map: crate::idmap::IdMap,
+    /// At most this many layer dir fds stay open (tests set 1 to make
+    /// reopening the common case); None: a share of RLIMIT_NOFILE.
+    pub dir_fds: Option<usize>,
 }
 
 /// Who is asking: the caller's fsuid/fsgid and pid as FUSE reports them
