@@ -26,6 +26,7 @@ use common::*;
 const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
 const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
 const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
+const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
 const IMMUTABLE: u32 = 0x10;
 const APPEND: u32 = 0x20;
 const NODUMP: u32 = 0x40;
@@ -69,13 +70,28 @@ fn chattr(p: &Path, add: u32, remove: u32) {
     set_flags(p, (f | add) & !remove).unwrap_or_else(|e| panic!("setflags {}: {e}", p.display()));
 }
 
-fn xflags(p: &Path) -> u32 {
-    let f = open_for_ioctl(p).expect("open");
+fn fsxattr(f: &fs::File) -> [u8; 28] {
     let mut buf = [0u8; 28];
     // SAFETY: FS_IOC_FSGETXATTR fills a 28-byte struct fsxattr.
     let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FSGETXATTR, buf.as_mut_ptr()) };
     assert!(r >= 0, "fsgetxattr: {}", io::Error::last_os_error());
+    buf
+}
+
+fn xflags(p: &Path) -> u32 {
+    let buf = fsxattr(&open_for_ioctl(p).expect("open"));
     u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]])
+}
+
+/// xfs_io's `chattr`: read the fsxattr, change xflags, write it back.
+fn set_xflags(p: &Path, add: u32, remove: u32) {
+    let f = open_for_ioctl(p).expect("open");
+    let mut buf = fsxattr(&f);
+    let x = (u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) | add) & !remove;
+    buf[..4].copy_from_slice(&x.to_ne_bytes());
+    // SAFETY: FS_IOC_FSSETXATTR reads a 28-byte struct fsxattr.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FSSETXATTR, buf.as_ptr()) };
+    assert!(r >= 0, "fssetxattr: {}", io::Error::last_os_error());
 }
 
 fn protattr(p: &Path) -> Option<Vec<u8>> {
@@ -313,4 +329,43 @@ fn a_copy_up_keeps_lower_flags_as_the_kernel_does() {
     assert_errno(fs::remove_file(m.p("d/g")), libc::EPERM, "unlink in it");
     drop(m);
     chattr(&fx.lower(0).path("d"), 0, APPEND);
+}
+
+#[test]
+fn protattr_written_by_one_implementation_is_honoured_by_the_other() {
+    let Some((fx, _disk)) = ext4_fixture() else {
+        return;
+    };
+    fx.lower(0).file("f", b"x\n").dir("d");
+    let writer = fx.kind;
+    {
+        let m = fx.mount_with(writer);
+        chattr(&m.p("f"), IMMUTABLE, 0);
+        chattr(&m.p("d"), APPEND, 0);
+    }
+    let m = fx.mount_with(writer.other());
+    assert_eq!(get_flags(&m.p("f")).unwrap() & SHOWN, IMMUTABLE);
+    assert_eq!(get_flags(&m.p("d")).unwrap() & SHOWN, APPEND);
+    assert_errno(append_to(&m.p("f"), b"y"), libc::EPERM, "append to f");
+    write(&m.p("d/new"), b"n\n");
+    assert_errno(fs::remove_file(m.p("d/new")), libc::EPERM, "unlink in d");
+    chattr(&m.p("f"), 0, IMMUTABLE);
+    assert_eq!(protattr(&m.up("f")), None);
+}
+
+#[test]
+fn fssetxattr_keeps_immutable_in_protattr_and_nodump_on_the_upper() {
+    let Some((fx, _disk)) = ext4_fixture() else {
+        return;
+    };
+    fx.lower(0).file("f", b"x\n");
+    let m = fx.mount();
+    set_xflags(&m.p("f"), XFLAG_IMMUTABLE | XFLAG_NODUMP, 0);
+    assert_eq!(protattr(&m.up("f")).as_deref(), Some(&b"i"[..]));
+    assert_eq!(get_flags(&m.up("f")).unwrap() & SHOWN, NODUMP);
+    assert_eq!(get_flags(&m.p("f")).unwrap() & SHOWN, NODUMP | IMMUTABLE);
+    assert_errno(append_to(&m.p("f"), b"y"), libc::EPERM, "append");
+    set_xflags(&m.p("f"), 0, XFLAG_IMMUTABLE | XFLAG_NODUMP);
+    assert_eq!(protattr(&m.up("f")), None);
+    assert_eq!(get_flags(&m.p("f")).unwrap() & SHOWN, 0);
 }

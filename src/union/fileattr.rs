@@ -250,7 +250,12 @@ impl Union {
             reopen_for_ioctl(p.as_fd(), dir)
         };
         let no_flags = |e: Errno| e == Errno::ENOTTY || e == Errno::EINVAL || e == Errno::ENOTSUP;
-        let src = match open(sdir, sname).and_then(|fd| sys::fileattr::get_flags(fd.as_fd())) {
+        // An object the server cannot open (a rootless server and an
+        // unmapped owner) shows no flags: the copy-up goes on without them.
+        let Ok(src_fd) = open(sdir, sname) else {
+            return Ok(());
+        };
+        let src = match sys::fileattr::get_flags(src_fd.as_fd()) {
             Ok(f) => f,
             Err(e) if no_flags(e) => return Ok(()),
             Err(e) => return Err(e),
@@ -265,7 +270,9 @@ impl Union {
         if src & COPY_FLAGS == 0 {
             return Ok(());
         }
-        let dst = open(ddir, dname)?;
+        let Ok(dst) = open(ddir, dname) else {
+            return Ok(());
+        };
         let cur = match sys::fileattr::get_flags(dst.as_fd()) {
             Ok(f) => f,
             Err(e) if no_flags(e) => return Ok(()),
