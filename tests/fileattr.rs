@@ -212,8 +212,21 @@ fn an_immutable_file_refuses_every_change_and_stays_readable() {
     assert_eq!(read(&m.p("f")), "data\n");
     assert_eq!(read(&m.p("lf")), "lower\n");
     chattr(&m.p("f"), 0, IMMUTABLE);
+    // A file opened for writing before the flag was set still takes
+    // writes and a truncate through that fd (the VFS checks at open).
+    let mut early = OpenOptions::new().write(true).open(m.p("f")).expect("open");
+    chattr(&m.p("f"), IMMUTABLE, 0);
+    early
+        .write_all(b"DATA")
+        .expect("write through an fd opened before");
+    early
+        .set_len(5)
+        .expect("ftruncate through an fd opened before");
+    drop(early);
+    assert_eq!(read(&m.p("f")), "DATA\n");
+    chattr(&m.p("f"), 0, IMMUTABLE);
     append_to(&m.p("f"), b"more\n").expect("append once mutable");
-    assert_eq!(read(&m.p("f")), "data\nmore\n");
+    assert_eq!(read(&m.p("f")), "DATA\nmore\n");
 }
 
 #[test]
@@ -226,6 +239,16 @@ fn an_append_only_file_takes_appends_only() {
     let p = m.p("log");
     chattr(&p, APPEND, 0);
     append_to(&p, b"two\n").expect("append to an append-only file");
+    let f = OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .expect("open O_APPEND");
+    assert_errno(
+        f.set_len(0),
+        libc::EPERM,
+        "ftruncate through an O_APPEND fd",
+    );
+    drop(f);
     assert_errno(
         OpenOptions::new().write(true).open(&p),
         libc::EPERM,

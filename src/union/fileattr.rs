@@ -142,21 +142,32 @@ impl Union {
         }
     }
 
-    /// The guards of a setattr: chmod, chown, truncate and explicit times
-    /// need an unprotected object, a touch to now a mutable one. Explicit
-    /// times with a file handle are the kernel writing back the mtime of
-    /// its writeback cache (after appends too), not a caller's utimes.
+    /// The guards of a setattr, as the VFS's: chmod, chown and explicit
+    /// times need an unprotected object, a touch to now a mutable one; a
+    /// truncate by name an unprotected file, through an open file (only
+    /// one opened before the flag was set can write) one not append-only.
+    /// Explicit times with a file handle are the kernel writing back the
+    /// mtime of its writeback cache, not a caller's utimes.
     pub(super) fn guard_setattr(&self, node: &Node, a: &SetAttr) -> Result<()> {
         let explicit = |t: Option<Time>| matches!(t, Some(Time::At(..)));
-        let strict = a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.size.is_some();
-        let g = if strict || (a.fh.is_none() && (explicit(a.atime) || explicit(a.mtime))) {
-            Guard::Unprotected
-        } else if a.atime.is_some() || a.mtime.is_some() {
-            Guard::NotImmutable
-        } else {
+        let now = |t: Option<Time>| matches!(t, Some(Time::Now));
+        let owner_or_mode = a.mode.is_some() || a.uid.is_some() || a.gid.is_some();
+        let utimes = a.fh.is_none() && (explicit(a.atime) || explicit(a.mtime));
+        let touch = now(a.atime) || now(a.mtime);
+        if !owner_or_mode && !utimes && !touch && a.size.is_none() {
             return Ok(());
-        };
-        self.guard(node, g)
+        }
+        let prot = self.protection(node);
+        let immutable = prot & FS_IMMUTABLE_FL != 0;
+        let append = prot & FS_APPEND_FL != 0;
+        let refused = ((owner_or_mode || utimes) && (immutable || append))
+            || (touch && immutable)
+            || (a.size.is_some() && (append || (immutable && a.fh.is_none())));
+        if refused {
+            Err(Errno::EPERM)
+        } else {
+            Ok(())
+        }
     }
 
     /// The guards of removing `name` (resolved to `body`) from `parent`:
