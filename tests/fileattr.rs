@@ -299,6 +299,12 @@ fn an_immutable_dir_refuses_creates_and_removals_but_its_files_stay_writable() {
         "rename out of it",
     );
     append_to(&m.p("d/f"), b"y\n").expect("a file in it stays writable");
+    // EPERM comes before ENOTEMPTY, as the VFS checks the flags first.
+    assert_errno(
+        fs::remove_dir(m.p("d")),
+        libc::EPERM,
+        "rmdir of it, not empty",
+    );
     assert_eq!(read(&m.p("d/f")), "x\ny\n");
 }
 
