@@ -377,6 +377,39 @@ impl Format {
     /// Whether a real xattr is one the kernel keeps under the *other*
     /// prefix (`user.overlay.origin` when this format uses `trusted.`):
     /// the sign of an upper written in the other mode.
+    /// The append-only/immutable flags (`FS_APPEND_FL`/`FS_IMMUTABLE_FL`)
+    /// kept in an upper object's `overlay.protattr`: one letter per flag,
+    /// `a` then `i`. A value with any other byte (or an empty one) is
+    /// ignored, as the kernel warns about and ignores it.
+    pub fn protattr(&self, dir: BorrowedFd<'_>, name: &CStr) -> u32 {
+        match sys::xattr::get(dir, name, &self.key("protattr")) {
+            Ok(v) => parse_protattr(&v),
+            Err(_) => 0,
+        }
+    }
+
+    /// Stores the append-only/immutable bits of `flags` as the kernel's
+    /// `overlay.protattr` (they are never set on the upper inode: it could
+    /// then not be linked or given private xattrs); removes it when none is
+    /// set. An upper without xattrs refuses them with EPERM, as the kernel.
+    pub fn set_protattr(&self, dir: BorrowedFd<'_>, name: &CStr, flags: u32) -> Result<()> {
+        let v = encode_protattr(flags);
+        let key = self.key("protattr");
+        if v.is_empty() {
+            return match sys::xattr::remove(dir, name, &key) {
+                Err(e) if e == Errno::ENODATA || e == Errno::ENOTSUP => Ok(()),
+                r => r,
+            };
+        }
+        sys::xattr::set(dir, name, &key, &v, 0).map_err(|e| {
+            if e == Errno::ENOTSUP {
+                Errno::EPERM
+            } else {
+                e
+            }
+        })
+    }
+
     pub fn is_other_mode_xattr(&self, real: &[u8]) -> bool {
         overlay_key(real).is_some_and(|(prefix, _)| prefix != self.prefix)
     }
@@ -412,6 +445,30 @@ pub fn overlay_key(real: &[u8]) -> Option<(&'static str, &str)> {
                 .find(|k| k.as_bytes() == key)
                 .map(|k| (prefix, *k))
         })
+}
+
+/// `overlay.protattr`'s value: `a` for append-only, then `i` for immutable.
+fn encode_protattr(flags: u32) -> Vec<u8> {
+    let mut v = Vec::new();
+    if flags & sys::fileattr::FS_APPEND_FL != 0 {
+        v.push(b'a');
+    }
+    if flags & sys::fileattr::FS_IMMUTABLE_FL != 0 {
+        v.push(b'i');
+    }
+    v
+}
+
+fn parse_protattr(v: &[u8]) -> u32 {
+    let mut flags = 0;
+    for c in v {
+        flags |= match c {
+            b'a' => sys::fileattr::FS_APPEND_FL,
+            b'i' => sys::fileattr::FS_IMMUTABLE_FL,
+            _ => return 0,
+        };
+    }
+    flags
 }
 
 /// Converts a name from the kernel into a C string (NUL is impossible there).
@@ -466,6 +523,19 @@ mod tests {
         ] {
             assert_eq!(Redirect::check(v), Err(e), "{}", String::from_utf8_lossy(v));
         }
+    }
+
+    #[test]
+    fn protattr_values_are_the_kernels() {
+        use crate::sys::fileattr::{FS_APPEND_FL as A, FS_IMMUTABLE_FL as I};
+        assert_eq!(encode_protattr(A | I | 0x80), b"ai");
+        assert_eq!(encode_protattr(I), b"i");
+        assert_eq!(encode_protattr(0), b"");
+        assert_eq!(parse_protattr(b"ai"), A | I);
+        assert_eq!(parse_protattr(b"ia"), A | I);
+        assert_eq!(parse_protattr(b"a"), A);
+        // An unknown letter: the kernel ignores the whole value.
+        assert_eq!(parse_protattr(b"ax"), 0);
     }
 
     #[test]

@@ -5,13 +5,14 @@
 //! - `attrs`: getattr, setattr, readlink; `setid`: the set-id policy;
 //! - `staging`, `create`, `remove`, `rename`, `xattr`: changes;
 //! - `copy_up`, `hardlinks`: bringing lower objects up;
-//! - `files`: open files; `readdir`: open dirs and the merged listing.
+//! - `files`: open files; `readdir`: open dirs and the merged listing;
+//! - `fileattr`: inode flags; `volatile`: a volatile mount's sync status.
 //!
 //! This file holds the struct, its constructor and the few helpers every
 //! family uses.
 
 use std::ffi::CString;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -27,6 +28,7 @@ use crate::sys::fs::bfd;
 mod attrs;
 mod copy_up;
 mod create;
+mod fileattr;
 mod files;
 mod hardlinks;
 mod install;
@@ -37,6 +39,7 @@ mod rename;
 mod setid;
 mod staging;
 mod types;
+mod volatile;
 mod xattr;
 
 use files::FileHandle;
@@ -67,6 +70,11 @@ pub struct Union {
     writeback: AtomicBool,
     /// Bounds the open fds of layer dirs.
     dir_fds: Arc<FdPool>,
+    /// A volatile mount's latched upper writeback error (0: none yet).
+    wb_error: AtomicI32,
+    /// A volatile mount's recently closed written upper files, whose
+    /// writeback errors fsync still reports (see `volatile`).
+    wb_watch: parking_lot::Mutex<std::collections::VecDeque<Arc<std::os::fd::OwnedFd>>>,
 }
 
 fn kind_of(st: &libc::stat) -> u32 {
@@ -131,6 +139,8 @@ impl Union {
             linked: DashMap::new(),
             writeback: AtomicBool::new(false),
             dir_fds,
+            wb_error: AtomicI32::new(0),
+            wb_watch: parking_lot::Mutex::new(std::collections::VecDeque::new()),
         })
         .map(|mut u| {
             if let Ok(st) = Self::dir_top(&root_body).and_then(|fd| sys::fs::fstat(bfd(&*fd))) {

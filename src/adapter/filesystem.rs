@@ -17,6 +17,7 @@ use fuser::{
 use crate::errno::Errno;
 use crate::union::SetAttr;
 
+use super::fileattr;
 use super::passthrough::{self, Open};
 use super::reply::{caller, creator, decode_rdev, ferr, file_type, guarded, to_attr, to_time};
 use super::Adapter;
@@ -562,15 +563,20 @@ impl Filesystem for Adapter {
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        ino: INodeNo,
+        fh: FileHandle,
         _flags: IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
+        cmd: u32,
+        in_data: &[u8],
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        reply.error(ferr(Errno::ENOTTY));
+        guarded("ioctl", || {
+            match fileattr::answer(&self.fs, ino.0, fh.0, cmd, in_data) {
+                Ok(data) => reply.ioctl(0, &data),
+                Err(e) => reply.error(ferr(e)),
+            }
+        });
     }
 
     fn lseek(

@@ -19,6 +19,7 @@ use crate::errno::Errno;
 use crate::node::DirEntry;
 use crate::union::{Caller, SetAttr, Union};
 
+mod fileattr;
 mod filesystem;
 pub mod mount;
 pub mod passthrough;

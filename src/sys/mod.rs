@@ -6,6 +6,7 @@
 
 pub mod container;
 pub mod dir;
+pub mod fileattr;
 pub mod fs;
 pub mod ns;
 pub mod proc;

@@ -159,6 +159,7 @@ impl Union {
             // A symlink's mode is fixed; a chmod through /proc would follow it.
             return Err(Errno::ENOTSUP);
         }
+        self.guard_setattr(&node, &a)?;
         self.copy_up(&node)?;
         // Non-dirs are changed through an fd checked to be this object, so
         // a racing rename or unlink of the name cannot redirect the change.

@@ -268,6 +268,7 @@ impl Union {
             }
         }
         let kind = st.st_mode & libc::S_IFMT;
+        self.copy_fileattr(sdir, sname, ddir, dname, kind)?;
         if kind != libc::S_IFLNK {
             sys::fs::fchmodat(ddir, dname, st.st_mode & 0o7777)?;
         }

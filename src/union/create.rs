@@ -12,6 +12,7 @@ use crate::node::{Body, LayerDir, LeafBody, Node};
 use crate::sys;
 use crate::sys::fs::bfd;
 
+use super::fileattr::Guard;
 use super::{is_absent, Caller, Entry, Resolved, Union};
 
 /// Whether upper dir `dir` has a default ACL, which then decides the mode
@@ -40,6 +41,7 @@ impl Union {
             // With OCI whiteouts on, such a name would act as a marker.
             return Err(Errno::EPERM);
         }
+        self.guard(parent, Guard::NotImmutable)?;
         self.copy_up(parent)?;
         let body = Self::dir_body(parent)?;
         let upper = body.upper.clone().ok_or(Errno::EIO)?;
@@ -259,6 +261,7 @@ impl Union {
             return Err(Errno::EPERM);
         }
         let np = self.node(newparent)?;
+        self.guard(&node, Guard::Unprotected)?;
         self.copy_up(&node)?;
         // Linked through an fd checked to be this object: the source name
         // may be renamed or replaced meanwhile.

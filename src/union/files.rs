@@ -31,6 +31,10 @@ impl FileHandle {
     pub fn writable(&self) -> bool {
         self.flags & libc::O_ACCMODE != libc::O_RDONLY
     }
+
+    pub(super) fn is_upper(&self) -> bool {
+        self.upper.load(Ordering::Acquire)
+    }
 }
 
 impl Union {
@@ -72,6 +76,7 @@ impl Union {
         if node.is_dir() {
             return Err(Errno::EISDIR);
         }
+        self.guard_open(&node, flags)?;
         let flags = if node.kind == libc::S_IFREG {
             self.real_file_flags(flags)
         } else {
@@ -290,12 +295,14 @@ impl Union {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files.remove(&fh);
+        if let Some((_, h)) = self.files.remove(&fh) {
+            self.watch_released(&h);
+        }
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         if self.opts.volatile {
-            return Ok(());
+            return self.volatile_sync_status();
         }
         let h = self.file(fh)?;
         sys::fs::fsync(h.fd().as_fd(), datasync)

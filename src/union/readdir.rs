@@ -69,7 +69,7 @@ impl Union {
 
     pub fn fsyncdir(&self, ino: u64) -> Result<()> {
         if self.opts.volatile {
-            return Ok(());
+            return self.volatile_sync_status();
         }
         let node = self.node(ino)?;
         let body = node.dir_body().ok_or(Errno::ENOTDIR)?;

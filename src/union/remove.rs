@@ -26,6 +26,8 @@ impl Union {
         let parent = self.node(parent_ino)?;
         let body = Self::dir_body(&parent)?;
         let r = self.resolve(&body, name)?.ok_or(Errno::ENOENT)?;
+        // Before the type and emptiness checks, as the VFS's may_delete.
+        self.guard_removal(&parent, &r.body, name)?;
         let is_dir = r.kind == libc::S_IFDIR;
         if want_dir && !is_dir {
             return Err(Errno::ENOTDIR);

@@ -14,6 +14,7 @@ use crate::node::{Body, DirBody, LayerDir, Node};
 use crate::sys;
 use crate::sys::fs::bfd;
 
+use super::fileattr::Guard;
 use super::{is_absent, kind_of, Resolved, Union};
 
 /// What the checks of a rename found, for the phases after them.
@@ -100,6 +101,16 @@ impl Union {
         }
         if exchange && dst.is_none() {
             return Err(Errno::ENOENT);
+        }
+        // Renaming a name onto another name of the same object does nothing,
+        // as the VFS does before its may_delete checks.
+        if !dst.as_ref().is_some_and(|d| d.ino == src.ino && !exchange) {
+            self.guard_removal(&parent, &src.body, name)?;
+            match &dst {
+                // Replacing (or exchanging with) an object removes it from its dir.
+                Some(d) => self.guard_removal(&newparent, &d.body, newname)?,
+                None => self.guard(&newparent, Guard::NotImmutable)?,
+            }
         }
         let src_dir = src.kind == libc::S_IFDIR;
         // Without redirect_dir a lower or merged dir cannot move (the kernel's

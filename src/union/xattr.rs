@@ -11,6 +11,7 @@ use crate::node::Node;
 use crate::sys;
 use crate::sys::fs::bfd;
 
+use super::fileattr::Guard;
 use super::Union;
 
 impl Union {
@@ -51,6 +52,7 @@ impl Union {
     pub fn setxattr(&self, ino: u64, key: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         self.require_upper()?;
         let node = self.node(ino)?;
+        self.guard(&node, Guard::Unprotected)?;
         self.copy_up(&node)?;
         let (fd, name) = self.xattr_loc(&node, true)?;
         let real = self
@@ -70,6 +72,7 @@ impl Union {
         // Removing an absent xattr must not copy up.
         let (fd, name) = self.xattr_loc(&node, false)?;
         sys::xattr::get(bfd(&*fd), &name, &k)?;
+        self.guard(&node, Guard::Unprotected)?;
         self.copy_up(&node)?;
         let (fd, name) = self.xattr_loc(&node, true)?;
         sys::xattr::remove(bfd(&*fd), &name, &k)

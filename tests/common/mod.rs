@@ -16,6 +16,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod ext4;
 pub mod sys;
 pub mod tree;
 
