@@ -369,7 +369,8 @@ fn a_sigkill_during_an_unpack_or_a_commit_leaves_the_store_and_the_old_tag_worki
     }
     let (tmp, built, l) = setup("image-kill");
     let t = tmp.path();
-    // A big layer (random, so gzip cannot make it small), for time to kill.
+    // A big layer (random), for time to kill; a plain tar, and the commit
+    // below zstd, since gzip in a debug build takes minutes for 400 MB.
     let big = t.join("big");
     fs::create_dir_all(big.join("data")).unwrap();
     let st = Command::new("head")
@@ -378,14 +379,14 @@ fn a_sigkill_during_an_unpack_or_a_commit_leaves_the_store_and_the_old_tag_worki
         .status()
         .unwrap();
     assert!(st.success());
-    let d3 = imagefix::export_layer(&big, &t.join("big.tar.gz"));
+    let d3 = imagefix::export_layer(&big, &t.join("big.tar"));
     let l3 = imagefix::put_blob(
         &built.layout,
-        imagefix::MT_GZIP,
-        &fs::read(t.join("big.tar.gz")).unwrap(),
+        imagefix::MT_TAR,
+        &fs::read(t.join("big.tar")).unwrap(),
     );
     fs::remove_dir_all(&big).unwrap();
-    fs::remove_file(t.join("big.tar.gz")).unwrap();
+    fs::remove_file(t.join("big.tar")).unwrap();
     let mut layers = built.layers.clone();
     layers.push(l3);
     let mut ids = built.diff_ids.clone();
@@ -439,6 +440,7 @@ fn a_sigkill_during_an_unpack_or_a_commit_leaves_the_store_and_the_old_tag_worki
         &big_ref,
         "--commit-image",
         &big_ref,
+        "--zstd",
         "--",
         "/bin/sh",
         "-c",
