@@ -340,6 +340,50 @@ fn bad_images_are_one_clear_error_and_nothing_is_written_outside_the_store() {
     );
 }
 
+#[test]
+fn a_commit_that_cannot_happen_stops_the_run_before_the_command() {
+    if !needs_root() {
+        return;
+    }
+    let (tmp, _built, l) = setup("image-commit-target");
+    let t = tmp.path();
+    let plain = t.join("plain");
+    fs::create_dir_all(&plain).unwrap();
+    fs::write(plain.join("file"), "not a layout\n").unwrap();
+    let targets = [
+        // No tag.
+        t.join("new").display().to_string(),
+        // A dir with files that is not a layout.
+        format!("{}:v2", plain.display()),
+        // A missing dir in a missing dir.
+        format!("{}:v2", t.join("no/such").display()),
+    ];
+    for target in &targets {
+        let o = run(
+            t,
+            &[
+                "--image",
+                &format!("{l}:v1"),
+                "--commit-image",
+                target,
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo ran",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(125), "{target}: {}", text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "", "{target}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.starts_with("unionfs-run: --commit-image ") && err.lines().count() == 1,
+            "{target}: {err}"
+        );
+    }
+    assert!(!t.join("new").exists() && !t.join("no").exists());
+    assert_eq!(fs::read_dir(&plain).unwrap().count(), 1);
+}
+
 /// Polls until `found` holds (a step of a child in progress), then kills
 /// the child with SIGKILL. Panics if the child ends first.
 fn kill_when(child: &mut std::process::Child, found: impl Fn() -> bool) {
