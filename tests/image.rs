@@ -340,6 +340,50 @@ fn bad_images_are_one_clear_error_and_nothing_is_written_outside_the_store() {
     );
 }
 
+#[test]
+fn a_commit_that_cannot_happen_stops_the_run_before_the_command() {
+    if !needs_root() {
+        return;
+    }
+    let (tmp, _built, l) = setup("image-commit-target");
+    let t = tmp.path();
+    let plain = t.join("plain");
+    fs::create_dir_all(&plain).unwrap();
+    fs::write(plain.join("file"), "not a layout\n").unwrap();
+    let targets = [
+        // No tag.
+        t.join("new").display().to_string(),
+        // A dir with files that is not a layout.
+        format!("{}:v2", plain.display()),
+        // A missing dir in a missing dir.
+        format!("{}:v2", t.join("no/such").display()),
+    ];
+    for target in &targets {
+        let o = run(
+            t,
+            &[
+                "--image",
+                &format!("{l}:v1"),
+                "--commit-image",
+                target,
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo ran",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(125), "{target}: {}", text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "", "{target}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.starts_with("unionfs-run: --commit-image ") && err.lines().count() == 1,
+            "{target}: {err}"
+        );
+    }
+    assert!(!t.join("new").exists() && !t.join("no").exists());
+    assert_eq!(fs::read_dir(&plain).unwrap().count(), 1);
+}
+
 /// Polls until `found` holds (a step of a child in progress), then kills
 /// the child with SIGKILL. Panics if the child ends first.
 fn kill_when(child: &mut std::process::Child, found: impl Fn() -> bool) {
@@ -369,7 +413,8 @@ fn a_sigkill_during_an_unpack_or_a_commit_leaves_the_store_and_the_old_tag_worki
     }
     let (tmp, built, l) = setup("image-kill");
     let t = tmp.path();
-    // A big layer (random, so gzip cannot make it small), for time to kill.
+    // A big layer (random), for time to kill; a plain tar, and the commit
+    // below zstd, since gzip in a debug build takes minutes for 400 MB.
     let big = t.join("big");
     fs::create_dir_all(big.join("data")).unwrap();
     let st = Command::new("head")
@@ -378,14 +423,14 @@ fn a_sigkill_during_an_unpack_or_a_commit_leaves_the_store_and_the_old_tag_worki
         .status()
         .unwrap();
     assert!(st.success());
-    let d3 = imagefix::export_layer(&big, &t.join("big.tar.gz"));
+    let d3 = imagefix::export_layer(&big, &t.join("big.tar"));
     let l3 = imagefix::put_blob(
         &built.layout,
-        imagefix::MT_GZIP,
-        &fs::read(t.join("big.tar.gz")).unwrap(),
+        imagefix::MT_TAR,
+        &fs::read(t.join("big.tar")).unwrap(),
     );
     fs::remove_dir_all(&big).unwrap();
-    fs::remove_file(t.join("big.tar.gz")).unwrap();
+    fs::remove_file(t.join("big.tar")).unwrap();
     let mut layers = built.layers.clone();
     layers.push(l3);
     let mut ids = built.diff_ids.clone();
@@ -439,6 +484,7 @@ fn a_sigkill_during_an_unpack_or_a_commit_leaves_the_store_and_the_old_tag_worki
         &big_ref,
         "--commit-image",
         &big_ref,
+        "--zstd",
         "--",
         "/bin/sh",
         "-c",

@@ -214,7 +214,11 @@ fn bad_blobs_are_clear_errors_and_nothing_is_kept() {
     assert!(
         matches!(
             &e,
-            ImageError::Digest { .. } | ImageError::Layer(LayerError::Read(_))
+            ImageError::Digest { .. }
+                | ImageError::InLayer {
+                    err: LayerError::Read(_),
+                    ..
+                }
         ),
         "{e}"
     );
@@ -237,7 +241,13 @@ fn bad_blobs_are_clear_errors_and_nothing_is_kept() {
     assert!(z.len() < 64 << 10);
     let e = store_error(tmp.path(), &built, 1, imagefix::MT_ZSTD, &z);
     assert!(
-        matches!(e, ImageError::Layer(LayerError::TooLarge(_))),
+        matches!(
+            e,
+            ImageError::InLayer {
+                err: LayerError::TooLarge(_),
+                ..
+            }
+        ),
         "{e}"
     );
     assert!(e.to_string().contains("--max-layer-size"), "{e}");

@@ -169,6 +169,39 @@ fn created_by(command: &[OsString]) -> String {
     format!("unionfs-run {}", words.join(" "))
 }
 
+/// Checks `--commit-image DIR:TAG` before the run, so that a commit that
+/// cannot happen does not cost the run's changes: a TAG, and a DIR that is
+/// a layout, an empty dir, or missing in an existing dir.
+pub fn check_commit_target(target_ref: &str) -> Result<(), String> {
+    let (dir, tag) = split_ref(target_ref);
+    let bad = |why: String| Err(format!("--commit-image {target_ref}: {why}"));
+    if tag.is_none() {
+        return bad("name a tag (DIR:TAG)".into());
+    }
+    match std::fs::read_dir(&dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                if let Err(e) = Layout::open(&dir) {
+                    return bad(format!("not an OCI image layout nor an empty dir: {e}"));
+                }
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if parent.is_dir() {
+                Ok(())
+            } else {
+                bad(format!("{} is not a dir", parent.display()))
+            }
+        }
+        Err(e) => bad(format!("{}: {e}", dir.display())),
+    }
+}
+
 /// Commits the finished `upper` of a run of `base` into `DIR:TAG`.
 /// Prints the new manifest's digest.
 pub fn commit_image(
@@ -215,6 +248,9 @@ pub fn apply(config: &Config) -> Result<Option<(Config, Resolved)>, Error> {
     let Some(image_ref) = &opts.image else {
         return Ok(None);
     };
+    if let Some(target) = &opts.commit {
+        check_commit_target(target).map_err(Error::BadOption)?;
+    }
     let dir = opts.store.clone().unwrap_or_default();
     let rootless = crate::sys::proc::geteuid() != 0;
     let store = open_store(&dir, rootless).map_err(Error::BadOption)?;

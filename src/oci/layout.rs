@@ -54,6 +54,12 @@ pub enum ImageError {
     MediaType(String),
     /// A layer could not be exported or unpacked.
     Layer(super::LayerError),
+    /// A layer blob of the image could not be unpacked (its digest, so
+    /// the message says which of the layers).
+    InLayer {
+        digest: String,
+        err: super::LayerError,
+    },
 }
 
 impl fmt::Display for ImageError {
@@ -65,6 +71,7 @@ impl fmt::Display for ImageError {
             ImageError::Digest { digest, reason } => write!(f, "blob {digest}: {reason}"),
             ImageError::MediaType(m) => write!(f, "{m}"),
             ImageError::Layer(e) => write!(f, "{e}"),
+            ImageError::InLayer { digest, err } => write!(f, "layer {digest}: {err}"),
         }
     }
 }

@@ -238,7 +238,11 @@ impl Store {
             max_size,
         };
         let mut input = BufReader::with_capacity(256 * 1024, blob);
-        let report = super::unpack_at(&mut input, target, &opts).map_err(ImageError::Layer)?;
+        let report =
+            super::unpack_at(&mut input, target, &opts).map_err(|err| ImageError::InLayer {
+                digest: l.blob.digest.clone(),
+                err,
+            })?;
         if report.digest != l.digest {
             return Err(ImageError::Digest {
                 digest: l.blob.digest.clone(),

@@ -18,6 +18,7 @@ pub const RUN: &str = env!("CARGO_BIN_EXE_unionfs-run");
 
 pub const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MT_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MT_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const MT_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const MT_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
