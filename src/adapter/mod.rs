@@ -351,6 +351,13 @@ impl Adapter {
         }
     }
 
+    /// What `xattr_permissions` records of a new object.
+    fn created(&self, parent: u64, r: &Result<Entry, Errno>, c: &Caller, mode: u32) {
+        if let Ok(e) = r {
+            self.present.created(&self.fs, parent, e, c, mode);
+        }
+    }
+
     fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
         match r {
             Ok(()) => reply.ok(),
@@ -507,9 +514,9 @@ impl Filesystem for Adapter {
         reply: ReplyEntry,
     ) {
         guarded("mknod", || {
-            let r = self
-                .fs
-                .mknod(parent.0, name, mode, decode_rdev(rdev), creator(req, umask));
+            let c = creator(req, umask);
+            let r = self.fs.mknod(parent.0, name, mode, decode_rdev(rdev), c);
+            self.created(parent.0, &r, &c, mode);
             self.entry(reply, r)
         });
     }
@@ -524,10 +531,10 @@ impl Filesystem for Adapter {
         reply: ReplyEntry,
     ) {
         guarded("mkdir", || {
-            self.entry(
-                reply,
-                self.fs.mkdir(parent.0, name, mode, creator(req, umask)),
-            )
+            let c = creator(req, umask);
+            let r = self.fs.mkdir(parent.0, name, mode, c);
+            self.created(parent.0, &r, &c, mode);
+            self.entry(reply, r)
         });
     }
 
@@ -552,9 +559,9 @@ impl Filesystem for Adapter {
         reply: ReplyEntry,
     ) {
         guarded("symlink", || {
-            let r = self
-                .fs
-                .symlink(parent.0, link_name, target.as_os_str(), caller(req));
+            let c = caller(req);
+            let r = self.fs.symlink(parent.0, link_name, target.as_os_str(), c);
+            self.created(parent.0, &r, &c, 0o777);
             self.entry(reply, r)
         });
     }
@@ -855,6 +862,7 @@ impl Filesystem for Adapter {
             let c = creator(req, umask);
             match self.fs.create(parent.0, name, mode, flags, c) {
                 Ok((e, fh)) => {
+                    self.present.created(&self.fs, parent.0, &e, &c, mode);
                     let (attr, generation) = (self.attr(e.ino, &e.attr), Generation(e.generation));
                     match self.open_mode(e.ino, fh, flags, c, |fd| reply.open_backing(fd.as_fd())) {
                         Open::Passthrough(id) => reply.created_passthrough(
