@@ -2,9 +2,10 @@
 //! overlayfs mounted with `userxattr` and unionfs-fuse in its automatic
 //! userxattr mode, both inside one namespace made by an unprivileged user.
 //!
-//! Each test starts, as root, a private mount namespace where a `0666` copy
-//! of the FUSE device node is bound over /dev/fuse (so the host's /dev/fuse
-//! keeps its mode), drops to a test user with setpriv, enters a new user and
+//! Each test (through tests/rootless_support) starts, as root, a private
+//! mount namespace where a `0666` copy of the FUSE device node is bound
+//! over /dev/fuse (so the host's /dev/fuse keeps its mode), drops to a
+//! test user with setpriv, enters a new user and
 //! mount namespace with unshare(1), and runs itself there
 //! (`UNIONFS_ROOTLESS_INNER`), where the harness builds its fixtures and
 //! makes both mounts as the namespace's root. Two users, made by .ci/run:
