@@ -13,6 +13,12 @@
 # (holds one ext4 image per SIZE, 1/4/8 GiB sparse, loop-mounted while it runs),
 # IMPLS="kernel ours ours-pt-all ours-wb fuse-overlayfs" (ours-wb: -o writeback,
 # the rootless small-write mode), BIN=target/release/unionfs-fuse,
+# ROOTLESS=1 (adds rl-kernel rl-ours rl-ours-wb rl-fuse-overlayfs: the same
+# mounts made in a user namespace of their own, `unshare --user
+# --map-root-user --mount`, where the root-owned fixture is mapped, the
+# server has no capability outside the namespace (so no passthrough), ours
+# is in its automatic userxattr mode and the kernel mounts with userxattr;
+# each rep then runs inside that namespace, caches dropped from outside),
 # SCALE=|1|only, SCALE_LAYERS, SCALE_FILES, SCALE_ENTRIES (override the SIZE's),
 # ROWS="create_rm rename" (only these workloads; default all).
 set -euo pipefail
@@ -43,6 +49,10 @@ fi
 if [ -z "${IMPLS:-}" ]; then
     IMPLS="kernel ours ours-pt-all ours-wb"
     command -v fuse-overlayfs >/dev/null && IMPLS="$IMPLS fuse-overlayfs"
+    if [ -n "${ROOTLESS:-}" ]; then
+        IMPLS="$IMPLS rl-kernel rl-ours rl-ours-wb"
+        command -v fuse-overlayfs >/dev/null && IMPLS="$IMPLS rl-fuse-overlayfs"
+    fi
 fi
 [ -x "$BIN" ] || cargo build --release --quiet
 # Everything runs on an ext4 image of its own, loop-mounted without discard:
@@ -325,6 +335,9 @@ mount_impl() { # IMPL
         ours-pt-all) "$BIN" "$B/top:$B/base" "$B/upper" "$MNT" -o "workdir=$B/work,passthrough=all" ;;
         ours-wb) "$BIN" "$B/top:$B/base" "$B/upper" "$MNT" -o "workdir=$B/work,writeback" ;;
         fuse-overlayfs) fuse-overlayfs -o "lowerdir=$B/top:$B/base,upperdir=$B/upper,workdir=$B/work" "$MNT" ;;
+        # Only inside a user namespace (see ns_reps).
+        rl-kernel) mount -t overlay overlay -o "lowerdir=$B/top:$B/base,upperdir=$B/upper,workdir=$B/work,userxattr" "$MNT" ;;
+        rl-*) mount_impl "${1#rl-}" ;;
     esac
 }
 umount_impl() { umount "$MNT" 2>/dev/null || umount -l "$MNT"; sleep 0.2; }
@@ -368,11 +381,37 @@ if [ -n "${ROWS:-}" ]; then
     WORKLOADS=("${picked[@]}")
 fi
 
+# ns_reps IMPL KIND CMD: the reps of a rootless impl, each line one time.
+# Warm: one namespace, one mount, one untimed pass, then REPS timed ones.
+# Cold and fresh: one namespace and mount per rep (cold: caches dropped
+# from outside just before it, as the namespace may not write drop_caches).
+ns_reps() {
+    local n=$REPS per=1
+    [ "$2" = warm ] || { n=1; per=$REPS; }
+    for _ in $(seq 1 "$per"); do
+        [ "$2" = cold ] && drop
+        unshare --user --map-root-user --mount --propagation private \
+            env B="$B" MNT="$MNT" BIN="$BIN" bash -c "$(declare -f mount_impl umount_impl now)"'
+            set -e
+            mount_impl "$1"
+            [ "$2" = warm ] && eval "$3"
+            for _ in $(seq 1 "$4"); do s=$(now); eval "$3"; e=$(now); echo "$e - $s" | bc; done
+            umount_impl' ns "$1" "$2" "$3" "$n"
+    done
+}
+
 declare -A RESULT
 for w in "${WORKLOADS[@]}"; do
     IFS='|' read -r name kind cmd <<< "$w"
     for impl in $IMPLS; do
         times=()
+        if [ "${impl#rl-}" != "$impl" ]; then
+            mapfile -t times < <(ns_reps "$impl" "$kind" "$cmd")
+            [ "${#times[@]}" -eq "$REPS" ] || { echo "bench.sh: $impl failed in its user namespace" >&2; exit 1; }
+            RESULT[$name,$impl]=$(printf '%s\n' "${times[@]}" | median)
+            echo "bench.sh: $name $impl ${RESULT[$name,$impl]}" >&2
+            continue
+        fi
         if [ "$kind" = warm ]; then mount_impl "$impl"; eval "$cmd"; fi
         for _ in $(seq 1 "$REPS"); do
             if [ "$kind" != warm ]; then mount_impl "$impl"; [ "$kind" = cold ] && drop; fi

@@ -2,9 +2,10 @@
 //! overlayfs mounted with `userxattr` and unionfs-fuse in its automatic
 //! userxattr mode, both inside one namespace made by an unprivileged user.
 //!
-//! Each test starts, as root, a private mount namespace where a `0666` copy
-//! of the FUSE device node is bound over /dev/fuse (so the host's /dev/fuse
-//! keeps its mode), drops to a test user with setpriv, enters a new user and
+//! Each test (through tests/rootless_support) starts, as root, a private
+//! mount namespace where a `0666` copy of the FUSE device node is bound
+//! over /dev/fuse (so the host's /dev/fuse keeps its mode), drops to a
+//! test user with setpriv, enters a new user and
 //! mount namespace with unshare(1), and runs itself there
 //! (`UNIONFS_ROOTLESS_INNER`), where the harness builds its fixtures and
 //! makes both mounts as the namespace's root. Two users, made by .ci/run:
@@ -45,179 +46,15 @@ mod fixture;
 mod links;
 #[path = "differential/ops.rs"]
 mod ops;
+mod rootless_support;
 #[path = "differential/snap.rs"]
 mod snap;
 
-use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use common::{environment_ok, Impl, TempDir};
 use engine::{run_campaign, run_case, Config};
 use ops::{Data, Op, Time};
-
-/// The test user with a subordinate id range.
-const SUB_USER: &str = "unionfs-sub";
-/// The test user without one.
-const ONE_USER: &str = "unionfs-one";
-const INNER: &str = "UNIONFS_ROOTLESS_INNER";
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Map {
-    /// `0 U 1`.
-    Single,
-    /// `0 U 1` and `1 S 65535`.
-    Range,
-}
-
-impl Map {
-    fn name(self) -> &'static str {
-        match self {
-            Map::Single => "single",
-            Map::Range => "range",
-        }
-    }
-}
-
-fn skip_or_fail(reason: &str) -> bool {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("rootless differential test cannot run under CI=true: {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-    false
-}
-
-/// The uid of `user` from /etc/passwd.
-fn uid_of(user: &str) -> Option<u32> {
-    fs::read_to_string("/etc/passwd")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 2 && f[0] == user).then(|| f[2].parse().ok())?
-        })
-}
-
-fn has_range(user: &str) -> bool {
-    ["/etc/subuid", "/etc/subgid"].iter().all(|f| {
-        fs::read_to_string(f)
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.split(':').next() == Some(user))
-    })
-}
-
-fn tool(name: &str) -> bool {
-    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
-        .iter()
-        .any(|d| Path::new(d).join(name).exists())
-}
-
-/// The user a map needs, or None (after skip_or_fail) when this machine
-/// lacks something.
-fn user_for(map: Map) -> Option<u32> {
-    if !environment_ok(Impl::Kernel) || !environment_ok(Impl::Ours) {
-        return None;
-    }
-    let user = match map {
-        Map::Single => ONE_USER,
-        Map::Range => SUB_USER,
-    };
-    let mut missing: Vec<String> = ["setpriv", "unshare", "mount"]
-        .iter()
-        .filter(|t| !tool(t))
-        .map(|t| format!("no {t}"))
-        .collect();
-    let uid = uid_of(user);
-    if uid.is_none() {
-        missing.push(format!("no user {user} (made by .ci/run)"));
-    }
-    match map {
-        Map::Range if !has_range(user) || !tool("newuidmap") => missing.push(format!(
-            "{user} needs /etc/subuid and subgid ranges and uidmap"
-        )),
-        Map::Single if has_range(user) => {
-            missing.push(format!("{user} must have no range in /etc/subuid"))
-        }
-        _ => {}
-    }
-    if missing.is_empty() {
-        uid
-    } else {
-        skip_or_fail(&missing.join("; "));
-        None
-    }
-}
-
-/// Runs test `name` of this binary again, as `map`'s user inside a new user
-/// and mount namespace; false if it was skipped. Panics if it failed.
-fn run_inside(name: &str, map: Map) -> bool {
-    let Some(uid) = user_for(map) else {
-        return false;
-    };
-    let dir = TempDir::new("rootless-dev");
-    let node = dir.path().join("fuse");
-    let st = fs::metadata("/dev/fuse").expect("stat /dev/fuse");
-    common::sys::mknod(
-        &node,
-        libc::S_IFCHR | 0o666,
-        libc::major(st.rdev()),
-        libc::minor(st.rdev()),
-    )
-    .expect("mknod a fuse node");
-    fs::set_permissions(&node, fs::Permissions::from_mode(0o666)).expect("chmod fuse node");
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg("mount --bind \"$1\" /dev/fuse && shift && exec \"$@\"")
-        .arg("sh")
-        .arg(&node)
-        .args([
-            "setpriv",
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-        ])
-        .args(["--init-groups", "--", "unshare", "--user", "--mount"]);
-    if map == Map::Range {
-        cmd.arg("--map-auto");
-    }
-    cmd.args(["--map-root-user", "--"])
-        .arg(&exe)
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(INNER, map.name())
-        .env_remove("UNIONFS_TEST_TMPDIR")
-        .stdin(Stdio::null());
-    let out = cmd.output().expect("run unshare");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success() && stdout.contains("test result: ok. 1 passed"),
-        "{name} in a user namespace ({} map) failed ({}):\n{stdout}\n{stderr}",
-        map.name(),
-        out.status
-    );
-    true
-}
-
-/// Inside the namespace: which map this run has, checked against
-/// /proc/self/uid_map. None outside.
-fn inside() -> Option<Map> {
-    let map = match std::env::var(INNER).ok()?.as_str() {
-        "single" => Map::Single,
-        "range" => Map::Range,
-        other => panic!("{INNER}={other:?}"),
-    };
-    let lines = fs::read_to_string("/proc/self/uid_map").expect("uid_map");
-    let n = lines.lines().count();
-    assert_eq!(
-        n,
-        if map == Map::Single { 1 } else { 2 },
-        "uid_map: {lines}"
-    );
-    Some(map)
-}
+use rootless_support::{inside, run_inside, Map};
 
 fn fixture_single(root: &Path) {
     fixture::build_rootless(root, fixture::Rootless { foreign_ids: false });

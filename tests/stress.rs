@@ -26,8 +26,10 @@
 //! validates the list of expected errors.
 
 mod common;
+mod rootless_support;
 
 use common::*;
+use rootless_support::{inside, run_inside, Map};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -65,7 +67,9 @@ const LEAVES: &[&str] = &[
     "f0", "f1", "f2", "f3", "f4", "f5", "g0", "g1", "g2", "g3", "x0", "x1", "x2", "x3",
 ];
 
-fn build_stress_layers(fx: &Fixture) {
+/// `user.overlay.opaque` rootless (userxattr), `trusted.overlay.opaque`
+/// as root.
+fn build_stress_layers(fx: &Fixture, rootless: bool) {
     let l1 = fx.lower(1);
     for d in ["a0", "a1", "a2", "a3"] {
         for f in ["f0", "f1", "f2", "f3", "f4", "f5"] {
@@ -83,9 +87,13 @@ fn build_stress_layers(fx: &Fixture) {
             l0.file(&format!("{d}/{g}"), format!("{d}/{g} lower0").as_bytes());
         }
     }
-    l0.whiteout("a1/f3")
-        .opaque("a2/s1")
-        .file("a2/s1/g0", b"opaque");
+    l0.whiteout("a1/f3");
+    if rootless {
+        l0.dir("a2/s1").xattr("a2/s1", "user.overlay.opaque", b"y");
+    } else {
+        l0.opaque("a2/s1");
+    }
+    l0.file("a2/s1/g0", b"opaque");
 }
 
 #[derive(Default)]
@@ -388,9 +396,49 @@ fn daemon_log(fx: &Fixture) -> String {
 
 #[test]
 fn randomized_stress_finds_no_deadlock_panic_or_unexpected_error() {
+    stress(false);
+}
+
+/// The same run in a user namespace made by `unionfs-sub` (a subordinate
+/// id range, as rootless podman has): ours in its automatic userxattr
+/// mode, ending with the kernel's rootless reading (`userxattr`) of the
+/// same upper. drop_caches cannot be written there, so the "uncached"
+/// view is only a second reading.
+#[test]
+fn rootless_randomized_stress_finds_no_deadlock_panic_or_unexpected_error() {
+    const NAME: &str = "rootless_randomized_stress_finds_no_deadlock_panic_or_unexpected_error";
+    match inside() {
+        Some(map) => {
+            assert_eq!(map, Map::Range);
+            stress(true);
+        }
+        None => {
+            run_inside(NAME, Map::Range);
+        }
+    }
+}
+
+/// Kernel overlayfs rootless needs `userxattr`; ours finds it by itself.
+fn mount_kind(fx: &Fixture, kind: Impl, rootless: bool, work: &Path) -> Mounted {
+    let (lowers, upper) = (fx.lowers(), fx.upper().root);
+    if rootless {
+        Mounted::mount_kernel_opts(
+            kind,
+            &lowers,
+            Some(&upper),
+            Some(work),
+            &fx.merged(),
+            "userxattr",
+        )
+    } else {
+        Mounted::mount(kind, &lowers, Some(&upper), Some(work), &fx.merged())
+    }
+}
+
+fn stress(rootless: bool) {
     let Some(fx) = Fixture::new() else { return };
     let kind = fx.kind;
-    let secs = env_num("UNIONFS_STRESS_SECS", 50);
+    let secs = env_num("UNIONFS_STRESS_SECS", if rootless { 30 } else { 50 });
     check_watchdog_budget(secs);
     let seed = seed();
     let workers = env_num("UNIONFS_STRESS_WORKERS", 4) as usize;
@@ -400,9 +448,12 @@ fn randomized_stress_finds_no_deadlock_panic_or_unexpected_error() {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
-    eprintln!("stress: {kind:?}, {secs} s, {workers} workers, UNIONFS_SEED={seed}");
-    build_stress_layers(&fx);
-    let mut m = fx.mount();
+    eprintln!(
+        "stress: {kind:?}{}, {secs} s, {workers} workers, UNIONFS_SEED={seed}",
+        if rootless { " rootless" } else { "" }
+    );
+    build_stress_layers(&fx, rootless);
+    let mut m = mount_kind(&fx, kind, rootless, &fx.work());
     let sh = Arc::new(Shared {
         merged: m.p(""),
         only,
@@ -486,13 +537,7 @@ fn randomized_stress_finds_no_deadlock_panic_or_unexpected_error() {
     m.unmount();
     let log = daemon_log(&fx);
     // The other implementation's reading of the same upper.
-    let other = Mounted::mount(
-        kind.other(),
-        &fx.lowers(),
-        Some(&fx.upper().root),
-        Some(&fx.dir("work2")),
-        &fx.merged(),
-    );
+    let other = mount_kind(&fx, kind.other(), rootless, &fx.dir("work2"));
     let cross = tolerant_snapshot(&other.p(""));
     drop(other);
     let mut problems = Vec::new();

@@ -160,9 +160,9 @@ impl Filesystem for Adapter {
         reply: ReplyEntry,
     ) {
         guarded("mknod", || {
-            let r = self
-                .fs
-                .mknod(parent.0, name, mode, decode_rdev(rdev), creator(req, umask));
+            let c = creator(req, umask);
+            let r = self.fs.mknod(parent.0, name, mode, decode_rdev(rdev), c);
+            self.created(parent.0, &r, &c, mode);
             self.entry(reply, r)
         });
     }
@@ -177,10 +177,10 @@ impl Filesystem for Adapter {
         reply: ReplyEntry,
     ) {
         guarded("mkdir", || {
-            self.entry(
-                reply,
-                self.fs.mkdir(parent.0, name, mode, creator(req, umask)),
-            )
+            let c = creator(req, umask);
+            let r = self.fs.mkdir(parent.0, name, mode, c);
+            self.created(parent.0, &r, &c, mode);
+            self.entry(reply, r)
         });
     }
 
@@ -205,9 +205,9 @@ impl Filesystem for Adapter {
         reply: ReplyEntry,
     ) {
         guarded("symlink", || {
-            let r = self
-                .fs
-                .symlink(parent.0, link_name, target.as_os_str(), caller(req));
+            let c = caller(req);
+            let r = self.fs.symlink(parent.0, link_name, target.as_os_str(), c);
+            self.created(parent.0, &r, &c, 0o777);
             self.entry(reply, r)
         });
     }
@@ -508,6 +508,7 @@ impl Filesystem for Adapter {
             let c = creator(req, umask);
             match self.fs.create(parent.0, name, mode, flags, c) {
                 Ok((e, fh)) => {
+                    self.present.created(&self.fs, parent.0, &e, &c, mode);
                     let (attr, generation) = (self.attr(e.ino, &e.attr), Generation(e.generation));
                     match self.open_mode(e.ino, fh, flags, c, |fd| reply.open_backing(fd.as_fd())) {
                         Open::Passthrough(id) => reply.created_passthrough(

@@ -232,6 +232,13 @@ impl Adapter {
             }
         }
     }
+
+    /// What `xattr_permissions` records of a new object.
+    fn created(&self, parent: u64, r: &Result<crate::union::Entry, Errno>, c: &Caller, mode: u32) {
+        if let Ok(e) = r {
+            self.present.created(&self.fs, parent, e, c, mode);
+        }
+    }
 }
 
 /// A listing and where a read resumes in it.

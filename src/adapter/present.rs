@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use crate::errno::{Errno, Result};
 use crate::idmap::IdMap;
 use crate::options::MountConfig;
-use crate::union::{SetAttr, Union};
+use crate::union::{Caller, Entry, SetAttr, Union};
 
 /// fuse-overlayfs's override xattrs, in the order it reads them.
 const OVERRIDE_PRIVILEGED: &str = "security.fuseoverlayfs.override_stat";
@@ -137,6 +137,33 @@ impl Present {
             apply(a)?
         };
         Ok(self.attr(fs, ino, st))
+    }
+
+    /// After a create, mkdir, mknod or symlink made `e` in `parent`: with
+    /// `xattr_permissions`, the creator's ids and the mode asked for go in
+    /// the override xattr, as fuse-overlayfs writes them ("uid:gid:mode",
+    /// octal mode), so that a store moves between the two. The group is
+    /// the parent's when it is set-gid, as the kernel gives it. `user.*`
+    /// xattrs cannot be set on symlinks and special files: EPERM there is
+    /// ignored, as in fuse-overlayfs, and so is any other failure (the
+    /// object then shows its stored owner and mode).
+    pub fn created(&self, fs: &Union, parent: u64, e: &Entry, c: &Caller, mode: u32) {
+        let Some(key) = self.override_key else {
+            return;
+        };
+        let gid = match fs.getattr(parent, None) {
+            Ok(p) if p.st_mode & libc::S_ISGID != 0 => self.attr(fs, parent, p).st_gid,
+            _ => c.gid,
+        };
+        let value = format!(
+            "{}:{}:{:o}",
+            self.uid_map.to_outside(c.uid),
+            self.gid_map.to_outside(gid),
+            mode & !c.umask & 0o7777
+        );
+        if let Err(err) = fs.setxattr(e.ino, OsStr::new(key), value.as_bytes(), 0) {
+            log::debug!("{key} not written on a new object ({value}): {err:?}");
+        }
     }
 
     /// Whether xattr requests are refused as a whole (`noxattrs=1`).
