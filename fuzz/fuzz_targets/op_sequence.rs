@@ -484,6 +484,7 @@ impl Fixture {
                 volatile: s.volatile,
                 redirect_dir: false,
                 redirect_nofollow: false,
+                metacopy: false,
                 uid_map: id_map(s.uid_map),
                 gid_map: id_map(s.gid_map),
             },

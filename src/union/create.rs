@@ -241,6 +241,9 @@ impl Union {
         }
         let np = self.node(newparent)?;
         self.copy_up(&node)?;
+        if self.data_loc(&node).is_some() {
+            self.set_link_redirect(&node)?;
+        }
         // Linked through an fd checked to be this object: the source name
         // may be renamed or replaced meanwhile.
         let src = self.leaf_path_fd(&node)?;

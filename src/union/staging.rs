@@ -105,6 +105,7 @@ mod tests {
             volatile: true,
             redirect_dir: false,
             redirect_nofollow: false,
+            metacopy: false,
             uid_map: Default::default(),
             gid_map: Default::default(),
         };
