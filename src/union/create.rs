@@ -242,6 +242,9 @@ impl Union {
         let np = self.node(newparent)?;
         self.copy_up(&node)?;
         if self.data_loc(&node).is_some() {
+            // The kernel's order: the target's parent comes up before the
+            // redirect (which may be too long: EXDEV).
+            self.copy_up(&np)?;
             self.set_link_redirect(&node)?;
         }
         // Linked through an fd checked to be this object: the source name

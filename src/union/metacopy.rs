@@ -256,6 +256,17 @@ impl Union {
         Ok(())
     }
 
+    /// Whether a metacopy file's data file has several names.
+    pub(super) fn data_is_linked(&self, node: &Node) -> bool {
+        match self.data_loc(node) {
+            Some(DataLoc::At { dir, name, .. }) => dir
+                .get()
+                .and_then(|d| sys::fs::lstatat(bfd(&d), &name))
+                .is_ok_and(|st| st.st_nlink > 1),
+            _ => false,
+        }
+    }
+
     /// Whether a copy-up of `node` may copy only its metadata: a regular
     /// file, with `metacopy=on`, for a change that leaves the data alone.
     pub(super) fn may_copy_meta_only(&self, node: &Node) -> bool {

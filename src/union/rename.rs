@@ -369,6 +369,10 @@ impl Union {
     /// absolute path of its lower dirs. Too long a path gives EXDEV, as the
     /// kernel's `redirect_max`.
     fn redirect_for(&self, node: &Arc<Node>, samedir: bool) -> Result<Redirect> {
+        // The names of a hard link may sit in other dirs: a metacopy file
+        // whose lower is linked records an absolute redirect, as the
+        // kernel's `ovl_need_absolute_redirect`.
+        let samedir = samedir && !self.data_is_linked(node);
         let st = node.snapshot();
         let parent = st.parent.clone().ok_or(Errno::EXDEV)?;
         let pu = parent.dir_body().and_then(|d| d.upper).ok_or(Errno::EIO)?;
