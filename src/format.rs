@@ -271,11 +271,35 @@ impl Format {
         sys::xattr::get(dir, name, &self.key("nlink")).is_ok()
     }
 
-    /// Whether a regular file is a metadata-only copy (`overlay.metacopy`,
-    /// with or without a verity digest): its data is in a lower layer.
-    pub fn is_metacopy(&self, dir: BorrowedFd<'_>, name: &CStr, st: &libc::stat) -> bool {
-        st.st_mode & libc::S_IFMT == libc::S_IFREG
-            && sys::xattr::get(dir, name, &self.key("metacopy")).is_ok()
+    /// Whether a regular file is a metadata-only copy (`overlay.metacopy`):
+    /// its data is in a lower layer. The value is empty, or the kernel's
+    /// `struct ovl_metacopy` (version, len, flags, digest algorithm, an
+    /// fs-verity digest of up to 64 bytes); a digest is not checked here
+    /// (verity=off reads it so too). A value the kernel finds too small
+    /// (1 to 3 bytes) or too big fails the lookup with EIO, as there.
+    pub fn metacopy(&self, dir: BorrowedFd<'_>, name: &CStr, st: &libc::stat) -> Result<bool> {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(false);
+        }
+        match sys::xattr::get(dir, name, &self.key("metacopy")) {
+            Ok(v) if v.is_empty() || (METACOPY_MIN..=METACOPY_MAX).contains(&v.len()) => Ok(true),
+            Ok(_) => Err(Errno::EIO),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Marks a regular file (an empty `dname`: `dir` itself) a metadata-only
+    /// copy, as the kernel's copy-up does: an empty value.
+    pub fn set_metacopy(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+        sys::xattr::set(dir, name, &self.key("metacopy"), b"", 0)
+    }
+
+    /// Drops the metacopy mark once the file holds its data.
+    pub fn clear_metacopy(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+        match sys::xattr::remove(dir, name, &self.key("metacopy")) {
+            Err(e) if e != Errno::ENODATA => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Whether an upper object carries an origin (it is a copy-up).
@@ -422,6 +446,11 @@ impl Format {
         }
     }
 }
+
+/// The sizes of a metacopy value with a digest the kernel accepts:
+/// a 4-byte header, up to a 64-byte digest.
+const METACOPY_MIN: usize = 4;
+const METACOPY_MAX: usize = 4 + 64;
 
 /// The two places the kernel keeps its overlay xattrs (`userxattr`: user.).
 const TRUSTED_PREFIX: &str = "trusted.overlay.";

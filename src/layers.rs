@@ -1,5 +1,8 @@
-//! The layer stack: upper (if any) first, then the lowers top-down, each held
-//! as an O_PATH directory fd opened once at mount time.
+//! The layer stack: upper (if any) first, then the lowers top-down, then
+//! the data-only lowers (`lowerdir=L::D`, `datadir+=D`), each held as an
+//! O_PATH directory fd opened once at mount time. Data-only layers never
+//! take part in the merged tree: only metacopy files reach them, through
+//! absolute redirects.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -28,6 +31,8 @@ pub struct Layers {
     pub has_upper: bool,
     /// `WORKDIR/work`, the staging dir for atomic copy-up, if a workdir was given.
     pub work: Option<OwnedFd>,
+    /// Index of the first data-only layer (`list.len()` when there is none).
+    data_start: usize,
     devs: Vec<u64>,
 }
 
@@ -45,9 +50,20 @@ impl Layers {
         lowers: Vec<OwnedFd>,
         work: Option<OwnedFd>,
     ) -> Result<Layers> {
+        Self::with_data(upper, lowers, Vec::new(), work)
+    }
+
+    /// As [`Layers::new`], with data-only lower layers (top-down) below.
+    pub fn with_data(
+        upper: Option<OwnedFd>,
+        lowers: Vec<OwnedFd>,
+        data: Vec<OwnedFd>,
+        work: Option<OwnedFd>,
+    ) -> Result<Layers> {
         let has_upper = upper.is_some();
+        let data_start = usize::from(has_upper) + lowers.len();
         let mut list = Vec::new();
-        for fd in upper.into_iter().chain(lowers) {
+        for fd in upper.into_iter().chain(lowers).chain(data) {
             let st = sys::fs::fstat(fd.as_fd())?;
             let mount_fd =
                 sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0).ok();
@@ -74,6 +90,7 @@ impl Layers {
             list,
             has_upper,
             work,
+            data_start,
             devs,
         })
     }
@@ -89,6 +106,17 @@ impl Layers {
     /// Index of the first lower layer.
     pub fn first_lower(&self) -> usize {
         usize::from(self.has_upper)
+    }
+
+    /// The end of the layers that make up the merged tree (upper and
+    /// regular lowers); data-only layers follow.
+    pub fn merged_end(&self) -> usize {
+        self.data_start
+    }
+
+    /// The data-only layers, top-down.
+    pub fn data_layers(&self) -> &[Layer] {
+        self.list.get(self.data_start..).unwrap_or_default()
     }
 
     pub fn work(&self) -> Option<BorrowedFd<'_>> {

@@ -94,6 +94,23 @@ pub struct LeafBody {
     /// can change under a request (a racing unlink, rename or create), so
     /// what a name resolves to is checked against this before it is used.
     pub real: (u64, u64),
+    /// For a metadata-only copy (`overlay.metacopy`): where its data is.
+    /// None: the object holds its own data.
+    pub data: Option<DataLoc>,
+}
+
+/// Where the data of a metacopy file is.
+#[derive(Clone, Debug)]
+pub enum DataLoc {
+    /// The regular file `name` in dir `dir` of layer `layer`.
+    At {
+        layer: usize,
+        dir: Arc<DirFd>,
+        name: CString,
+    },
+    /// Not in any data-only layer: opening the file gives ENOENT, as the
+    /// kernel's lazy data lookup.
+    Missing,
 }
 
 #[derive(Clone, Debug)]
@@ -129,7 +146,8 @@ pub struct Node {
     /// it later: a data write (which would move it) and a change of times
     /// take turns (see `Union::write`).
     pub times_lock: Mutex<()>,
-    /// Set once the object has been copied up; read handles reopen on it.
+    /// Set once the object's data is in the upper layer (a metadata-only
+    /// copy has none); read handles reopen on it.
     pub copied_up: AtomicBool,
     /// A dir's listing between reads that continue it (see `dir_listing`).
     pub listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
@@ -138,7 +156,7 @@ pub struct Node {
 impl Node {
     pub fn new(ino: u64, generation: u64, kind: u32, state: State) -> Node {
         let copied = match &state.body {
-            Body::Leaf(l) => l.upper.is_some(),
+            Body::Leaf(l) => l.upper.is_some() && l.data.is_none(),
             Body::Dir(d) => d.upper.is_some(),
         };
         Node {

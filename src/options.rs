@@ -70,6 +70,8 @@ const DEFAULT_THREADS: usize = 16;
 #[derive(Debug, Clone)]
 pub struct MountConfig {
     pub lowers: Vec<PathBuf>,
+    /// Data-only lower layers, top-down (`lowerdir=L::D1::D2`, `datadir+=`).
+    pub datadirs: Vec<PathBuf>,
     pub upper: Option<PathBuf>,
     pub work: Option<PathBuf>,
     pub merged: PathBuf,
@@ -81,6 +83,8 @@ pub struct MountConfig {
     pub redirect_dir: bool,
     /// `redirect_dir=nofollow`: redirects are neither made nor followed.
     pub redirect_nofollow: bool,
+    /// `metacopy=on`: metadata-only copy-up, and metacopy files are followed.
+    pub metacopy: bool,
     pub volatile: bool,
     pub oci_whiteouts: bool,
     pub timeout: f64,
@@ -165,6 +169,40 @@ fn split_opts(s: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// Splits a lower list into the regular lowers and the data-only ones: each
+/// data-only layer follows an empty entry (`L1:L2::D1::D2`), as the kernel
+/// reads it.
+fn split_data_layers(list: Vec<PathBuf>) -> Result<(Vec<PathBuf>, Vec<PathBuf>), String> {
+    let Some(first_empty) = list.iter().position(|p| p.as_os_str().is_empty()) else {
+        return Ok((list, Vec::new()));
+    };
+    if list.len() == 1 {
+        // An empty lowerdir=: reported with the other empty names.
+        return Ok((list, Vec::new()));
+    }
+    let (lowers, rest) = list.split_at(first_empty);
+    if lowers.is_empty() {
+        return Err("lowerdir=::D: data-only layers need a regular lower layer before them".into());
+    }
+    let mut data = Vec::new();
+    let mut it = rest.iter();
+    while let Some(sep) = it.next() {
+        if !sep.as_os_str().is_empty() {
+            return Err(format!(
+                "lower layer {} follows a data-only layer: write :: before each data-only layer (as in overlayfs)",
+                sep.display()
+            ));
+        }
+        match it.next() {
+            Some(d) if !d.as_os_str().is_empty() => data.push(d.clone()),
+            _ => {
+                return Err("empty data-only layer name (a trailing :: or :::) in lowerdir=".into())
+            }
+        }
+    }
+    Ok((lowers.to_vec(), data))
+}
+
 fn number<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, String> {
     v.parse::<T>()
         .map_err(|_| format!("option {k}={v}: expected a number"))
@@ -191,6 +229,7 @@ const MAX_TIMEOUT: f64 = 1e9;
 fn from_cli(cli: Cli) -> Result<MountConfig, String> {
     let mut c = MountConfig {
         lowers: Vec::new(),
+        datadirs: Vec::new(),
         upper: None,
         work: None,
         merged: PathBuf::new(),
@@ -201,6 +240,7 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
         userxattr: false,
         redirect_dir: false,
         redirect_nofollow: false,
+        metacopy: false,
         volatile: false,
         oci_whiteouts: true,
         timeout: 30.0,
@@ -227,6 +267,8 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
     };
     let mut squash_root = false;
     let mut lower_appends: Vec<PathBuf> = Vec::new();
+    let mut data_appends: Vec<PathBuf> = Vec::new();
+    let mut redirect_given: Option<String> = None;
     let mut lowerdir_opt: Option<Vec<PathBuf>> = None;
     let mut fsname: Option<String> = None;
     let mut passthrough_given = false;
@@ -258,15 +300,23 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
         let need = |v: &Option<String>| v.clone().ok_or(format!("option {k} needs a value"));
         match k.as_str() {
             "lowerdir" => lowerdir_opt = Some(split_lowers(&need(&v)?)),
-            "lowerdir+" => lower_appends.push(PathBuf::from(need(&v)?)),
+            "lowerdir+" => {
+                if !data_appends.is_empty() {
+                    return Err("regular lower layers cannot follow data layers (lowerdir+= after datadir+=), as in overlayfs".into());
+                }
+                lower_appends.push(PathBuf::from(need(&v)?))
+            }
+            "datadir+" => data_appends.push(PathBuf::from(need(&v)?)),
             "upperdir" => c.upper = Some(PathBuf::from(need(&v)?)),
             "workdir" => c.work = Some(PathBuf::from(need(&v)?)),
             "ro" => c.ro = true,
             "rw" => c.ro = false,
             // The table let only the values with a meaning here through.
-            "metacopy" | "index" | "nfs_export" | "verity" => {}
+            "metacopy" => c.metacopy = v.as_deref() == Some("on"),
+            "index" | "nfs_export" | "verity" => {}
             "userxattr" => c.userxattr = true,
             "redirect_dir" => {
+                redirect_given = v.clone();
                 c.redirect_dir = v.as_deref() == Some("on");
                 c.redirect_nofollow = v.as_deref() == Some("nofollow");
             }
@@ -361,21 +411,23 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
         c.squash_uid = c.squash_uid.or(Some(0));
         c.squash_gid = c.squash_gid.or(Some(0));
     }
-    if !lower_appends.is_empty() {
+    if !lower_appends.is_empty() || !data_appends.is_empty() {
         if lowerdir_opt.is_some() {
             // As the kernel: the two forms do not mix.
-            return Err("lowerdir= and lowerdir+= cannot be mixed".into());
+            return Err("lowerdir+= and datadir+= cannot be mixed with lowerdir=".into());
+        }
+        if lower_appends.is_empty() {
+            return Err("datadir+= needs at least one lowerdir+= before it".into());
         }
         lowerdir_opt = Some(lower_appends);
+        c.datadirs = data_appends;
     }
-    if lowerdir_opt
-        .as_ref()
-        .is_some_and(|l| l.len() > 1 && l.iter().any(|p| p.as_os_str().is_empty()))
-    {
-        return Err(
-            "empty lower layer name (data-only layers, lowerdir=L::D, are not supported yet)"
-                .into(),
-        );
+    if let Some(l) = lowerdir_opt.take() {
+        let (lowers, data) = split_data_layers(l)?;
+        lowerdir_opt = Some(lowers);
+        if !data.is_empty() {
+            c.datadirs = data;
+        }
     }
 
     let args = cli.args;
@@ -395,14 +447,14 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
             return Err("missing lower directories (LOWERS [UPPER] MERGED or -o lowerdir=)".into())
         }
         (None, 2) => {
-            c.lowers = split_lowers(&args[0].to_string_lossy());
+            (c.lowers, c.datadirs) = split_data_layers(split_lowers(&args[0].to_string_lossy()))?;
             c.merged = args[1].clone();
         }
         (None, _) => {
             if c.upper.is_some() {
                 return Err("upper given twice (positional and upperdir=)".into());
             }
-            c.lowers = split_lowers(&args[0].to_string_lossy());
+            (c.lowers, c.datadirs) = split_data_layers(split_lowers(&args[0].to_string_lossy()))?;
             c.upper = Some(args[1].clone());
             c.merged = args[2].clone();
         }
@@ -426,6 +478,25 @@ fn from_cli(cli: Cli) -> Result<MountConfig, String> {
         return Err(
             "options writeback and passthrough exclude each other: pass one of them".into(),
         );
+    }
+    if c.metacopy {
+        // As the kernel: metacopy files are found through redirects, so
+        // metacopy=on turns redirect_dir=on and refuses a mode without them.
+        if c.userxattr {
+            return Err("conflicting options: userxattr,metacopy=on (as in overlayfs)".into());
+        }
+        match redirect_given.as_deref() {
+            None => c.redirect_dir = c.upper.is_some(),
+            Some("nofollow") => {
+                return Err("conflicting options: metacopy=on,redirect_dir=nofollow (as in overlayfs)".into())
+            }
+            Some(r) if r != "on" && c.upper.is_some() => {
+                return Err(format!(
+                    "conflicting options: metacopy=on,redirect_dir={r} (with an upper, as in overlayfs)"
+                ))
+            }
+            Some(_) => {}
+        }
     }
     if c.redirect_dir && c.userxattr {
         return Err("redirect_dir=on cannot be used with userxattr (as in overlayfs)".into());
@@ -458,6 +529,10 @@ pub fn validate(mut c: MountConfig) -> Result<MountConfig, String> {
     for l in &c.lowers {
         lowers.push(canon("lower dir", l)?);
     }
+    let mut datadirs = Vec::new();
+    for d in &c.datadirs {
+        datadirs.push(canon("data-only lower dir", d)?);
+    }
     let upper = c
         .upper
         .as_deref()
@@ -471,6 +546,7 @@ pub fn validate(mut c: MountConfig) -> Result<MountConfig, String> {
     let merged = canon("mount point", &c.merged)?;
 
     let mut all: Vec<(&str, &PathBuf)> = lowers.iter().map(|l| ("lower dir", l)).collect();
+    all.extend(datadirs.iter().map(|d| ("data-only lower dir", d)));
     if let Some(u) = &upper {
         all.push(("upper dir", u));
     }
@@ -549,6 +625,7 @@ pub fn validate(mut c: MountConfig) -> Result<MountConfig, String> {
         }
     }
     c.lowers = lowers;
+    c.datadirs = datadirs;
     c.upper = upper;
     c.work = work;
     c.merged = merged;
@@ -644,6 +721,7 @@ mod tests {
             "noxattrs" | "threaded" => "1",
             "context" => "\"system_u:object_r:container_file_t:s0:c1,c2\"",
             "xino" => "auto",
+            "datadir+" => return "lowerdir+=a,datadir+=7".into(),
             "uuid" => "off",
             _ => "7",
         };
@@ -652,7 +730,7 @@ mod tests {
 
     fn parse_one(o: &Opt) -> Result<MountConfig, clap::Error> {
         let opts = format!("upperdir=u,{}", sample(o));
-        if o.key.starts_with("lowerdir") {
+        if o.key.starts_with("lowerdir") || o.key.starts_with("datadir") {
             p(&["m", "-o", &opts])
         } else {
             p(&["l", "m", "-o", &opts])
@@ -723,7 +801,7 @@ mod tests {
 
     #[test]
     fn index_and_nfs_export_on_are_refused_off_accepted() {
-        for bad in ["index=on", "nfs_export=on", "metacopy=on", "verity=require"] {
+        for bad in ["index=on", "nfs_export=on", "verity=on", "verity=require"] {
             let e = p(&["l", "u", "m", "-o", bad]).err().map(|e| e.to_string());
             assert!(e.is_some_and(|e| e.contains(bad)), "{bad}");
         }
@@ -735,7 +813,45 @@ mod tests {
         let c = p(&["m", "-o", "lowerdir+=a,lowerdir+=b\\:c"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.lowers, ["a", "b\\:c"].map(PathBuf::from));
         assert!(p(&["m", "-o", "lowerdir=a,lowerdir+=b"]).is_err());
-        assert!(p(&["m", "-o", "lowerdir=a::b"]).is_err());
+    }
+
+    #[test]
+    fn data_only_layers_follow_a_double_colon_or_datadir_plus_as_in_overlayfs() {
+        let c = p(&["m", "-o", "lowerdir=a:b::d1::d2"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.lowers, ["a", "b"].map(PathBuf::from));
+        assert_eq!(c.datadirs, ["d1", "d2"].map(PathBuf::from));
+        let c = p(&["m", "-o", "lowerdir+=a,datadir+=d1,datadir+=d2"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.lowers.len(), c.datadirs.len()), (1, 2));
+        // The kernel's refusals, measured on 6.18.
+        for bad in [
+            "lowerdir=a::d1:d2",
+            "lowerdir=::d",
+            "lowerdir=a::",
+            "lowerdir=a,datadir+=d",
+            "datadir+=d,lowerdir+=a",
+            "lowerdir+=a,datadir+=d,lowerdir+=b",
+            "datadir+=d",
+        ] {
+            assert!(p(&["m", "-o", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metacopy_on_turns_redirect_dir_on_and_refuses_what_the_kernel_refuses() {
+        let c = p(&["l", "u", "m", "-o", "metacopy=on"]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.metacopy && c.redirect_dir);
+        for bad in [
+            "metacopy=on,redirect_dir=off",
+            "metacopy=on,redirect_dir=follow",
+            "metacopy=on,redirect_dir=nofollow",
+            "metacopy=on,userxattr",
+        ] {
+            let e = p(&["l", "u", "m", "-o", bad]).err().map(|e| e.to_string());
+            assert!(e.is_some_and(|e| e.contains("conflicting")), "{bad}");
+        }
+        // Read-only, redirects are only followed: off is fine there.
+        assert!(p(&["l1:l2", "m", "-o", "metacopy=on,redirect_dir=off"]).is_ok());
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod files;
 mod hardlinks;
 mod install;
 mod lookup;
+mod metacopy;
 mod readdir;
 mod remove;
 mod rename;
@@ -91,7 +92,7 @@ impl Union {
         let nodes = NodeTable::new();
         let mut body = DirBody::default();
         let mut stop = false;
-        for (i, l) in layers.list.iter().enumerate() {
+        for (i, l) in layers.list.iter().enumerate().take(layers.merged_end()) {
             if stop {
                 break;
             }

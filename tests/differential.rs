@@ -263,6 +263,44 @@ fn campaign_random() {
     );
 }
 
+/// Campaign: random cases with `metacopy=on` on both sides (CI size by
+/// default; `UNIONFS_DIFF_CASES` etc. as for campaign_random).
+#[test]
+fn campaign_random_metacopy() {
+    if !can_run() {
+        return;
+    }
+    let hint = format!("{} (metacopy)", rerun_hint())
+        .replace("campaign_random -- ", "campaign_random_metacopy -- ");
+    let c = engine::campaign_from_env(60, 50_001, &hint);
+    let sum = run_campaign(&Config::metacopy(), &c);
+    assert!(
+        sum.diverged == 0,
+        "{} of {} random case(s) diverged from kernel overlayfs with metacopy=on ({} distinct \
+         class(es)); the summary with minimised reproductions is printed above (stderr)",
+        sum.diverged,
+        sum.cases,
+        sum.classes
+    );
+}
+
+/// Campaign: the fixed scenario with `metacopy=on` on both sides.
+#[test]
+fn campaign_fixed_scenario_metacopy() {
+    if !can_run() {
+        return;
+    }
+    let cfg = Config {
+        keep_going: true,
+        ..Config::metacopy()
+    };
+    if let Some((_, msg)) =
+        engine::run_fixed(&cfg, &fixed_scenario(), "fixed scenario (metacopy=on)")
+    {
+        panic!("{msg}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Harness self-checks
 // ---------------------------------------------------------------------------

@@ -120,8 +120,16 @@ fn build_union(c: &MountConfig, sw: Switches) -> Result<Union, String> {
         Some(w) => Some(prepare_workdir(w, c.volatile)?),
         None => None,
     };
-    let layers = Layers::new(upper, lowers, work).map_err(|e| format!("layers: {e}"))?;
+    let mut data = Vec::new();
+    for d in &c.datadirs {
+        data.push(open_dir(d).map_err(|e| format!("data-only lower dir {}: {e}", d.display()))?);
+    }
+    let layers =
+        Layers::with_data(upper, lowers, data, work).map_err(|e| format!("layers: {e}"))?;
     let userxattr = c.userxattr || sys::proc::needs_userxattr();
+    if userxattr && c.metacopy {
+        return Err("metacopy=on needs trusted.* xattrs: not available without privilege (as the kernel's userxattr,metacopy=on conflict)".into());
+    }
     if userxattr && c.redirect_dir {
         return Err(
             "redirect_dir=on needs trusted.* xattrs: not available without privilege".into(),
@@ -133,6 +141,7 @@ fn build_union(c: &MountConfig, sw: Switches) -> Result<Union, String> {
         volatile: c.volatile || c.no_fsync,
         redirect_dir: c.redirect_dir,
         redirect_nofollow: c.redirect_nofollow,
+        metacopy: c.metacopy,
         uid_map: c.uid_map.clone(),
         gid_map: c.gid_map.clone(),
         dir_fds: sw.dir_fds,

@@ -38,9 +38,9 @@ use Kind::{Accepted as A, ForMount as M, Ignored as I, Refused as R};
 
 /// Every option, in the order `--help` shows them.
 pub const OPTIONS: &[Opt] = &[
-    opt("lowerdir", "lowerdir=L1:L2", A, "lower layers, top first (\\: is a colon in a path)"),
+    opt("lowerdir", "lowerdir=L1:L2[::D1::D2]", A, "lower layers, top first (\\: is a colon in a path); each layer after :: is data-only: not in the merged tree, it only holds the data of metacopy files whose absolute overlay.redirect names a path in it"),
     opt("lowerdir+", "lowerdir+=L", A, "one more lower layer below the others (repeatable; not mixed with lowerdir=)"),
-    opt("datadir+", "datadir+=D", R, "data-only lower layers are not supported yet"),
+    opt("datadir+", "datadir+=D", A, "one more data-only lower layer, after the lowerdir+= ones (repeatable; as :: in lowerdir=)"),
     opt("upperdir", "upperdir=U", A, "writable upper layer"),
     opt("workdir", "workdir=W", A, "work dir on the upper's filesystem, for atomic copy-up (without it: O_TMPFILE + linkat for files, a short-lived temporary name in the upper dir otherwise)"),
     opt("ro", "ro", A, "read-only mount; a given upper is shown read-only, as the top layer"),
@@ -51,13 +51,13 @@ pub const OPTIONS: &[Opt] = &[
     opt("redirect_dir=on", "redirect_dir=on", A, "such a rename works: the dir is copied up and records its lower path in overlay.redirect, as the kernel does"),
     opt("redirect_dir=nofollow", "redirect_dir=nofollow", A, "redirects are neither created nor followed: a lookup that meets one gives EPERM, as the kernel"),
     opt("metacopy=off", "metacopy=off", A, "no metadata-only copy-up (the default)"),
-    opt("metacopy=on", "metacopy=on", R, "metadata-only copy-up is not supported yet"),
+    opt("metacopy=on", "metacopy=on", A, "chown, chmod, utimes, xattr changes, rename and link of a lower file copy up only its metadata (overlay.metacopy, no data); its data is copied up at its first open for writing or truncate; metacopy files are followed to their data (without it their lookup gives EPERM, as the kernel). Turns redirect_dir=on; refused with userxattr and redirect_dir=off|follow|nofollow"),
     opt("index=off", "index=off", A, "no index dir (the default; hard links are joined at copy-up without one)"),
     opt("index=on", "index=on", R, "refused: the index dir's guarantees (hard links joined through workdir/index, upper tied to its lowers) are not given"),
     opt("nfs_export=off", "nfs_export=off", A, "no NFS export (the default)"),
     opt("nfs_export=on", "nfs_export=on", R, "refused: file handles of the union are not stable for NFS export"),
     opt("verity=off", "verity=off", A, "fs-verity digests are not checked (the default)"),
-    opt("verity", "verity=on|require", R, "refused: fs-verity digests of metacopy files are not checked"),
+    opt("verity", "verity=on|require", R, "refused: fs-verity digests of metacopy files are not checked (with verity=off a digest in overlay.metacopy is read and ignored, as the kernel)"),
     opt("xino", "xino=on|off|auto", I, "inode numbers follow their own rule (see the README)"),
     opt("uuid", "uuid=on|off|null|auto", I, "no overlay UUID is kept"),
     opt("volatile", "volatile", A, "no fsync of the upper, as overlayfs volatile, but once a writeback of the upper failed every later fsync fails (as the kernel); with workdir= it leaves work/incompat/volatile, and a later mount over that workdir is refused until it is removed (as the kernel)"),

@@ -54,7 +54,14 @@ impl Union {
                 }
                 st
             }
-            None => self.checked_leaf(node)?.2,
+            None => {
+                let mut st = self.checked_leaf(node)?.2;
+                if let Some(blocks) = self.data_blocks(node) {
+                    // A metacopy file shows its data's blocks, as the kernel.
+                    st.st_blocks = blocks;
+                }
+                st
+            }
         };
         st.st_ino = self.shown_ino(node.ino);
         Ok(st)
@@ -160,7 +167,11 @@ impl Union {
             return Err(Errno::ENOTSUP);
         }
         self.guard_setattr(&node, &a)?;
-        self.copy_up(&node)?;
+        if a.size.is_some() {
+            self.copy_up_data(&node)?;
+        } else {
+            self.copy_up(&node)?;
+        }
         // Non-dirs are changed through an fd checked to be this object, so
         // a racing rename or unlink of the name cannot redirect the change.
         let (dir, name) = if node.is_dir() {

@@ -5,6 +5,8 @@
 //! gets data (holes kept), xattrs, owner, then mode (so setuid survives the
 //! chown), then times and the `origin` xattr, and only then appears under its
 //! name through one rename or link. The parent's times are restored after.
+//! With `metacopy=on` a regular file copied up for a change of its metadata
+//! gets no data: its size, and `overlay.metacopy` (see metacopy.rs).
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -15,7 +17,7 @@ use super::Union;
 use crate::dir_fd::DirFd;
 use crate::errno::{Errno, Result};
 use crate::format::Format;
-use crate::node::{Body, LayerDir, Node};
+use crate::node::{Body, DataLoc, LayerDir, Node};
 use crate::sys;
 use crate::sys::fs::{bfd, Time};
 
@@ -26,8 +28,24 @@ fn time_of(sec: i64, nsec: i64) -> Time {
 }
 
 impl Union {
-    /// Makes sure `node` (and all its ancestors) exist in the upper layer.
+    /// Makes sure `node` (and all its ancestors) exist in the upper layer;
+    /// for a change of metadata only, so with `metacopy=on` a regular file
+    /// may come up without its data.
     pub(super) fn copy_up(&self, node: &Arc<Node>) -> Result<()> {
+        self.copy_up_chain(node, true)
+    }
+
+    /// Makes sure `node` and its data are in the upper layer (for a write,
+    /// a truncate or an open for writing).
+    pub(super) fn copy_up_data(&self, node: &Arc<Node>) -> Result<()> {
+        self.copy_up_chain(node, false)?;
+        if self.data_loc(node).is_some() {
+            self.copy_up_metacopy_data(node)?;
+        }
+        Ok(())
+    }
+
+    fn copy_up_chain(&self, node: &Arc<Node>, meta: bool) -> Result<()> {
         if node.in_upper() {
             return Ok(());
         }
@@ -43,12 +61,12 @@ impl Union {
             chain.push(p);
         }
         for n in chain.iter().rev() {
-            self.copy_up_one(n)?;
+            self.copy_up_one(n, meta)?;
         }
         Ok(())
     }
 
-    fn copy_up_one(&self, node: &Arc<Node>) -> Result<()> {
+    fn copy_up_one(&self, node: &Arc<Node>, meta: bool) -> Result<()> {
         let _g = node.copy_lock.lock();
         if node.in_upper() {
             return Ok(());
@@ -75,13 +93,37 @@ impl Union {
             }
             Body::Leaf(l) => {
                 let (layer, ldir) = l.lower.clone().ok_or(Errno::EIO)?;
-                let lst = self.copy_up_leaf(pfd, &st.name, bfd(&ldir.get()?), layer)?;
+                let meta_only = meta && self.may_copy_meta_only(node);
+                // The data: the lower file's own, or a lower metacopy file's.
+                let data = if meta_only || node.kind != libc::S_IFREG {
+                    None
+                } else {
+                    Some(match self.open_data(node, 0) {
+                        Some(fd) => fd?,
+                        None => sys::fs::openat_noatime(
+                            bfd(&ldir.get()?),
+                            &st.name,
+                            libc::O_RDONLY | libc::O_NOFOLLOW,
+                        )?,
+                    })
+                };
+                let lst =
+                    self.copy_up_leaf(pfd, &st.name, bfd(&ldir.get()?), layer, data.as_ref())?;
                 let ust = sys::fs::lstatat(pfd, &st.name)?;
                 {
                     let mut w = node.state.write();
                     if let Body::Leaf(l) = &mut w.body {
                         l.upper = Some(pu.dir.clone());
                         l.real = (ust.st_dev, ust.st_ino);
+                        if meta_only && l.data.is_none() {
+                            l.data = Some(DataLoc::At {
+                                layer,
+                                dir: ldir.clone(),
+                                name: st.name.clone(),
+                            });
+                        } else if !meta_only {
+                            l.data = None;
+                        }
                     }
                 }
                 if lst.st_nlink > 1 {
@@ -93,9 +135,11 @@ impl Union {
                 }
             }
         }
-        node.copied_up.store(true, Ordering::Release);
-        if !node.is_dir() {
-            self.retarget_readers(node);
+        if self.data_loc(node).is_none() {
+            node.copied_up.store(true, Ordering::Release);
+            if !node.is_dir() {
+                self.retarget_readers(node);
+            }
         }
         let _ = self.fmt.set_impure(pfd, c"");
         // Linking into the parent changed its times; the kernel restores them.
@@ -139,12 +183,14 @@ impl Union {
         }
     }
 
+    /// `data`: the data of a regular file; None: a metadata-only copy.
     fn copy_up_leaf(
         &self,
         pfd: BorrowedFd<'_>,
         name: &CStr,
         ldir: BorrowedFd<'_>,
         layer: usize,
+        data: Option<&OwnedFd>,
     ) -> Result<libc::stat> {
         let lst = sys::fs::lstatat(ldir, name)?;
         let kind = lst.st_mode & libc::S_IFMT;
@@ -154,7 +200,7 @@ impl Union {
             // No work dir: an unnamed O_TMPFILE is linked in once complete.
             match sys::fs::openat(pfd, c".", libc::O_TMPFILE | libc::O_WRONLY, 0o600) {
                 Ok(dst) => {
-                    self.fill_regular(ldir, name, &dst, &lst, layer)?;
+                    self.fill_regular(ldir, name, &dst, &lst, layer, data)?;
                     return sys::fs::link_tmpfile(dst.as_fd(), pfd, name)
                         .map(|_| lst)
                         .map_err(|e| if e == Errno::EEXIST { Errno::ENOENT } else { e });
@@ -182,7 +228,7 @@ impl Union {
             _ => sys::fs::mknodat(stage, t, kind | 0o600, lst.st_rdev),
         })?;
         let built = match &dst {
-            Some(dst) => self.fill_regular(ldir, name, dst, &lst, layer),
+            Some(dst) => self.fill_regular(ldir, name, dst, &lst, layer, data),
             None => self
                 .copy_meta(ldir, name, stage, &tmp, &lst)
                 .and_then(|_| self.set_origin(ldir, name, stage, &tmp, layer)),
@@ -196,7 +242,8 @@ impl Union {
         Ok(lst)
     }
 
-    /// Data, metadata and origin of a regular file into the open `dst`.
+    /// Data (from `data`; None: only the size, and the metacopy mark),
+    /// metadata and origin of a regular file into the open `dst`.
     fn fill_regular(
         &self,
         ldir: BorrowedFd<'_>,
@@ -204,9 +251,15 @@ impl Union {
         dst: &OwnedFd,
         lst: &libc::stat,
         layer: usize,
+        data: Option<&OwnedFd>,
     ) -> Result<()> {
-        let src = sys::fs::openat_noatime(ldir, name, libc::O_RDONLY | libc::O_NOFOLLOW)?;
-        copy_data(src.as_fd(), dst.as_fd(), lst.st_size)?;
+        match data {
+            Some(src) => copy_data(src.as_fd(), dst.as_fd(), lst.st_size)?,
+            None => {
+                sys::fs::ftruncate(dst.as_fd(), lst.st_size)?;
+                self.fmt.set_metacopy(dst.as_fd(), c"")?;
+            }
+        }
         self.copy_meta(ldir, name, dst.as_fd(), c"", lst)?;
         self.set_origin(ldir, name, dst.as_fd(), c"", layer)?;
         if !self.opts.volatile {
@@ -315,7 +368,7 @@ impl Union {
 }
 
 /// Copies `size` bytes, skipping holes so sparse files stay sparse.
-fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: i64) -> Result<()> {
+pub(super) fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: i64) -> Result<()> {
     let mut off: i64 = 0;
     while off < size {
         let data = match sys::fs::lseek(src, off, libc::SEEK_DATA) {

@@ -250,6 +250,7 @@ impl Union {
                 upper: Some(upper.dir.clone()),
                 lower: None,
                 real: (st.st_dev, st.st_ino),
+                data: None,
             }),
             in_lower: None,
         })
@@ -263,6 +264,12 @@ impl Union {
         let np = self.node(newparent)?;
         self.guard(&node, Guard::Unprotected)?;
         self.copy_up(&node)?;
+        if self.data_loc(&node).is_some() {
+            // The kernel's order: the target's parent comes up before the
+            // redirect (which may be too long: EXDEV).
+            self.copy_up(&np)?;
+            self.set_link_redirect(&node)?;
+        }
         // Linked through an fd checked to be this object: the source name
         // may be renamed or replaced meanwhile.
         let src = self.leaf_path_fd(&node)?;

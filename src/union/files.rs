@@ -87,8 +87,10 @@ impl Union {
             if !self.has_upper() {
                 return Err(Errno::EROFS);
             }
-            self.copy_up(&node)?;
+            self.copy_up_data(&node)?;
         }
+        // A metacopy file is read from its data, until a write brings it up.
+        let from_data = !write && self.data_loc(&node).is_some();
         let fd = self.open_object(&node, flags)?;
         if flags & libc::O_TRUNC != 0
             && write
@@ -97,7 +99,7 @@ impl Union {
         {
             self.attributes_changed(node.ino);
         }
-        let upper = node.in_upper();
+        let upper = node.in_upper() && !from_data;
         Ok(self.add_file_handle(&node, fd, flags, upper))
     }
 
@@ -108,6 +110,15 @@ impl Union {
     /// an open file of the node, as on the kernel.
     fn open_object(&self, node: &Arc<Node>, flags: i32) -> Result<OwnedFd> {
         let base = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
+        if base & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC == 0 {
+            if let Some(fd) = self.open_data(node, base | libc::O_NONBLOCK) {
+                let fd = fd?;
+                if flags & libc::O_NONBLOCK == 0 {
+                    sys::fs::set_nonblock(fd.as_fd(), false)?;
+                }
+                return Ok(fd);
+            }
+        }
         let (dir, name) = self.leaf_loc(node)?;
         let by_flags = base | libc::O_NOFOLLOW | libc::O_NONBLOCK;
         let by_name = if self.leaf_is_lower(node) {

@@ -67,6 +67,7 @@ impl Union {
                     (Body::Leaf(cur), Body::Leaf(new)) if cur.upper.is_none() && primary => {
                         cur.upper = new.upper.clone();
                         cur.real = new.real;
+                        cur.data = new.data.clone();
                     }
                     _ => {}
                 }

@@ -8,10 +8,11 @@ use std::os::fd::AsFd;
 use crate::dir_fd::DirFd;
 use crate::errno::{Errno, Result};
 use crate::format::{cname, EntryKind, Format, Opacity, Redirect};
-use crate::node::{Body, DirBody, LayerDir, LeafBody};
+use crate::node::{Body, DataLoc, DirBody, LayerDir, LeafBody};
 use crate::sys;
 use crate::sys::fs::bfd;
 
+use super::metacopy::MetaAt;
 use super::{is_absent, kind_of, Entry, Resolved, Union, ROOT_INO};
 
 /// From this many lower layers on, a dir's lower parts keep their name
@@ -24,7 +25,7 @@ const MAX_KEPT_NAMES: usize = 4096;
 /// What a lookup asks the lower layers for, as redirects met on the way
 /// down change it (the kernel's `ovl_lookup` name and `absolute_redirect`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Want {
+pub(super) enum Want {
     /// The name looked up, in the parent's lower dirs.
     Own,
     /// Another name in the parent's lower dirs (a relative redirect).
@@ -45,7 +46,7 @@ impl From<Redirect> for Want {
 impl Want {
     /// A redirect found in a lower dir applies to the layers below it: a
     /// relative one renames the last step, an absolute one starts over.
-    fn then(self, r: Redirect) -> Want {
+    pub(super) fn then(self, r: Redirect) -> Want {
         match (self, r) {
             (Want::Path(mut p), Redirect::Relative(n)) => {
                 p.pop();
@@ -160,10 +161,13 @@ impl Union {
             return Ok(Upper::Done(None));
         }
         if kind_of(&st) != libc::S_IFDIR {
-            Self::refuse_metacopy(&self.fmt, bfd(&ufd), cn, &st)?;
-            return self
-                .resolved_upper_leaf(parent, u, cn, name, st)
-                .map(|r| Upper::Done(Some(r)));
+            let at = MetaAt::new(bfd(&ufd), cn, name, &st, u.layer, Want::Own);
+            let data = self.metacopy_data(parent, &at)?;
+            let mut r = self.resolved_upper_leaf(parent, u, cn, name, st)?;
+            if let Body::Leaf(l) = &mut r.body {
+                l.data = data;
+            }
+            return Ok(Upper::Done(Some(r)));
         }
         let fd = sys::fs::open_dir_path(bfd(&ufd), cn)?;
         let opacity = self.fmt.opacity(bfd(&ufd), cn, false);
@@ -199,7 +203,7 @@ impl Union {
         walk: &mut Walk,
     ) -> Result<Option<Resolved>> {
         let many = merges_many(parent);
-        let layer_count = self.layers.list.len();
+        let layer_count = self.layers.merged_end();
         // The next layer to ask, and where the parent's lower dirs (in layer
         // order) are up to: one pass over each, also for deep stacks.
         let (mut next, mut cursor) = (self.layers.first_lower(), 0);
@@ -235,7 +239,8 @@ impl Union {
                 }
                 continue;
             }
-            match self.resolve_in_lower(parent, &l, cn, own, idx + 1 < layer_count, walk)? {
+            let more = idx + 1 < layer_count;
+            match self.resolve_in_lower(parent, &l, (cn, name), own, more, walk)? {
                 Step::Leaf(r) => return Ok(Some(r)),
                 Step::Stop => break,
                 Step::Go => {}
@@ -253,7 +258,7 @@ impl Union {
         &self,
         parent: &DirBody,
         l: &LayerDir,
-        cn: &CStr,
+        (cn, name): (&CStr, &OsStr),
         own: &CStr,
         more: bool,
         walk: &mut Walk,
@@ -275,8 +280,9 @@ impl Union {
             if walk.top.is_some() {
                 return Ok(Step::Stop);
             }
-            Self::refuse_metacopy(&self.fmt, bfd(&lfd), cn, &st)?;
-            return Ok(Step::Leaf(self.resolved_lower_leaf(l, st)));
+            let at = MetaAt::new(bfd(&lfd), cn, name, &st, l.layer, walk.want.clone());
+            let data = self.metacopy_data(parent, &at)?;
+            return Ok(Step::Leaf(self.resolved_lower_leaf(l, st, data)));
         }
         let found = DirFd::lower(&l.dir, cn, &st, &self.dir_fds)?;
         let opacity = self.fmt.opacity(bfd(&lfd), cn, true);
@@ -306,7 +312,7 @@ impl Union {
     }
 
     /// A lower non-dir with nothing above it: its own number.
-    fn resolved_lower_leaf(&self, l: &LayerDir, st: libc::stat) -> Resolved {
+    fn resolved_lower_leaf(&self, l: &LayerDir, st: libc::stat, data: Option<DataLoc>) -> Resolved {
         Resolved {
             kind: kind_of(&st),
             st,
@@ -315,30 +321,10 @@ impl Union {
                 upper: None,
                 lower: Some((l.layer, l.dir.clone())),
                 real: (st.st_dev, st.st_ino),
+                data,
             }),
             in_lower: Some(true),
         }
-    }
-
-    /// A metadata-only copy (the kernel's `metacopy=on` copy-up) holds no
-    /// data: its data is in the lower it came from. Without metacopy support
-    /// its lookup fails with EPERM, as the kernel's "refusing to follow
-    /// metacopy origin": reading it as it is would give zeros, and a write
-    /// would then make them its data for good.
-    fn refuse_metacopy(
-        fmt: &Format,
-        dir: std::os::fd::BorrowedFd<'_>,
-        name: &CStr,
-        st: &libc::stat,
-    ) -> Result<()> {
-        if fmt.is_metacopy(dir, name, st) {
-            log::warn!(
-                "refusing to follow metacopy origin for {} (metacopy=on is not supported)",
-                name.to_string_lossy()
-            );
-            return Err(Errno::EPERM);
-        }
-        Ok(())
     }
 
     /// An upper dir merged with a lower one but without an origin (made
@@ -374,7 +360,7 @@ impl Union {
     /// Where lower layer `idx` holds the object looked up: the dir to look
     /// in and the name, or None if that layer has no such dir. `in_parent`
     /// is the parent's own dir in that layer, if any.
-    fn lower_target(
+    pub(super) fn lower_target(
         &self,
         in_parent: Option<&LayerDir>,
         idx: usize,
@@ -533,6 +519,7 @@ impl Union {
                 upper: Some(u.dir.clone()),
                 lower,
                 real: (st.st_dev, st.st_ino),
+                data: None,
             }),
             in_lower: Some(lower_present),
         })

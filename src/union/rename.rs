@@ -206,13 +206,17 @@ impl Union {
         let pbody = Self::dir_body(&p.parent)?;
         let nbody = Self::dir_body(&p.newparent)?;
         let same = Arc::ptr_eq(&p.parent, &p.newparent);
-        let src_target = if p.src_redirect {
+        // A metacopy file finds its data through its redirect, as a
+        // renamed dir finds its lower dirs.
+        let src_target = if p.src_redirect || self.data_loc(&m.src_node).is_some() {
             Some(self.redirect_for(&m.src_node, same)?)
         } else {
             None
         };
         let dst_target = match &m.dst_node {
-            Some(n) if p.dst_redirect => Some(self.redirect_for(n, same)?),
+            Some(n) if p.dst_redirect || self.data_loc(n).is_some() => {
+                Some(self.redirect_for(n, same)?)
+            }
             _ => None,
         };
 
@@ -388,6 +392,10 @@ impl Union {
     /// absolute path of its lower dirs. Too long a path gives EXDEV, as the
     /// kernel's `redirect_max`.
     fn redirect_for(&self, node: &Arc<Node>, samedir: bool) -> Result<Redirect> {
+        // The names of a hard link may sit in other dirs: a metacopy file
+        // whose lower is linked records an absolute redirect, as the
+        // kernel's `ovl_need_absolute_redirect`.
+        let samedir = samedir && !self.data_is_linked(node);
         let st = node.snapshot();
         let parent = st.parent.clone().ok_or(Errno::EXDEV)?;
         let pu = parent.dir_body().and_then(|d| d.upper).ok_or(Errno::EIO)?;
@@ -403,6 +411,27 @@ impl Union {
             return Err(Errno::EXDEV);
         }
         Ok(r)
+    }
+
+    /// A hard link to a metacopy file: every name of it must find its data,
+    /// so it records the absolute path of its lower (the kernel's
+    /// `ovl_set_link_redirect`).
+    pub(super) fn set_link_redirect(&self, node: &Arc<Node>) -> Result<()> {
+        let st = node.snapshot();
+        let parent = st.parent.clone().ok_or(Errno::EIO)?;
+        let pu = parent.dir_body().and_then(|d| d.upper).ok_or(Errno::EIO)?;
+        let pfd = pu.fd()?;
+        if matches!(
+            self.fmt.redirect(bfd(&pfd), &st.name),
+            Some(Redirect::Absolute(_))
+        ) {
+            return Ok(());
+        }
+        let r = Redirect::Absolute(self.lower_path(node)?);
+        if r.encode().len() > 256 {
+            return Err(Errno::EXDEV);
+        }
+        self.fmt.set_redirect(bfd(&pfd), &st.name, &r)
     }
 
     /// The path (from the lower layers' root) where a dir's lower dirs are,

@@ -24,6 +24,9 @@ pub struct Options {
     pub redirect_dir: bool,
     /// `redirect_dir=nofollow`: a lookup that meets a redirect gives EPERM.
     pub redirect_nofollow: bool,
+    /// `metacopy=on`: metadata-only copy-up; metacopy files are followed
+    /// to their data (without it their lookup gives EPERM).
+    pub metacopy: bool,
     pub uid_map: crate::idmap::IdMap,
     pub gid_map: crate::idmap::IdMap,
     /// At most this many layer dir fds stay open (tests set 1 to make

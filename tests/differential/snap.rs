@@ -420,3 +420,32 @@ pub fn drop_eager_links(kernel: &Snap, ours: &mut Snap) {
         ours.0.remove(&p);
     }
 }
+
+/// Documented deviation: a hard link made through FUSE names only the
+/// source inode, not the name used, so the absolute redirect ours gives a
+/// metacopy file whose lower is multiply linked may name another name of
+/// that same lower inode than the kernel's. Such pairs are made equal.
+pub fn same_lower_redirects(kernel: &Snap, ours: &mut Snap, lowers: &[std::path::PathBuf]) {
+    use std::os::unix::fs::MetadataExt;
+    const KEY: &str = "trusted.overlay.redirect";
+    let ident = |v: &[u8]| -> Option<(u64, u64)> {
+        let rel = std::str::from_utf8(v).ok()?.strip_prefix('/')?;
+        lowers.iter().find_map(|l| {
+            fs::symlink_metadata(l.join(rel))
+                .ok()
+                .filter(|m| m.is_file() && m.nlink() > 1)
+                .map(|m| (m.dev(), m.ino()))
+        })
+    };
+    for (path, k) in &kernel.0 {
+        let Some(o) = ours.0.get_mut(path) else {
+            continue;
+        };
+        let (Some(kv), Some(ov)) = (k.xattrs.get(KEY), o.xattrs.get(KEY)) else {
+            continue;
+        };
+        if kv != ov && ident(kv).is_some() && ident(kv) == ident(ov) {
+            o.xattrs.insert(KEY.to_string(), kv.clone());
+        }
+    }
+}
