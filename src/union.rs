@@ -41,6 +41,7 @@ mod setid;
 mod staging;
 mod types;
 mod volatile;
+mod want;
 mod xattr;
 
 use files::FileHandle;

@@ -7,12 +7,13 @@ use std::os::fd::AsFd;
 
 use crate::dir_fd::DirFd;
 use crate::errno::{Errno, Result};
-use crate::format::{cname, EntryKind, Format, Opacity, Redirect};
+use crate::format::{cname, EntryKind, Format, Opacity};
 use crate::node::{Body, DataLoc, DirBody, LayerDir, LeafBody};
 use crate::sys;
 use crate::sys::fs::bfd;
 
 use super::metacopy::MetaAt;
+use super::want::Want;
 use super::{is_absent, kind_of, Entry, Resolved, Union, ROOT_INO};
 
 /// From this many lower layers on, a dir's lower parts keep their name
@@ -21,42 +22,6 @@ const MANY_LOWERS: usize = 3;
 
 /// Lower dirs bigger than this are probed, not listed in memory.
 const MAX_KEPT_NAMES: usize = 4096;
-
-/// What a lookup asks the lower layers for, as redirects met on the way
-/// down change it (the kernel's `ovl_lookup` name and `absolute_redirect`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Want {
-    /// The name looked up, in the parent's lower dirs.
-    Own,
-    /// Another name in the parent's lower dirs (a relative redirect).
-    Name(OsString),
-    /// A path from each layer's root (an absolute redirect).
-    Path(Vec<OsString>),
-}
-
-impl From<Redirect> for Want {
-    fn from(r: Redirect) -> Want {
-        match r {
-            Redirect::Relative(n) => Want::Name(n),
-            Redirect::Absolute(p) => Want::Path(p),
-        }
-    }
-}
-
-impl Want {
-    /// A redirect found in a lower dir applies to the layers below it: a
-    /// relative one renames the last step, an absolute one starts over.
-    pub(super) fn then(self, r: Redirect) -> Want {
-        match (self, r) {
-            (Want::Path(mut p), Redirect::Relative(n)) => {
-                p.pop();
-                p.push(n);
-                Want::Path(p)
-            }
-            (_, r) => Want::from(r),
-        }
-    }
-}
 
 /// Whether a dir's lower parts keep their name lists (see `MANY_LOWERS`).
 fn merges_many(d: &DirBody) -> bool {

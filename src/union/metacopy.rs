@@ -25,7 +25,7 @@ use crate::node::{Body, DataLoc, DirBody, Node};
 use crate::sys;
 use crate::sys::fs::bfd;
 
-use super::lookup::Want;
+use super::want::Want;
 use super::{is_absent, kind_of, Union};
 
 /// A regular file a lookup found, which may be a metacopy file.
