@@ -755,7 +755,7 @@ fn layers_swapped_for_symlinks_while_mounted_never_escape() {
     let merged_root = m.p("");
     for round in ["cached", "after drop_caches"] {
         if round != "cached" {
-            fs::write("/proc/sys/vm/drop_caches", "2").expect("drop caches");
+            drop_caches();
         }
         let mr = merged_root.clone();
         let r = with_timeout(Duration::from_secs(20), move || {
@@ -893,18 +893,18 @@ fn work_dir_symlinks_never_lead_cleanup_outside() {
             )
         }
         Impl::Ours => {
-            let out = run_bin_bounded(
-                &[
-                    fx.lower(0).root.to_str().unwrap(),
-                    fx.upper().root.to_str().unwrap(),
-                    fx.merged().to_str().unwrap(),
-                    "-f",
-                    "-o",
-                    &format!("workdir={}", w2.display()),
-                ],
+            let run = run_bounded(
+                Command::new(BIN)
+                    .arg(fx.lower(0).root)
+                    .arg(fx.upper().root)
+                    .arg(fx.merged())
+                    .args(["-f", "-o", &format!("workdir={}", w2.display())]),
                 Duration::from_secs(3),
             );
-            format!("{out:?}")
+            match run.status {
+                Some(st) => format!("exited {:?} {}", st.code(), run.stderr),
+                None => "still running (mounted), killed".to_string(),
+            }
         }
     };
     eprintln!("{kind:?} with work/work -> canary: {outcome}");
@@ -918,34 +918,6 @@ fn work_dir_symlinks_never_lead_cleanup_outside() {
             "refusal should name the work dir: {outcome}"
         );
     }
-}
-
-/// Outcome of running our binary in the foreground for at most `limit`:
-/// either it exited (status + stderr) or it was still running (mounted) and
-/// was unmounted and stopped.
-#[derive(Debug)]
-enum BinOutcome {
-    #[allow(dead_code)]
-    Exited(Option<i32>, String),
-    #[allow(dead_code)]
-    StillRunning,
-}
-
-fn run_bin_bounded(args: &[&str], limit: Duration) -> BinOutcome {
-    let mut child = bin_piped().args(args).spawn().expect("spawn unionfs-fuse");
-    if let Some(st) = wait_timeout(&mut child, limit) {
-        let out = child.wait_with_output().unwrap();
-        return BinOutcome::Exited(st.code(), String::from_utf8_lossy(&out.stderr).into());
-    }
-    // Mounted (or hung): unmount whatever it mounted, then stop it.
-    if let Some(m) = args.get(2) {
-        let _ = sys::umount2(Path::new(m), libc::MNT_DETACH);
-    }
-    let _ = sys::kill(child.id(), libc::SIGTERM);
-    let _ = wait_timeout(&mut child, Duration::from_secs(5));
-    let _ = child.kill();
-    let _ = child.wait();
-    BinOutcome::StillRunning
 }
 
 #[test]

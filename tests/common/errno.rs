@@ -69,26 +69,7 @@ pub fn ename(e: &io::Error) -> String {
     errno_ident(n).map_or_else(|| format!("errno{n}"), str::to_string)
 }
 
-/// Symbolic name of common errnos, for messages.
+/// Symbolic name of an errno for messages (`errno N` for one without a name).
 pub fn errno_name(e: i32) -> String {
-    let n = match e {
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::EIO => "EIO",
-        libc::EACCES => "EACCES",
-        libc::EEXIST => "EEXIST",
-        libc::EXDEV => "EXDEV",
-        libc::ENOTDIR => "ENOTDIR",
-        libc::EISDIR => "EISDIR",
-        libc::EINVAL => "EINVAL",
-        libc::EROFS => "EROFS",
-        libc::ENAMETOOLONG => "ENAMETOOLONG",
-        libc::ENOTEMPTY => "ENOTEMPTY",
-        libc::ENODATA => "ENODATA",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        libc::EWOULDBLOCK => "EWOULDBLOCK",
-        libc::EBUSY => "EBUSY",
-        _ => return format!("errno {e}"),
-    };
-    n.to_string()
+    errno_ident(e).map_or_else(|| format!("errno {e}"), str::to_string)
 }

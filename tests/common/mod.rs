@@ -24,6 +24,7 @@ pub mod sys;
 pub mod tree;
 
 mod errno;
+mod exit;
 mod fixture;
 mod fsutil;
 mod layers;
@@ -33,6 +34,7 @@ mod process;
 mod rng;
 
 pub use errno::*;
+pub use exit::*;
 pub use fixture::*;
 pub use fsutil::*;
 pub use layers::*;
