@@ -32,6 +32,7 @@ mod mount;
 mod mountinfo;
 mod process;
 mod rng;
+mod scenario;
 
 pub use errno::*;
 pub use exit::*;
@@ -42,5 +43,6 @@ pub use mount::*;
 pub use mountinfo::*;
 pub use process::*;
 pub use rng::*;
+pub use scenario::*;
 pub use sys::Ts;
 pub use tree::{assert_same, snapshot, SnapOpts, Tree};
