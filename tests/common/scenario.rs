@@ -286,6 +286,19 @@ pub fn differential(sc: Scenario<'_>) {
     );
 }
 
+/// [`differential`] with no extra options and nothing skipped.
+pub fn differential_of(
+    build: &dyn Fn(&Fixture) -> Layout,
+    ops: &dyn Fn(&Mounted, &mut Transcript),
+) {
+    differential(Scenario {
+        build,
+        ours_opts: None,
+        ops,
+        skip: &[],
+    });
+}
+
 pub fn ls_res(p: &Path) -> String {
     match fs::read_dir(p) {
         Ok(rd) => {

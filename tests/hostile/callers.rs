@@ -231,12 +231,7 @@ fn unprivileged_callers_get_the_kernels_answers() {
             t.sh(&c, op, script, want, *out);
         }
     };
-    differential(Scenario {
-        build: &build,
-        ours_opts: None,
-        ops: &ops,
-        skip: &[],
-    });
+    differential_of(&build, &ops);
 }
 
 /// Root in a container can set any xattr through the mount; overlay-private
@@ -293,10 +288,5 @@ fn root_cannot_forge_overlay_private_xattrs() {
             "ok",
         );
     };
-    differential(Scenario {
-        build: &build,
-        ours_opts: None,
-        ops: &ops,
-        skip: &[],
-    });
+    differential_of(&build, &ops);
 }

@@ -102,12 +102,7 @@ fn names_of_255_bytes_and_symlink_targets_of_4095_bytes() {
             }),
         );
     };
-    differential(Scenario {
-        build: &build,
-        ours_opts: None,
-        ops: &ops,
-        skip: &[],
-    });
+    differential_of(&build, &ops);
 }
 
 /// Walks `depth` dirs named `name` below `root` through dir fds.
@@ -256,12 +251,7 @@ fn paths_deeper_than_path_max_with_special_files_at_the_bottom() {
         }
         t.expect("ls / at the end", ls_res(&m.p("")), "ok []");
     };
-    differential(Scenario {
-        build: &build,
-        ours_opts: None,
-        ops: &ops,
-        skip: &[],
-    });
+    differential_of(&build, &ops);
 }
 
 fn xattr_summary(r: io::Result<Vec<u8>>) -> String {
@@ -399,12 +389,7 @@ fn huge_xattrs_survive_lookup_copy_up_and_set() {
             "ok 200",
         );
     };
-    differential(Scenario {
-        build: &build,
-        ours_opts: None,
-        ops: &ops,
-        skip: &[],
-    });
+    differential_of(&build, &ops);
 }
 
 #[test]

@@ -252,10 +252,5 @@ fn special_files_are_copied_up_without_being_opened() {
             }
         }
     };
-    differential(Scenario {
-        build: &build,
-        ours_opts: None,
-        ops: &ops,
-        skip: &[],
-    });
+    differential_of(&build, &ops);
 }

@@ -164,12 +164,7 @@ fn symlinks_in_lowers_pointing_outside_keep_kernel_semantics() {
         t.expect("readlink up2", readlink_res(&m.p("up2")), "ok ../../..");
         t.expect("lstat can", kind_res(&m.p("can")), "*");
     };
-    differential(Scenario {
-        build: &build,
-        ours_opts: None,
-        ops: &ops,
-        skip: &[],
-    });
+    differential_of(&build, &ops);
     canary.assert_untouched("symlinks pointing outside");
     for n in [&new1, &new2] {
         assert!(
@@ -220,12 +215,7 @@ fn lower_dir_covered_by_a_symlink_in_a_higher_layer() {
             "EXDEV",
         );
     };
-    differential(Scenario {
-        build: &build,
-        ours_opts: None,
-        ops: &ops,
-        skip: &[],
-    });
+    differential_of(&build, &ops);
 }
 
 /// Replacing layer dirs by symlinks while mounted is undefined behaviour for
