@@ -221,40 +221,37 @@ impl Fixture {
 
     /// As [`Fixture::mount`] but with an explicit implementation.
     pub fn mount_with(&self, kind: Impl) -> Mounted {
-        let lowers = self.lowers();
-        assert!(!lowers.is_empty(), "fixture has no lower layer");
-        Mounted::mount(
-            kind,
-            &lowers,
-            Some(&self.upper().root),
-            Some(&self.work()),
-            &self.merged(),
-        )
+        self.mount_extra(kind, None, None)
     }
 
     /// As [`Fixture::mount`], adding `opts` to the `-o` of whichever
     /// implementation is under test.
     pub fn mount_opts(&self, opts: &str) -> Mounted {
-        Mounted::mount_opts(
-            self.kind,
-            &self.lowers(),
-            Some(&self.upper().root),
-            Some(&self.work()),
-            &self.merged(),
-            opts,
-        )
+        self.mount_extra(self.kind, Some(opts), Some(opts))
     }
 
     /// As [`Fixture::mount`], adding `opts` to the `-o` of our binary only
     /// (options the kernel does not know; ignored when it is under test).
     pub fn mount_ours_opts(&self, opts: &str) -> Mounted {
-        Mounted::mount_ours_opts(
-            self.kind,
-            &self.lowers(),
+        self.mount_extra(self.kind, None, Some(opts))
+    }
+
+    fn mount_extra(
+        &self,
+        kind: Impl,
+        kernel_opts: Option<&str>,
+        ours_opts: Option<&str>,
+    ) -> Mounted {
+        let lowers = self.lowers();
+        assert!(!lowers.is_empty(), "fixture has no lower layer");
+        Mounted::mount_extra(
+            kind,
+            &lowers,
             Some(&self.upper().root),
             Some(&self.work()),
             &self.merged(),
-            opts,
+            kernel_opts,
+            ours_opts,
         )
     }
 

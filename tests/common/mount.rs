@@ -116,7 +116,7 @@ impl Mounted {
         work: Option<&Path>,
         merged: &Path,
     ) -> Mounted {
-        Mounted::mount_full(kind, lowers, upper, work, merged, None)
+        Mounted::mount_extra(kind, lowers, upper, work, merged, None, None)
     }
 
     /// As [`Mounted::mount`], adding `kernel_opts` to the `-o` of a kernel
@@ -129,7 +129,7 @@ impl Mounted {
         merged: &Path,
         kernel_opts: &str,
     ) -> Mounted {
-        Mounted::mount_full(kind, lowers, upper, work, merged, Some(kernel_opts))
+        Mounted::mount_extra(kind, lowers, upper, work, merged, Some(kernel_opts), None)
     }
 
     /// As [`Mounted::mount`], adding `ours_opts` to the `-o` of our binary
@@ -142,10 +142,7 @@ impl Mounted {
         merged: &Path,
         ours_opts: &str,
     ) -> Mounted {
-        let mut m = Mounted::new_unmounted(kind, lowers, upper, work, merged, None);
-        m.ours_opts = Some(ours_opts.to_string());
-        m.do_mount();
-        m
+        Mounted::mount_extra(kind, lowers, upper, work, merged, None, Some(ours_opts))
     }
 
     /// As [`Mounted::mount`], adding `opts` to the `-o` of whichever
@@ -158,50 +155,39 @@ impl Mounted {
         merged: &Path,
         opts: &str,
     ) -> Mounted {
-        match kind {
-            Impl::Kernel => Mounted::mount_kernel_opts(kind, lowers, upper, work, merged, opts),
-            Impl::Ours => Mounted::mount_ours_opts(kind, lowers, upper, work, merged, opts),
-        }
+        Mounted::mount_extra(kind, lowers, upper, work, merged, Some(opts), Some(opts))
     }
 
-    fn mount_full(
+    /// Mounts with extra `-o` options for the kernel and for ours (each
+    /// used only by its implementation).
+    pub(super) fn mount_extra(
         kind: Impl,
         lowers: &[PathBuf],
         upper: Option<&Path>,
         work: Option<&Path>,
         merged: &Path,
         kernel_opts: Option<&str>,
-    ) -> Mounted {
-        let mut m = Mounted::new_unmounted(kind, lowers, upper, work, merged, kernel_opts);
-        m.do_mount();
-        m
-    }
-
-    fn new_unmounted(
-        kind: Impl,
-        lowers: &[PathBuf],
-        upper: Option<&Path>,
-        work: Option<&Path>,
-        merged: &Path,
-        kernel_opts: Option<&str>,
+        ours_opts: Option<&str>,
     ) -> Mounted {
         let log = merged.with_file_name(format!(
             "{}.log",
             merged.file_name().unwrap_or_default().to_string_lossy()
         ));
-        Mounted {
+        let mut m = Mounted {
             kind,
             merged: merged.to_path_buf(),
             lowers: lowers.to_vec(),
             upper: upper.map(Path::to_path_buf),
             work: work.map(Path::to_path_buf),
             kernel_opts: kernel_opts.map(str::to_string),
-            ours_opts: None,
+            ours_opts: ours_opts.map(str::to_string),
             child: None,
             watchdog: None,
             log,
             mounted: false,
-        }
+        };
+        m.do_mount();
+        m
     }
 
     fn do_mount(&mut self) {

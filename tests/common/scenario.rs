@@ -176,17 +176,15 @@ pub struct RunResult {
 }
 
 pub fn mount_layout(kind: Impl, lay: &Layout, work: &Path, ours_opts: Option<&str>) -> Mounted {
-    match ours_opts {
-        Some(o) => Mounted::mount_ours_opts(
-            kind,
-            &lay.lowers,
-            Some(&lay.upper),
-            Some(work),
-            &lay.merged,
-            o,
-        ),
-        None => Mounted::mount(kind, &lay.lowers, Some(&lay.upper), Some(work), &lay.merged),
-    }
+    Mounted::mount_extra(
+        kind,
+        &lay.lowers,
+        Some(&lay.upper),
+        Some(work),
+        &lay.merged,
+        None,
+        ours_opts,
+    )
 }
 
 pub fn without(mut t: Tree, skip: &[&str]) -> Tree {

@@ -301,17 +301,20 @@ fn crash_at_random_points_leaves_a_consistent_upper() {
     let mut debris_entries = 0;
     let mut problems = Vec::new();
     let started = Instant::now();
+    let mount_ours = |up: &Path, wk: &Path| {
+        Mounted::mount(
+            Impl::Ours,
+            std::slice::from_ref(&lower.root),
+            Some(up),
+            Some(wk),
+            &merged,
+        )
+    };
     for k in 0..points as usize {
         let up = fx.dir(&format!("pt{k}/upper"));
         let wk = fx.dir(&format!("pt{k}/work"));
         let kw = fx.dir(&format!("pt{k}/kwork"));
-        let mut m = Mounted::mount(
-            Impl::Ours,
-            std::slice::from_ref(&lower.root),
-            Some(&up),
-            Some(&wk),
-            &merged,
-        );
+        let mut m = mount_ours(&up, &wk);
         let pid = m.pid().unwrap();
         let st = Arc::new(Storm {
             stop: Arc::new(AtomicBool::new(false)),
@@ -356,13 +359,7 @@ fn crash_at_random_points_leaves_a_consistent_upper() {
             ));
         }
         // Remount ours: debris gone, tree consistent.
-        let mut m = Mounted::mount(
-            Impl::Ours,
-            std::slice::from_ref(&lower.root),
-            Some(&up),
-            Some(&wk),
-            &merged,
-        );
+        let mut m = mount_ours(&up, &wk);
         let left = count_entries(&wk.join("work"));
         if left != 0 {
             problems.push(format!(
