@@ -14,6 +14,35 @@ use unionfs::oci::{
 use crate::common::*;
 use crate::support::*;
 
+/// Mounts (ours) `layer` on top of the fixture's lowers with a fresh upper
+/// and checks that it shows `before`: the same tree, the file capability and
+/// the hard link. Returns the mount and its lowers.
+fn mount_layer_on_top(
+    fx: &Fixture,
+    layer: &Path,
+    tag: &str,
+    before: &Tree,
+    what: &str,
+) -> (Mounted, Vec<PathBuf>) {
+    let mut lowers = vec![layer.to_path_buf()];
+    lowers.extend(fx.lowers());
+    let m = Mounted::mount(
+        Impl::Ours,
+        &lowers,
+        Some(&fx.dir(&format!("upper-{tag}"))),
+        Some(&fx.dir(&format!("work-{tag}"))),
+        &fx.dir(&format!("merged-{tag}")),
+    );
+    assert_eq!(capability(&m.p("usr/bin/capped")), CAP_NET_BIND);
+    assert_same(
+        before,
+        &view(&m.p("")),
+        &format!("union before export vs {what}"),
+    );
+    assert_eq!(ino(&m.p("new/file")), ino(&m.p("new/link")));
+    (m, lowers)
+}
+
 #[test]
 fn round_trip_through_export_unpack_and_tar_x() {
     let Some(fx) = Fixture::new() else { return };
@@ -154,28 +183,9 @@ fn round_trip_through_export_unpack_and_tar_x() {
         b"m"
     );
     assert_eq!(ino(&kdir.join("new/file")), ino(&kdir.join("new/link")));
-    let mut lowers = vec![kdir.clone()];
-    lowers.extend(fx.lowers());
-    let merged_k = fx.dir("merged-k");
-    let mk = Mounted::mount(
-        Impl::Ours,
-        &lowers,
-        Some(&fx.dir("upper-k")),
-        Some(&fx.dir("work-k")),
-        &merged_k,
-    );
-    assert_eq!(capability(&merged_k.join("usr/bin/capped")), CAP_NET_BIND);
-    assert_same(
-        &before,
-        &view(&merged_k),
-        "union before export vs kernel-format layer",
-    );
+    let (mk, lowers) = mount_layer_on_top(&fx, &kdir, "k", &before, "kernel-format layer");
     assert_eq!(
-        ino(&merged_k.join("new/file")),
-        ino(&merged_k.join("new/link"))
-    );
-    assert_eq!(
-        sys::lgetxattr(&merged_k.join("new/sub"), "trusted.overlay.mine").expect("unescaped"),
+        sys::lgetxattr(&mk.p("new/sub"), "trusted.overlay.mine").expect("unescaped"),
         b"m"
     );
     drop(mk);
@@ -200,26 +210,7 @@ fn round_trip_through_export_unpack_and_tar_x() {
             .arg(&odir),
     );
     assert!(lstat(&odir.join("etc/.wh.group")).is_file());
-    let mut lowers = vec![odir.clone()];
-    lowers.extend(fx.lowers());
-    let merged_o = fx.dir("merged-o");
-    let mo = Mounted::mount(
-        Impl::Ours,
-        &lowers,
-        Some(&fx.dir("upper-o")),
-        Some(&fx.dir("work-o")),
-        &merged_o,
-    );
-    assert_eq!(capability(&merged_o.join("usr/bin/capped")), CAP_NET_BIND);
-    assert_same(
-        &before,
-        &view(&merged_o),
-        "union before export vs OCI-format layer",
-    );
-    assert_eq!(
-        ino(&merged_o.join("new/file")),
-        ino(&merged_o.join("new/link"))
-    );
+    let (mo, _) = mount_layer_on_top(&fx, &odir, "o", &before, "OCI-format layer");
     drop(mo);
 }
 

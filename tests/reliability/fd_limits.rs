@@ -91,6 +91,17 @@ impl Wrapped {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Stops the daemon and checks the run: no caller errors, fds stayed
+    /// below the limit of 256, a clean exit.
+    #[track_caller]
+    fn finish_under_256(&mut self, errors: &[String], peak: usize) {
+        let log = self.log();
+        let st = self.stop();
+        assert!(errors.is_empty(), "{errors:#?}\ndaemon log:\n{log}");
+        assert!(peak < 256, "daemon fds peaked at {peak}");
+        assert_clean_exit(st, &log, "after unmount");
+    }
+
     /// Unmounts and returns the exit status.
     fn stop(&mut self) -> Option<std::process::ExitStatus> {
         if sys::umount2(&self.merged, 0).is_err() {
@@ -352,13 +363,9 @@ fn a_walk_over_more_lower_dirs_than_the_fd_limit_works() {
         }
     }
     peak = peak.max(fd_count(pid));
+    d.finish_under_256(&errors, peak);
     let up = fs::read(upper.join("d0/sub/top")).unwrap_or_default();
-    let log = d.log();
-    let st = d.stop();
-    assert!(errors.is_empty(), "{errors:#?}\ndaemon log:\n{log}");
-    assert!(peak < 256, "daemon fds peaked at {peak}");
     assert_eq!(up, [&content(0, 50)[..], b"more"].concat());
-    assert_clean_exit(st, &log, "after unmount");
 }
 
 /// The same for upper dirs, which renames move and rmdir removes: a tree of
@@ -417,15 +424,11 @@ fn a_tree_of_more_upper_dirs_than_the_fd_limit_works() {
         }
     }
     peak = peak.max(fd_count(pid));
-    let log = d.log();
-    let st = d.stop();
-    assert!(errors.is_empty(), "{errors:#?}\ndaemon log:\n{log}");
-    assert!(peak < 256, "daemon fds peaked at {peak}");
+    d.finish_under_256(&errors, peak);
     for i in [0, 1, 2] {
         assert_eq!(ls(&upper.join(format!("new/moved{i}/sub"))), ["f", "g"]);
         assert!(!upper.join(format!("new/n{i}")).exists());
     }
-    assert_clean_exit(st, &log, "after unmount");
 }
 
 /// A removed dir whose fd the server had closed (beyond its fd budget) can
