@@ -17,26 +17,15 @@ use std::time::{Duration, Instant};
 /// Runs our binary with `args` (adding -f), expecting a prompt failure.
 #[track_caller]
 fn assert_rejected(fx: &Fixture, args: &[&Path], extra: &[&str], what: &str) {
-    let mut child = bin_piped()
-        .args(args)
-        .arg("-f")
-        .args(extra)
-        .spawn()
-        .expect("spawn unionfs-fuse");
-    let Some(status) = wait_timeout(&mut child, Duration::from_secs(10)) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        for mp in mounts_below(fx.root()) {
-            let _ = sys::umount2(&mp, libc::MNT_DETACH);
-        }
+    let run = run_bounded(
+        Command::new(BIN).args(args).arg("-f").args(extra),
+        Duration::from_secs(10),
+    );
+    let left = detach_fuse_mounts_below(fx.root());
+    let Some(status) = run.status else {
         panic!("{what}: unionfs-fuse {args:?} {extra:?} did not exit (it mounted?)");
     };
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let left = mounts_below(fx.root());
-    for mp in &left {
-        let _ = sys::umount2(mp, libc::MNT_DETACH);
-    }
+    let stderr = run.stderr;
     assert!(!status.success(), "{what}: exited 0 for {args:?} {extra:?}");
     assert!(
         !stderr.trim().is_empty(),
@@ -236,13 +225,8 @@ fn sigterm_unmounts_and_exits_zero() {
     assert_eq!(read(&m.p("f")), "x");
     sys::kill(m.pid().unwrap(), libc::SIGTERM).unwrap();
     let st = m.forget_and_wait(Duration::from_secs(10));
-    let left = mount_type(&m.merged);
-    if left.is_some() {
-        let _ = sys::umount2(&m.merged, libc::MNT_DETACH);
-    }
-    assert!(st.is_some(), "daemon did not exit on SIGTERM");
-    assert!(st.unwrap().success(), "exit status after SIGTERM: {st:?}");
-    assert_eq!(left, None, "SIGTERM left the mount behind");
+    assert_unmounted(&m.merged, "after SIGTERM");
+    assert_clean_exit(st, &m.log(), "after SIGTERM");
 }
 
 #[test]
@@ -255,8 +239,7 @@ fn external_umount_exits_zero() {
     let mut m = fx.mount();
     run_ok(Command::new("umount").arg(&m.merged));
     let st = m.forget_and_wait(Duration::from_secs(10));
-    assert!(st.is_some(), "daemon did not exit after umount");
-    assert!(st.unwrap().success(), "exit status after umount: {st:?}");
+    assert_clean_exit(st, &m.log(), "after umount");
 }
 
 /// PIDs of processes whose command line mentions `needle` (our daemons).
@@ -387,25 +370,12 @@ struct BadRun {
 }
 
 fn run_bad(fx: &Fixture, args: &[String]) -> BadRun {
-    let mut child = bin_piped().args(args).spawn().expect("spawn unionfs-fuse");
-    let status = wait_timeout(&mut child, Duration::from_secs(10));
-    if status.is_none() {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().unwrap();
+    let run = run_bounded(Command::new(BIN).args(args), Duration::from_secs(10));
     // Only FUSE mounts count (the test's own tmpfs lives below the fixture).
-    let left: Vec<PathBuf> = mounts()
-        .into_iter()
-        .filter(|(mp, ty, _)| mp.starts_with(fx.root()) && ty.starts_with("fuse"))
-        .map(|(mp, _, _)| mp)
-        .collect();
-    for mp in &left {
-        let _ = sys::umount2(mp, libc::MNT_DETACH);
-    }
     BadRun {
-        code: status.and_then(|s| s.code()),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        left_mounted: left,
+        code: run.status.and_then(|s| s.code()),
+        stderr: run.stderr,
+        left_mounted: detach_fuse_mounts_below(fx.root()),
     }
 }
 

@@ -71,16 +71,23 @@ fn layers(fx: &Fixture) -> String {
     )
 }
 
-#[test]
-fn mount_t_fuse_unionfs_fuse_works_through_mount_fuse3() {
+/// The fixture, the dot-free program path and the `-o` with its layers;
+/// None when mount.fuse3 or mounting is not available.
+fn setup() -> Option<(Fixture, String, String)> {
     if !ready() {
-        return;
+        return None;
     }
-    let Some(fx) = Fixture::for_impl(Impl::Ours) else {
-        return;
-    };
+    let fx = Fixture::for_impl(Impl::Ours)?;
     let bin = program(&fx.dir("bin"));
     let opts = layers(&fx);
+    Some((fx, bin, opts))
+}
+
+#[test]
+fn mount_t_fuse_unionfs_fuse_works_through_mount_fuse3() {
+    let Some((fx, bin, opts)) = setup() else {
+        return;
+    };
     let merged = fx.merged();
     let _guard = Unmount(&merged);
     let out = Command::new("mount")
@@ -105,14 +112,9 @@ fn mount_t_fuse_unionfs_fuse_works_through_mount_fuse3() {
 
 #[test]
 fn fstab_line_mounts_with_mount_dir() {
-    if !ready() {
-        return;
-    }
-    let Some(fx) = Fixture::for_impl(Impl::Ours) else {
+    let Some((fx, bin, opts)) = setup() else {
         return;
     };
-    let bin = program(&fx.dir("bin"));
-    let opts = layers(&fx);
     let merged = fx.merged();
     let _guard = Unmount(&merged);
     let fstab = fx.root().join("fstab");

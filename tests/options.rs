@@ -20,24 +20,20 @@ fn refused(fx: &Fixture, opts: &str) -> String {
     let (l, u, m) = (fx.lower(0).root, fx.upper().root, fx.merged());
     fs::create_dir_all(&l).unwrap();
     fs::create_dir_all(&u).unwrap();
-    let mut child = bin_piped()
-        .arg(&l)
-        .arg(&u)
-        .arg(&m)
-        .args(["-f", "-o", opts])
-        .spawn()
-        .expect("spawn unionfs-fuse");
-    let done = wait_timeout(&mut child, Duration::from_secs(20));
-    if done.is_none() {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().unwrap();
-    for mp in mounts_below(fx.root()) {
-        let _ = sys::umount2(&mp, libc::MNT_DETACH);
-    }
-    assert!(done.is_some(), "-o {opts}: mounted instead of refusing");
-    assert!(!out.status.success(), "-o {opts}: exited 0");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let run = run_bounded(
+        Command::new(BIN)
+            .arg(&l)
+            .arg(&u)
+            .arg(&m)
+            .args(["-f", "-o", opts]),
+        Duration::from_secs(20),
+    );
+    detach_fuse_mounts_below(fx.root());
+    let Some(status) = run.status else {
+        panic!("-o {opts}: mounted instead of refusing");
+    };
+    assert!(!status.success(), "-o {opts}: exited 0");
+    run.stderr
 }
 
 #[test]

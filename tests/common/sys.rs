@@ -47,11 +47,31 @@ pub fn mknod(path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
 
 /// lsetxattr(2) (does not follow a final symlink).
 pub fn lsetxattr(path: &Path, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
+    set_xattr_with(libc::lsetxattr, path, name, value, flags)
+}
+
+/// The signature lsetxattr(2) and setxattr(2) share.
+type SetXattr = unsafe extern "C" fn(
+    *const libc::c_char,
+    *const libc::c_char,
+    *const libc::c_void,
+    libc::size_t,
+    libc::c_int,
+) -> libc::c_int;
+
+fn set_xattr_with(
+    f: SetXattr,
+    path: &Path,
+    name: &str,
+    value: &[u8],
+    flags: i32,
+) -> io::Result<()> {
     let p = cstr(path);
     let n = cstr(name);
-    // SAFETY: valid C strings and a (ptr, len) pair from a live slice.
+    // SAFETY: `f` is lsetxattr or setxattr; valid C strings and a (ptr, len)
+    // pair from a live slice.
     check(unsafe {
-        libc::lsetxattr(
+        f(
             p.as_ptr(),
             n.as_ptr(),
             value.as_ptr().cast(),
@@ -430,19 +450,7 @@ pub fn openat2(
 
 /// setxattr(2), following a final symlink (as `setfattr` does).
 pub fn setxattr(path: &Path, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
-    let p = cstr(path);
-    let n = cstr(name);
-    // SAFETY: valid C strings and a (ptr, len) pair from a live slice.
-    check(unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    })
-    .map(drop)
+    set_xattr_with(libc::setxattr, path, name, value, flags)
 }
 
 /// removexattr(2), following a final symlink.
