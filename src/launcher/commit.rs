@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use super::error;
+use super::seam::Sys;
+use super::Plan;
 
 /// Where and how to write a layer tarball.
 #[derive(Clone, Debug)]
@@ -147,6 +149,56 @@ pub(super) fn run_excludes(
         }
     }
     exclude
+}
+
+/// After a failed `--commit` or `--commit-image`: the upper holds the only
+/// copy of what the command did, so it is not removed. A throwaway one (or
+/// one `--keep` would move) goes to `kept`, out of the scratch dir that a
+/// later run sweeps. Prints one line: where it is, and `retry(path)`, the
+/// command that commits it by hand.
+pub(super) fn keep_upper_for_retry<S: Sys>(
+    sys: &mut S,
+    plan: &mut Plan,
+    kept: &Path,
+    retry: impl Fn(&Path) -> String,
+) {
+    let Some(upper) = plan.upper.clone() else {
+        return;
+    };
+    plan.remove_upper = false;
+    let dest = plan
+        .kept_upper
+        .take()
+        .or_else(|| plan.throwaway.then(|| kept.to_path_buf()));
+    let place = match dest {
+        Some(dest) => match sys.rename(&upper, &dest) {
+            Ok(()) => dest,
+            // Left in the scratch dir, which then stays: its lock file goes,
+            // so no later run sweeps it.
+            Err(e) => {
+                log::warn!("moving the upper to {}: {e}", dest.display());
+                upper
+            }
+        },
+        None => upper,
+    };
+    eprintln!(
+        "unionfs-run: the commit failed; the run's upper is kept in {}: commit it by hand with `{}`",
+        place.display(),
+        retry(&place)
+    );
+    plan.upper = Some(place);
+}
+
+/// `s` as one shell word, quoted only if it needs to be.
+pub(super) fn shell_word(s: &std::ffi::OsStr) -> String {
+    let s = s.to_string_lossy();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_./:@%+=,-".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// Prints a digest line; a closed stdout (`| head`) is an error, not a panic.
