@@ -237,10 +237,13 @@ fn made_for_mount(upper: &Path, lowers: &[PathBuf], mount_point: &Path) -> Optio
         return None;
     }
     let mut top = leaf.clone();
-    // Walk up while the parent holds only the path down and is the run's.
+    // Walk up while the parent holds only the path down and is the run's:
+    // made for the mount, or an image dir copied up only to make it.
     for i in (0..prefixes.len() - 1).rev() {
         let dir = &prefixes[i];
-        if in_lower(dir) || !upper.join(dir).symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        if !upper.join(dir).symlink_metadata().is_ok_and(|m| m.is_dir())
+            || (in_lower(dir) && !copied_up_unchanged(upper, lowers, dir))
+        {
             break;
         }
         let names: Vec<_> = match std::fs::read_dir(upper.join(dir)) {
@@ -253,6 +256,33 @@ fn made_for_mount(upper: &Path, lowers: &[PathBuf], mount_point: &Path) -> Optio
         top = dir.clone();
     }
     Some(top)
+}
+
+/// Whether the upper's dir `rel` is a lower's copied up and left as it was:
+/// the mode and owner of the topmost lower entry there (unprivileged, a
+/// copy-up can only give it ours), and no overlay xattr but `origin` and
+/// `impure` (an opaque or redirected dir is a change). Its mtime is not
+/// compared: making the mount point changed it.
+fn copied_up_unchanged(upper: &Path, lowers: &[PathBuf], rel: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(lower) = lowers
+        .iter()
+        .find_map(|l| l.join(rel).symlink_metadata().ok())
+    else {
+        return false;
+    };
+    let Ok(up) = upper.join(rel).symlink_metadata() else {
+        return false;
+    };
+    let ours = (crate::sys::proc::geteuid(), crate::sys::proc::getegid());
+    let owner_kept = (up.uid(), up.gid()) == (lower.uid(), lower.gid())
+        || (crate::sys::proc::needs_userxattr() && (up.uid(), up.gid()) == ours);
+    up.mode() == lower.mode()
+        && owner_kept
+        && crate::oci::upper_overlay_keys(upper, rel).is_some_and(|keys| {
+            keys.iter()
+                .all(|k| matches!(k.as_str(), "origin" | "impure"))
+        })
 }
 
 #[cfg(test)]
@@ -269,15 +299,28 @@ mod tests {
             "lower/mnt",
             "upper/kept/m",
             "upper/full/m",
+            "upper/srv/data",
+            "lower/srv",
         ] {
             std::fs::create_dir_all(t.join(d)).unwrap();
         }
+        let mode = |d: &str, m| {
+            std::fs::set_permissions(t.join(d), std::os::unix::fs::PermissionsExt::from_mode(m))
+                .unwrap()
+        };
+        mode("lower/srv", 0o755);
+        mode("upper/srv", 0o700);
+        mode("lower/mnt", 0o755);
+        mode("upper/mnt", 0o755);
         std::fs::write(upper.join("kept/other"), "x").unwrap();
         std::fs::write(upper.join("full/m/f"), "x").unwrap();
         let lowers = [lower];
         let got = |m: &str| made_for_mount(&upper, &lowers, Path::new(m));
         assert_eq!(got("/a/b/c"), Some(PathBuf::from("a")));
-        assert_eq!(got("/mnt/data"), Some(PathBuf::from("mnt/data")));
+        // The image's /mnt, copied up only to make the mount point in it.
+        assert_eq!(got("/mnt/data"), Some(PathBuf::from("mnt")));
+        // The image's /srv, but its mode changed: a change, kept.
+        assert_eq!(got("/srv/data"), Some(PathBuf::from("srv/data")));
         assert_eq!(got("/kept/m"), Some(PathBuf::from("kept/m")));
         assert_eq!(got("/full/m"), None, "written to: a change");
         assert_eq!(got("/mnt"), None, "the image has it");
