@@ -265,8 +265,9 @@ fn bad_images_are_one_clear_error_and_nothing_is_written_outside_the_store() {
     let before = walk(t, &["store", "tmp"]);
     let o = run(t, &["--image", &format!("{l}:v1"), "--", "/bin/true"]);
     assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    // Named as such, also where the flipped byte breaks the stream first.
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("unionfs-run: "),
+        String::from_utf8_lossy(&o.stderr).contains("(corrupted blob)"),
         "{}",
         text(&o)
     );
@@ -382,6 +383,103 @@ fn a_commit_that_cannot_happen_stops_the_run_before_the_command() {
     }
     assert!(!t.join("new").exists() && !t.join("no").exists());
     assert_eq!(fs::read_dir(&plain).unwrap().count(), 1);
+}
+
+/// The upper a failed commit kept, and the command it printed to commit it.
+fn kept_upper_and_retry(o: &Output) -> (PathBuf, Vec<String>) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("the commit failed"))
+        .unwrap_or_else(|| panic!("no retry line: {}", text(o)));
+    let (_, rest) = line.split_once("kept in ").unwrap();
+    let (path, rest) = rest.split_once(": commit it by hand with `").unwrap();
+    let cmd = rest
+        .trim_end_matches('`')
+        .split(' ')
+        .map(String::from)
+        .collect();
+    (PathBuf::from(path), cmd)
+}
+
+#[test]
+fn a_commit_that_fails_after_the_run_keeps_the_upper_and_its_retry_line_commits_it() {
+    if !needs_root() {
+        return;
+    }
+    let (tmp, _built, l) = setup("image-commit-fails");
+    let t = tmp.path();
+    // The command makes the target unwritable through a bind: a file where
+    // the blobs dir goes.
+    let out = t.join("out");
+    fs::create_dir_all(&out).unwrap();
+    let bind = format!("{}:/out", out.display());
+    let target = format!("{}:v2", out.display());
+    let o = run(
+        t,
+        &[
+            "--image",
+            &format!("{l}:v1"),
+            "--bind",
+            &bind,
+            "--commit-image",
+            &target,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo kept > /etc/kept; : > /out/blobs",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    let (upper, cmd) = kept_upper_and_retry(&o);
+    assert!(upper.starts_with(t.join("tmp")), "{}", upper.display());
+    assert_eq!(
+        fs::read_to_string(upper.join("etc/kept")).unwrap(),
+        "kept\n"
+    );
+    assert_eq!(cmd[0], "unionfs-run");
+    fs::remove_file(out.join("blobs")).unwrap();
+    let retried = Command::new(RUN)
+        .args(&cmd[1..])
+        .env("TMPDIR", t.join("tmp"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    ok(retried);
+    let shown = ok(run(t, &["--image", &target, "--", "/bin/cat", "/etc/kept"]));
+    assert_eq!(shown, "kept\n");
+
+    // --commit: the command removes the dir the layer goes to.
+    let d = t.join("d");
+    fs::create_dir_all(d.join("sub")).unwrap();
+    let bind = format!("{}:/d", d.display());
+    let file = d.join("sub/layer.tar");
+    let o = run(
+        t,
+        &[
+            "--commit",
+            file.to_str().unwrap(),
+            "--bind",
+            &bind,
+            "--image",
+            &format!("{l}:v1"),
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo kept2 > /etc/kept; rm -r /d/sub",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    let (upper, cmd) = kept_upper_and_retry(&o);
+    assert_eq!(
+        fs::read_to_string(upper.join("etc/kept")).unwrap(),
+        "kept2\n"
+    );
+    assert_eq!(cmd[1], "--export-layer");
+    fs::create_dir(d.join("sub")).unwrap();
+    let retried = Command::new(RUN).args(&cmd[1..]).output().unwrap();
+    assert!(ok(retried).starts_with("sha256:"));
+    assert!(file.is_file());
 }
 
 /// Polls until `found` holds (a step of a child in progress), then kills

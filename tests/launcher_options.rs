@@ -285,6 +285,8 @@ fn binds_show_on_the_host_and_read_only_ones_give_erofs(r: &Runner) {
     let tar = out.join("c.tar");
     let b1 = format!("{}:/mnt/deep/rw", shared.display());
     let b2 = format!("{}:/ro:ro", ro.display());
+    // In an image dir: /etc is copied up only to make the mount point.
+    let b3 = format!("{}:/etc/bound", shared.display());
     let script = "echo written > /mnt/deep/rw/f; cat /ro/keep; \
                   { echo no > /ro/x; } 2>/err; cat /err; mkdir /ro/d 2>/dev/null || echo mkdir-refused";
     let o = r.sh(
@@ -293,6 +295,8 @@ fn binds_show_on_the_host_and_read_only_ones_give_erofs(r: &Runner) {
             &b1,
             "--bind",
             &b2,
+            "--bind",
+            &b3,
             "--commit",
             tar.to_str().unwrap(),
         ],
@@ -310,7 +314,7 @@ fn binds_show_on_the_host_and_read_only_ones_give_erofs(r: &Runner) {
     assert!(
         !names
             .iter()
-            .any(|n| n.starts_with("mnt") || n.starts_with("ro")),
+            .any(|n| n.starts_with("mnt") || n.starts_with("ro") || n.starts_with("etc")),
         "mount points reached the commit: {names:?}"
     );
     // A missing SRC or a relative DST: one line naming the option, 125.

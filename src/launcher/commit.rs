@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use super::error;
+use super::seam::Sys;
+use super::Plan;
 
 /// Where and how to write a layer tarball.
 #[derive(Clone, Debug)]
@@ -149,6 +151,56 @@ pub(super) fn run_excludes(
     exclude
 }
 
+/// After a failed `--commit` or `--commit-image`: the upper holds the only
+/// copy of what the command did, so it is not removed. A throwaway one (or
+/// one `--keep` would move) goes to `kept`, out of the scratch dir that a
+/// later run sweeps. Prints one line: where it is, and `retry(path)`, the
+/// command that commits it by hand.
+pub(super) fn keep_upper_for_retry<S: Sys>(
+    sys: &mut S,
+    plan: &mut Plan,
+    kept: &Path,
+    retry: impl Fn(&Path) -> String,
+) {
+    let Some(upper) = plan.upper.clone() else {
+        return;
+    };
+    plan.remove_upper = false;
+    let dest = plan
+        .kept_upper
+        .take()
+        .or_else(|| plan.throwaway.then(|| kept.to_path_buf()));
+    let place = match dest {
+        Some(dest) => match sys.rename(&upper, &dest) {
+            Ok(()) => dest,
+            // Left in the scratch dir, which then stays: its lock file goes,
+            // so no later run sweeps it.
+            Err(e) => {
+                log::warn!("moving the upper to {}: {e}", dest.display());
+                upper
+            }
+        },
+        None => upper,
+    };
+    eprintln!(
+        "unionfs-run: the commit failed; the run's upper is kept in {}: commit it by hand with `{}`",
+        place.display(),
+        retry(&place)
+    );
+    plan.upper = Some(place);
+}
+
+/// `s` as one shell word, quoted only if it needs to be.
+pub(super) fn shell_word(s: &std::ffi::OsStr) -> String {
+    let s = s.to_string_lossy();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_./:@%+=,-".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// Prints a digest line; a closed stdout (`| head`) is an error, not a panic.
 fn print_digest(digest: &str, to_stderr: bool) -> Result<(), ()> {
     use std::io::Write;
@@ -185,10 +237,13 @@ fn made_for_mount(upper: &Path, lowers: &[PathBuf], mount_point: &Path) -> Optio
         return None;
     }
     let mut top = leaf.clone();
-    // Walk up while the parent holds only the path down and is the run's.
+    // Walk up while the parent holds only the path down and is the run's:
+    // made for the mount, or an image dir copied up only to make it.
     for i in (0..prefixes.len() - 1).rev() {
         let dir = &prefixes[i];
-        if in_lower(dir) || !upper.join(dir).symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        if !upper.join(dir).symlink_metadata().is_ok_and(|m| m.is_dir())
+            || (in_lower(dir) && !copied_up_unchanged(upper, lowers, dir))
+        {
             break;
         }
         let names: Vec<_> = match std::fs::read_dir(upper.join(dir)) {
@@ -201,6 +256,33 @@ fn made_for_mount(upper: &Path, lowers: &[PathBuf], mount_point: &Path) -> Optio
         top = dir.clone();
     }
     Some(top)
+}
+
+/// Whether the upper's dir `rel` is a lower's copied up and left as it was:
+/// the mode and owner of the topmost lower entry there (unprivileged, a
+/// copy-up can only give it ours), and no overlay xattr but `origin` and
+/// `impure` (an opaque or redirected dir is a change). Its mtime is not
+/// compared: making the mount point changed it.
+fn copied_up_unchanged(upper: &Path, lowers: &[PathBuf], rel: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(lower) = lowers
+        .iter()
+        .find_map(|l| l.join(rel).symlink_metadata().ok())
+    else {
+        return false;
+    };
+    let Ok(up) = upper.join(rel).symlink_metadata() else {
+        return false;
+    };
+    let ours = (crate::sys::proc::geteuid(), crate::sys::proc::getegid());
+    let owner_kept = (up.uid(), up.gid()) == (lower.uid(), lower.gid())
+        || (crate::sys::proc::needs_userxattr() && (up.uid(), up.gid()) == ours);
+    up.mode() == lower.mode()
+        && owner_kept
+        && crate::oci::upper_overlay_keys(upper, rel).is_some_and(|keys| {
+            keys.iter()
+                .all(|k| matches!(k.as_str(), "origin" | "impure"))
+        })
 }
 
 #[cfg(test)]
@@ -217,15 +299,28 @@ mod tests {
             "lower/mnt",
             "upper/kept/m",
             "upper/full/m",
+            "upper/srv/data",
+            "lower/srv",
         ] {
             std::fs::create_dir_all(t.join(d)).unwrap();
         }
+        let mode = |d: &str, m| {
+            std::fs::set_permissions(t.join(d), std::os::unix::fs::PermissionsExt::from_mode(m))
+                .unwrap()
+        };
+        mode("lower/srv", 0o755);
+        mode("upper/srv", 0o700);
+        mode("lower/mnt", 0o755);
+        mode("upper/mnt", 0o755);
         std::fs::write(upper.join("kept/other"), "x").unwrap();
         std::fs::write(upper.join("full/m/f"), "x").unwrap();
         let lowers = [lower];
         let got = |m: &str| made_for_mount(&upper, &lowers, Path::new(m));
         assert_eq!(got("/a/b/c"), Some(PathBuf::from("a")));
-        assert_eq!(got("/mnt/data"), Some(PathBuf::from("mnt/data")));
+        // The image's /mnt, copied up only to make the mount point in it.
+        assert_eq!(got("/mnt/data"), Some(PathBuf::from("mnt")));
+        // The image's /srv, but its mode changed: a change, kept.
+        assert_eq!(got("/srv/data"), Some(PathBuf::from("srv/data")));
         assert_eq!(got("/kept/m"), Some(PathBuf::from("kept/m")));
         assert_eq!(got("/full/m"), None, "written to: a change");
         assert_eq!(got("/mnt"), None, "the image has it");

@@ -620,8 +620,11 @@ pub fn run(config: &Config) -> Result<i32, Error> {
     }
     let mut sys = RealSys::default();
     log::debug!("step: check layers, scratch dir, init layer");
-    let plan = prepare(&mut sys, config, &host)?;
+    let mut plan = prepare(&mut sys, config, &host)?;
     let mut result = launch(&mut sys, &plan);
+    let kept = host
+        .tmpdir
+        .join(format!("unionfs-run-upper.{}", host.run_id));
     if let (Ok(_), Some(out)) = (&result, &config.commit) {
         // The union is unmounted by now: the upper is a finished layer.
         log::debug!("step: commit");
@@ -634,6 +637,7 @@ pub fn run(config: &Config) -> Result<i32, Error> {
             .map(|upper| commit::commit_layer(upper, &out, Some(&config.lowers), &mount_points));
         if !matches!(committed, Some(Ok(()))) {
             result = Ok(error::EXIT_LAUNCHER);
+            commit::keep_upper_for_retry(&mut sys, &mut plan, &kept, |u| retry_commit(u, &out));
         }
     }
     if let (Ok(_), Some((_, image))) = (&result, &image) {
@@ -644,11 +648,34 @@ pub fn run(config: &Config) -> Result<i32, Error> {
         let userxattr = !matches!(host.mode, Mode::Root);
         if !oci_image::commit_after_run(config, image, upper, exclude, userxattr) {
             result = Ok(error::EXIT_LAUNCHER);
+            commit::keep_upper_for_retry(&mut sys, &mut plan, &kept, |u| {
+                oci_image::retry_commit(u, &config.image)
+            });
         }
     }
     remove_scratch(&mut sys, &plan);
     sweep_stale_scratch(&mut sys, &host.tmpdir);
     result
+}
+
+/// The `--export-layer` command that writes what a failed `--commit out`
+/// would have from `upper`.
+fn retry_commit(upper: &Path, out: &LayerOut) -> String {
+    let word = |p: &Path| commit::shell_word(p.as_os_str());
+    let mut cmd = format!(
+        "unionfs-run --export-layer {} {}",
+        word(upper),
+        word(&out.file)
+    );
+    match out.compression {
+        crate::oci::Compression::Gzip => cmd.push_str(" --gzip"),
+        crate::oci::Compression::Zstd => cmd.push_str(" --zstd"),
+        crate::oci::Compression::None => {}
+    }
+    if let Some(t) = out.mtime {
+        cmd.push_str(&format!(" --mtime {t}"));
+    }
+    cmd
 }
 
 /// Step `option` once the union is mounted: the `--user` (default root)

@@ -326,6 +326,28 @@ pub fn commit_after_run(
     }
 }
 
+/// The run that commits `upper` as a failed `--commit-image` would have
+/// (its history entry then names `true`).
+pub fn retry_commit(upper: &Path, opts: &ImageOpts) -> String {
+    use super::commit::shell_word;
+    let word = |s: &str| shell_word(std::ffi::OsStr::new(s));
+    let mut cmd = String::from("unionfs-run");
+    if let Some(store) = &opts.store {
+        cmd.push_str(&format!(" --store {}", shell_word(store.as_os_str())));
+    }
+    if let Some(image) = &opts.image {
+        cmd.push_str(&format!(" --image {}", word(image)));
+    }
+    cmd.push_str(&format!(" {}", shell_word(upper.as_os_str())));
+    if let Some(target) = &opts.commit {
+        cmd.push_str(&format!(" --commit-image {}", word(target)));
+    }
+    if opts.zstd {
+        cmd.push_str(" --zstd");
+    }
+    cmd + " -- true"
+}
+
 /// `--store-ls` / `--store-prune` on the store at `dir`; the exit code.
 pub fn run_store_job(dir: &Path, prune: bool) -> i32 {
     match open_store(dir, crate::sys::proc::geteuid() != 0) {

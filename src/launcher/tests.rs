@@ -666,3 +666,58 @@ fn a_read_only_run_has_no_upper() {
         ]
     );
 }
+
+#[test]
+fn a_failed_commit_keeps_the_upper_and_says_how_to_commit_it() {
+    let kept = Path::new("/t/unionfs-run-upper.0123456789ab");
+    let retry = |u: &Path| format!("retry {}", u.display());
+    let mut sys = FakeSys::default();
+    let mut plan =
+        prepare(&mut sys, &config(None), &host(Mode::Root)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(plan.remove_upper);
+    sys.calls.clear();
+    commit::keep_upper_for_retry(&mut sys, &mut plan, kept, retry);
+    remove_scratch(&mut sys, &plan);
+    assert_eq!(
+        sys.calls[0],
+        "rename(/t/unionfs-run.7/upper, /t/unionfs-run-upper.0123456789ab)"
+    );
+    assert_eq!(plan.upper.as_deref(), Some(kept));
+    assert!(
+        !sys.calls
+            .iter()
+            .any(|c| c.contains("upper") && c.starts_with("rm -r")),
+        "{:?}",
+        sys.calls
+    );
+
+    let mut sys = FakeSys::default();
+    let mut c = config(Some("/u"));
+    c.keep = Some(false);
+    let mut plan = prepare(&mut sys, &c, &host(Mode::Root)).unwrap_or_else(|e| panic!("{e}"));
+    sys.calls.clear();
+    commit::keep_upper_for_retry(&mut sys, &mut plan, kept, retry);
+    remove_scratch(&mut sys, &plan);
+    assert!(!sys
+        .calls
+        .iter()
+        .any(|c| c == "rm -r(/u)" || c.starts_with("rename(/u")));
+    assert_eq!(plan.upper.as_deref(), Some(Path::new("/u")));
+}
+
+#[test]
+fn a_retry_command_quotes_what_the_shell_would_split() {
+    assert_eq!(commit::shell_word(OsStr::new("/t/a-b.1")), "/t/a-b.1");
+    assert_eq!(commit::shell_word(OsStr::new("/t/a b")), "'/t/a b'");
+    assert_eq!(commit::shell_word(OsStr::new("it's")), "'it'\\''s'");
+    let opts = oci_image::ImageOpts {
+        image: Some("app:v 1".into()),
+        commit: Some("app2:v2".into()),
+        zstd: true,
+        ..oci_image::ImageOpts::default()
+    };
+    assert_eq!(
+        oci_image::retry_commit(Path::new("/t/u"), &opts),
+        "unionfs-run --image 'app:v 1' /t/u --commit-image app2:v2 --zstd -- true"
+    );
+}

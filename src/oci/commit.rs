@@ -148,7 +148,8 @@ fn copy_blob(from: &Layout, to: &Layout, desc: &Descriptor) -> Result<(), ImageE
     }
     let (got, _, ()) = to.write_blob_with(|w| {
         let mut r = HashReader::new(io::BufReader::new(src));
-        io::copy(&mut r, w).map_err(io_err(&from.blob_path(&digest)))?;
+        // Named after the target: writing it (disk full) is what fails.
+        io::copy(&mut r, w).map_err(io_err(&dst))?;
         let (d, _, _) = r.finish();
         if d != digest {
             return Err(ImageError::Digest {

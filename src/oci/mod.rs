@@ -201,24 +201,29 @@ pub fn export(
 /// Whether `upper`/`name` is a dir made in that upper (not copied up, not
 /// opaque): one with no overlay xattrs of either mode.
 pub fn is_plain_upper_dir(upper: &Path, name: &str) -> bool {
+    upper_overlay_keys(upper, Path::new(name)).is_some_and(|keys| keys.is_empty())
+}
+
+/// The overlay keys (`origin`, `opaque`, ...) among the xattrs of
+/// `upper`/`name`, of either mode; None if they cannot be read.
+pub fn upper_overlay_keys(upper: &Path, name: &Path) -> Option<Vec<String>> {
+    use std::os::fd::AsFd;
     use std::os::unix::ffi::OsStrExt;
-    let (Ok(up), Ok(cn)) = (
-        std::ffi::CString::new(upper.as_os_str().as_bytes()),
-        std::ffi::CString::new(name),
-    ) else {
-        return false;
-    };
-    let Ok(dir) = crate::sys::fs::openat(
+    let up = std::ffi::CString::new(upper.as_os_str().as_bytes()).ok()?;
+    let cn = std::ffi::CString::new(name.as_os_str().as_bytes()).ok()?;
+    let dir = crate::sys::fs::openat(
         crate::sys::fs::cwd(),
         &up,
         libc::O_PATH | libc::O_DIRECTORY,
         0,
-    ) else {
-        return false;
-    };
-    use std::os::fd::AsFd;
-    crate::sys::xattr::list(dir.as_fd(), &cn)
-        .is_ok_and(|keys| keys.iter().all(|k| crate::format::overlay_key(k).is_none()))
+    )
+    .ok()?;
+    let keys = crate::sys::xattr::list(dir.as_fd(), &cn).ok()?;
+    Some(
+        keys.iter()
+            .filter_map(|k| crate::format::overlay_key(k).map(|(_, key)| key.to_owned()))
+            .collect(),
+    )
 }
 
 /// [`export`] to a file, written under a temporary name in the same dir

@@ -123,6 +123,19 @@ fn subdir(dir: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<OwnedFd, Imag
     .map_err(fs_err("open", shown))
 }
 
+/// The digest error for `l`'s blob if its content does not match its
+/// descriptor (read again in full, as a failed unpack stops midway).
+fn corrupted(layout: &Layout, l: &LayerRef) -> Option<ImageError> {
+    let (blob, _) = layout.open_blob(&l.blob).ok()?;
+    let mut hashed = super::sha256::HashWriter::new(std::io::sink());
+    std::io::copy(&mut BufReader::new(blob), &mut hashed).ok()?;
+    let (digest, _, _) = hashed.finish();
+    (digest != l.digest).then(|| ImageError::Digest {
+        digest: l.blob.digest.clone(),
+        reason: format!("content has digest {digest} (corrupted blob)"),
+    })
+}
+
 impl Store {
     /// Opens the store at `dir` (created if missing) for one mode.
     pub fn open(dir: &Path, userxattr: bool) -> Result<Store, ImageError> {
@@ -238,11 +251,17 @@ impl Store {
             max_size,
         };
         let mut input = BufReader::with_capacity(256 * 1024, blob);
-        let report =
-            super::unpack_at(&mut input, target, &opts).map_err(|err| ImageError::InLayer {
-                digest: l.blob.digest.clone(),
-                err,
-            })?;
+        let report = match super::unpack_at(&mut input, target, &opts) {
+            Ok(report) => report,
+            // A corrupted blob shows first as a broken stream or tar: name
+            // the cause, not the symptom.
+            Err(err) => {
+                return Err(corrupted(layout, l).unwrap_or(ImageError::InLayer {
+                    digest: l.blob.digest.clone(),
+                    err,
+                }))
+            }
+        };
         if report.digest != l.digest {
             return Err(ImageError::Digest {
                 digest: l.blob.digest.clone(),
