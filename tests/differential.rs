@@ -302,6 +302,65 @@ fn campaign_fixed_scenario_metacopy() {
 }
 
 // ---------------------------------------------------------------------------
+// Cases the metacopy campaign found, run on both sides
+// ---------------------------------------------------------------------------
+
+/// Runs `ops` once with `metacopy=on` on both sides; panics with the
+/// divergences, if any.
+fn assert_like_kernel_metacopy(ops: &[Op], what: &str) {
+    let out = run_case(&Config::metacopy(), ops, None);
+    assert!(
+        out.divs.is_empty(),
+        "{what}: diverged from kernel overlayfs (metacopy=on): {:#?}\ntrace: {:#?}",
+        out.divs,
+        out.trace
+    );
+}
+
+/// A lower hard link's name below a dir that a rename moved (redirect) is
+/// still one of its names: unlinking, truncating or replacing another name
+/// shows at it as under the kernel's index.
+#[test]
+fn hardlink_names_below_a_renamed_dir_stay_one_object() {
+    if !can_run() {
+        return;
+    }
+    let moved_long = format!("{}/sp", fixture::long_dir());
+    let cases = [
+        (
+            "unlink",
+            vec![Op::Rename(s("d"), s("w/dangle"), 0), Op::Unlink(s("x/h1"))],
+        ),
+        (
+            "truncate",
+            vec![Op::Rename(s("d"), moved_long, 0), Op::Truncate(s("hb1"), 1)],
+        ),
+        (
+            "replace",
+            vec![
+                Op::Rename(s("d"), s("x/sp"), 0),
+                Op::Rename(s("sp"), s("hb1"), 0),
+            ],
+        ),
+    ];
+    for (what, ops) in cases {
+        assert_like_kernel_metacopy(&ops, what);
+    }
+}
+
+/// RENAME_EXCHANGE whose target's redirect would be too long fails with
+/// EXDEV after the source got its redirect, which stays (the kernel's order).
+#[test]
+fn exchange_failing_with_exdev_keeps_the_source_redirect() {
+    if !can_run() {
+        return;
+    }
+    let target = format!("{}/a", fixture::deep_dir());
+    let ops = [Op::Rename(s("d"), target, libc::RENAME_EXCHANGE)];
+    assert_like_kernel_metacopy(&ops, "exchange d with a deep file");
+}
+
+// ---------------------------------------------------------------------------
 // Harness self-checks
 // ---------------------------------------------------------------------------
 

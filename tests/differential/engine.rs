@@ -418,7 +418,19 @@ fn case_body(cfg: &Config, ops: &[Op], target: Option<&str>, out: &mut Outcome) 
                         let linked_in_upper =
                             std::fs::symlink_metadata(d(&format!("{side}/upper")).join(path))
                                 .is_ok_and(|m| m.is_file() && m.nlink() > 1);
-                        !(linked_in_lower || linked_written || linked_in_upper)
+                        // A name the kernel left in the lower below a dir a
+                        // rename moved (redirect_dir) is not at its lower
+                        // path: ours shows it from the lower, multiply linked.
+                        let shown_from_lower_link = v
+                            .0
+                            .get(path)
+                            .is_some_and(|e| e.kind == 'f' && e.nlink.unwrap_or(1) > 1)
+                            && !std::fs::symlink_metadata(d(&format!("{side}/upper")).join(path))
+                                .is_ok_and(|m| m.is_file());
+                        !(linked_in_lower
+                            || linked_written
+                            || linked_in_upper
+                            || shown_from_lower_link)
                     });
                 }
                 if let Some(check) = cfg.view_check {
