@@ -364,6 +364,58 @@ fn exchange_failing_with_exdev_keeps_the_source_redirect() {
 // Harness self-checks
 // ---------------------------------------------------------------------------
 
+/// Ends the process it holds on drop (also when the test fails).
+struct Holder(std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Self-check: a copy of our mount in another mount namespace (made by any
+/// process while the mount existed; `/` is private here) keeps the FUSE
+/// connection up after our unmount, so the server keeps serving it. That is
+/// no divergence: the harness names the holder and stops the server.
+#[test]
+fn selfcheck_an_unmount_held_in_another_mount_namespace_is_no_divergence() {
+    if !environment_ok(Impl::Ours) {
+        return;
+    }
+    let tmp = common::TempDir::new("diff-held");
+    let dir = |n: &str| {
+        let p = tmp.path().join(n);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    };
+    std::fs::write(dir("lower").join("f"), b"x").unwrap();
+    let m = common::Mounted::mount(
+        Impl::Ours,
+        &[dir("lower")],
+        Some(&dir("upper")),
+        Some(&dir("work")),
+        &dir("m"),
+    );
+    let child = std::process::Command::new("unshare")
+        .args(["-m", "sleep", "120"])
+        .spawn()
+        .expect("run unshare -m");
+    let holder = Holder(child);
+    let merged = m.merged.display().to_string();
+    let info = format!("/proc/{}/mountinfo", holder.0.id());
+    // The copy exists once unshare has made the namespace and run sleep.
+    while !std::fs::read_to_string(&info).is_ok_and(|i| i.contains(&merged))
+        || std::fs::read_to_string(format!("/proc/{}/comm", holder.0.id()))
+            .is_ok_and(|c| c.trim() != "sleep")
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let divs = engine::unmount_outcome(m, "ours");
+    drop(holder);
+    assert!(divs.is_empty(), "{divs:#?}");
+}
+
 /// Self-check: kernel vs kernel must never diverge, in ops, trees, raw
 /// uppers or cross-mounts (validates the normalisations and that ops and
 /// fixtures are deterministic).

@@ -218,9 +218,20 @@ fn mount(
 }
 
 /// Unmounts; a failure (e.g. our daemon exiting uncleanly) is a divergence.
+/// Unmounts `m` as a case does; the divergences it gave, if any (for a
+/// self-check; differential_rootless.rs has no use for it).
+#[allow(dead_code)]
+pub fn unmount_outcome(m: Mounted, what: &str) -> Vec<Div> {
+    let mut out = Outcome::default();
+    unmount(m, what, &mut out);
+    out.divs
+}
+
 fn unmount(m: Mounted, what: &str, out: &mut Outcome) {
     let mut m = m;
-    let probe = m.pid().map(teardown::ExitProbe::watch);
+    let probe = m
+        .pid()
+        .map(|pid| teardown::ExitProbe::watch(pid, &m.merged));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.unmount()));
     let threads = probe.and_then(teardown::ExitProbe::finish);
     if let Err(p) = r {
