@@ -348,6 +348,20 @@ fn hardlink_names_below_a_renamed_dir_stay_one_object() {
     }
 }
 
+/// The data copy-up of a metacopy file keeps its file capability (the
+/// kernel reads it before writing the data and sets it again after).
+#[test]
+fn metacopy_data_copy_up_keeps_the_file_capability() {
+    if !can_run() {
+        return;
+    }
+    let ops = [
+        Op::Link(s("cap"), s("w/hb1")),
+        Op::Pwrite(s("w/hb1"), 600_000, d(22, 0)),
+    ];
+    assert_like_kernel_metacopy(&ops, "link cap, then write through the link");
+}
+
 /// RENAME_EXCHANGE whose target's redirect would be too long fails with
 /// EXDEV after the source got its redirect, which stays (the kernel's order).
 #[test]
