@@ -65,6 +65,9 @@ pub struct Union {
     invalidator: parking_lot::RwLock<Option<Invalidator>>,
     /// Per lower layer: multiply-linked inodes and their names (lazy).
     link_maps: parking_lot::Mutex<std::collections::HashMap<usize, Arc<hardlinks::LinkMap>>>,
+    /// The upper's redirected dirs, for finding moved names of lower hard
+    /// links (lazy; dropped when a dir moves).
+    moved_dirs: parking_lot::Mutex<Option<Arc<hardlinks::MovedDirs>>>,
     /// Upper (st_dev, st_ino) of a hard-linked object -> the key of the node
     /// serving it on this mount, so a name found later gets that number.
     linked: DashMap<(u64, u64), u64>,
@@ -138,6 +141,7 @@ impl Union {
             root_ino: ROOT_INO,
             invalidator: parking_lot::RwLock::new(None),
             link_maps: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            moved_dirs: parking_lot::Mutex::new(None),
             linked: DashMap::new(),
             writeback: AtomicBool::new(false),
             dir_fds,

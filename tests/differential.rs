@@ -302,8 +302,133 @@ fn campaign_fixed_scenario_metacopy() {
 }
 
 // ---------------------------------------------------------------------------
+// Cases the metacopy campaign found, run on both sides
+// ---------------------------------------------------------------------------
+
+/// Runs `ops` once with `metacopy=on` on both sides; panics with the
+/// divergences, if any.
+fn assert_like_kernel_metacopy(ops: &[Op], what: &str) {
+    let out = run_case(&Config::metacopy(), ops, None);
+    assert!(
+        out.divs.is_empty(),
+        "{what}: diverged from kernel overlayfs (metacopy=on): {:#?}\ntrace: {:#?}",
+        out.divs,
+        out.trace
+    );
+}
+
+/// A lower hard link's name below a dir that a rename moved (redirect) is
+/// still one of its names: unlinking, truncating or replacing another name
+/// shows at it as under the kernel's index.
+#[test]
+fn hardlink_names_below_a_renamed_dir_stay_one_object() {
+    if !can_run() {
+        return;
+    }
+    let moved_long = format!("{}/sp", fixture::long_dir());
+    let cases = [
+        (
+            "unlink",
+            vec![Op::Rename(s("d"), s("w/dangle"), 0), Op::Unlink(s("x/h1"))],
+        ),
+        (
+            "truncate",
+            vec![Op::Rename(s("d"), moved_long, 0), Op::Truncate(s("hb1"), 1)],
+        ),
+        (
+            "replace",
+            vec![
+                Op::Rename(s("d"), s("x/sp"), 0),
+                Op::Rename(s("sp"), s("hb1"), 0),
+            ],
+        ),
+    ];
+    for (what, ops) in cases {
+        assert_like_kernel_metacopy(&ops, what);
+    }
+}
+
+/// The data copy-up of a metacopy file keeps its file capability (the
+/// kernel reads it before writing the data and sets it again after).
+#[test]
+fn metacopy_data_copy_up_keeps_the_file_capability() {
+    if !can_run() {
+        return;
+    }
+    let ops = [
+        Op::Link(s("cap"), s("w/hb1")),
+        Op::Pwrite(s("w/hb1"), 600_000, d(22, 0)),
+    ];
+    assert_like_kernel_metacopy(&ops, "link cap, then write through the link");
+}
+
+/// RENAME_EXCHANGE whose target's redirect would be too long fails with
+/// EXDEV after the source got its redirect, which stays (the kernel's order).
+#[test]
+fn exchange_failing_with_exdev_keeps_the_source_redirect() {
+    if !can_run() {
+        return;
+    }
+    let target = format!("{}/a", fixture::deep_dir());
+    let ops = [Op::Rename(s("d"), target, libc::RENAME_EXCHANGE)];
+    assert_like_kernel_metacopy(&ops, "exchange d with a deep file");
+}
+
+// ---------------------------------------------------------------------------
 // Harness self-checks
 // ---------------------------------------------------------------------------
+
+/// Ends the process it holds on drop (also when the test fails).
+struct Holder(std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Self-check: a copy of our mount in another mount namespace (made by any
+/// process while the mount existed; `/` is private here) keeps the FUSE
+/// connection up after our unmount, so the server keeps serving it. That is
+/// no divergence: the harness names the holder and stops the server.
+#[test]
+fn selfcheck_an_unmount_held_in_another_mount_namespace_is_no_divergence() {
+    if !environment_ok(Impl::Ours) {
+        return;
+    }
+    let tmp = common::TempDir::new("diff-held");
+    let dir = |n: &str| {
+        let p = tmp.path().join(n);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    };
+    std::fs::write(dir("lower").join("f"), b"x").unwrap();
+    let m = common::Mounted::mount(
+        Impl::Ours,
+        &[dir("lower")],
+        Some(&dir("upper")),
+        Some(&dir("work")),
+        &dir("m"),
+    );
+    let child = std::process::Command::new("unshare")
+        .args(["-m", "sleep", "120"])
+        .spawn()
+        .expect("run unshare -m");
+    let holder = Holder(child);
+    let merged = m.merged.display().to_string();
+    let info = format!("/proc/{}/mountinfo", holder.0.id());
+    // The copy exists once unshare has made the namespace and run sleep.
+    while !std::fs::read_to_string(&info).is_ok_and(|i| i.contains(&merged))
+        || std::fs::read_to_string(format!("/proc/{}/comm", holder.0.id()))
+            .is_ok_and(|c| c.trim() != "sleep")
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let divs = engine::unmount_outcome(m, "ours");
+    drop(holder);
+    assert!(divs.is_empty(), "{divs:#?}");
+}
 
 /// Self-check: kernel vs kernel must never diverge, in ops, trees, raw
 /// uppers or cross-mounts (validates the normalisations and that ops and

@@ -171,3 +171,74 @@ fn link_of_copied_up_file_marks_new_parent_impure() {
     let impure = sys::lgetxattr(&fx.upper().path("new"), "trusted.overlay.impure");
     assert_eq!(impure.ok().as_deref(), Some(&b"y"[..]), "new/ not impure");
 }
+
+/// `redirect_dir=on` on both, and the kernel's `index=on` (the semantics
+/// this suite requires of lower hard links).
+fn mount_redirect_dir(fx: &Fixture) -> Mounted {
+    let (lowers, upper, work) = (fx.lowers(), fx.upper().root, fx.work());
+    match fx.kind {
+        Impl::Kernel => Mounted::mount_kernel_opts(
+            fx.kind,
+            &lowers,
+            Some(&upper),
+            Some(&work),
+            &fx.merged(),
+            "index=on,redirect_dir=on",
+        ),
+        Impl::Ours => Mounted::mount_ours_opts(
+            fx.kind,
+            &lowers,
+            Some(&upper),
+            Some(&work),
+            &fx.merged(),
+            "redirect_dir=on",
+        ),
+    }
+}
+
+/// The names of one lower inode below a dir that a rename moved are not at
+/// their lower path any more; a copy-up through another name still joins
+/// them, as the kernel's index does.
+#[test]
+fn copy_up_of_a_lower_hardlink_joins_its_name_below_a_renamed_dir() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0)
+        .file("h1", b"old\n")
+        .hardlink("h1", "d/h2")
+        .dir("w");
+    let mut m = mount_redirect_dir(&fx);
+    fs::rename(m.p("d"), m.p("w/moved")).expect("rename lower dir");
+    append(&m.p("h1"), b"new");
+    let check = |m: &Mounted, when: &str| {
+        assert_eq!(read(&m.p("w/moved/h2")), "old\nnew", "{when}: moved name");
+        let (a, b) = (lstat(&m.p("h1")), lstat(&m.p("w/moved/h2")));
+        assert_eq!(a.ino(), b.ino(), "{when}: one object, one st_ino");
+        assert_eq!((a.nlink(), b.nlink()), (2, 2), "{when}: nlink");
+    };
+    check(&m, "mounted");
+    m.remount();
+    check(&m, "after remount");
+    assert_eq!(read(&fx.lower(0).path("d/h2")), "old\n", "lower modified");
+}
+
+/// Removing one name of a lower hard link leaves the others, also one
+/// below a renamed dir, with one link less.
+#[test]
+fn unlink_of_a_lower_hardlink_counts_its_name_below_a_renamed_dir() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.lower(0)
+        .file("h1", b"x")
+        .hardlink("h1", "d/h2")
+        .hardlink("h1", "h3");
+    let mut m = mount_redirect_dir(&fx);
+    fs::rename(m.p("d"), m.p("e")).expect("rename lower dir");
+    fs::remove_file(m.p("h1")).expect("unlink");
+    let check = |m: &Mounted, when: &str| {
+        let (b, c) = (lstat(&m.p("e/h2")), lstat(&m.p("h3")));
+        assert_eq!(b.ino(), c.ino(), "{when}: one object, one st_ino");
+        assert_eq!((b.nlink(), c.nlink()), (2, 2), "{when}: nlink");
+    };
+    check(&m, "mounted");
+    m.remount();
+    check(&m, "after remount");
+}

@@ -14,6 +14,31 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 const DATA: &[u8] = b"lower data here\n";
 
+/// The kernel over `fx`'s layers with `metacopy=on` (and the
+/// `redirect_dir=on` it needs).
+fn kernel_metacopy(fx: &Fixture) -> Mounted {
+    Mounted::mount_kernel_opts(
+        Impl::Kernel,
+        &fx.lowers(),
+        Some(&fx.upper().root),
+        Some(&fx.work()),
+        &fx.merged(),
+        "metacopy=on,redirect_dir=on",
+    )
+}
+
+/// Ours over `fx`'s layers with `metacopy=on`.
+fn ours_metacopy(fx: &Fixture) -> Mounted {
+    Mounted::mount_ours_opts(
+        Impl::Ours,
+        &fx.lowers(),
+        Some(&fx.upper().root),
+        Some(&fx.work()),
+        &fx.merged(),
+        "metacopy=on",
+    )
+}
+
 /// Lets the kernel (metacopy=on) write metadata-only copies of `f` (chown),
 /// `g` (chmod) and `h` (setxattr); returns the fixture.
 fn kernel_metacopy_upper() -> Option<Fixture> {
@@ -24,14 +49,7 @@ fn kernel_metacopy_upper() -> Option<Fixture> {
         .file("d/h", DATA)
         .file("d/plain", DATA);
     fs::create_dir_all(fx.upper().root).unwrap();
-    let m = Mounted::mount_kernel_opts(
-        Impl::Kernel,
-        &fx.lowers(),
-        Some(&fx.upper().root),
-        Some(&fx.work()),
-        &fx.merged(),
-        "metacopy=on,redirect_dir=on",
-    );
+    let m = kernel_metacopy(&fx);
     std::os::unix::fs::chown(m.p("d/f"), Some(1000), None).unwrap();
     fs::set_permissions(m.p("d/g"), fs::Permissions::from_mode(0o600)).unwrap();
     sys::lsetxattr(&m.p("d/h"), "user.tag", b"1", 0).unwrap();
@@ -78,13 +96,7 @@ fn a_kernel_metacopy_upper_gives_eperm_without_metacopy_on_never_zeros() {
     for n in ["f", "g", "h"] {
         let up = fx.upper().path(&format!("d/{n}"));
         assert!(sys::lgetxattr(&up, "trusted.overlay.metacopy").is_ok());
-        let f = fs::File::open(&up).unwrap();
-        let data = sys::lseek(std::os::fd::AsFd::as_fd(&f), 0, libc::SEEK_DATA);
-        assert_eq!(
-            data.map_err(|e| e.raw_os_error()),
-            Err(Some(libc::ENXIO)),
-            "d/{n} got data"
-        );
+        assert!(has_no_data(&up), "d/{n} got data");
     }
 }
 
@@ -119,14 +131,7 @@ fn kernel_metacopy_upper_all_kinds() -> Option<Fixture> {
         .sparse("big", 3 << 20, &[(0, b"head"), (2 << 20, b"middle")])
         .dir("e");
     fs::create_dir_all(fx.upper().root).unwrap();
-    let m = Mounted::mount_kernel_opts(
-        Impl::Kernel,
-        &fx.lowers(),
-        Some(&fx.upper().root),
-        Some(&fx.work()),
-        &fx.merged(),
-        "metacopy=on,redirect_dir=on",
-    );
+    let m = kernel_metacopy(&fx);
     apply_metadata_changes(&m);
     drop(m);
     Some(fx)
@@ -169,6 +174,34 @@ fn has_no_data(p: &std::path::Path) -> bool {
         == Err(Some(libc::ENXIO))
 }
 
+/// Every name in METACOPIES is still a metadata-only copy in `fx`'s upper.
+fn assert_metadata_only(fx: &Fixture, who: &str) {
+    for (name, _) in METACOPIES {
+        assert!(has_no_data(&fx.upper().path(name)), "{who} {name} data");
+    }
+}
+
+/// Every name in METACOPIES reads as its lower data through `m`.
+fn assert_lower_data(m: &Mounted, fx: &Fixture) {
+    for (name, data) in METACOPIES {
+        assert_eq!(
+            fs::read(m.p(name)).unwrap(),
+            fs::read(fx.lower(0).path(data)).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+/// Opens `p` for writing (appending or at offset 0) and writes `data`.
+fn write_through(p: &std::path::Path, append: bool, data: &[u8]) {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .append(append)
+        .open(p)
+        .unwrap();
+    std::io::Write::write_all(&mut f, data).unwrap();
+}
+
 fn overlay_xattrs(p: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = sys::llistxattr(p)
         .unwrap()
@@ -189,72 +222,30 @@ fn a_kernel_metacopy_upper_reads_byte_for_byte_with_metacopy_on_then_writes_copy
         return;
     };
     // What the kernel shows over its own upper.
-    let k = Mounted::mount_kernel_opts(
-        Impl::Kernel,
-        &fx.lowers(),
-        Some(&fx.upper().root),
-        Some(&fx.work()),
-        &fx.merged(),
-        "metacopy=on,redirect_dir=on",
-    );
+    let k = kernel_metacopy(&fx);
     let kv = view(&k);
     drop(k);
-    for (name, _) in METACOPIES {
-        assert!(
-            has_no_data(&fx.upper().path(name)),
-            "the kernel gave {name} data"
-        );
-    }
-    let m = Mounted::mount_ours_opts(
-        Impl::Ours,
-        &fx.lowers(),
-        Some(&fx.upper().root),
-        Some(&fx.work()),
-        &fx.merged(),
-        "metacopy=on",
-    );
+    assert_metadata_only(&fx, "the kernel gave");
+    let m = ours_metacopy(&fx);
     let ov = view(&m);
     assert_eq!(
         kv.diff(&ov),
         "",
         "kernel (left) vs ours (right) over the kernel's upper"
     );
-    for (name, data) in METACOPIES {
-        assert_eq!(
-            fs::read(m.p(name)).unwrap(),
-            fs::read(fx.lower(0).path(data)).unwrap(),
-            "{name}"
-        );
-    }
+    assert_lower_data(&m, &fx);
     // A metacopy file shows its data's blocks, as the kernel's stat does.
     assert_eq!(
         lstat(&m.p("big")).blocks(),
         lstat(&fx.lower(0).path("big")).blocks()
     );
     // Reading copied nothing up.
-    for (name, _) in METACOPIES {
-        assert!(has_no_data(&fx.upper().path(name)), "{name} got data");
-    }
+    assert_metadata_only(&fx, "a read gave");
     // The first write, truncate, or open for writing copies the data up.
-    let mut f = fs::OpenOptions::new()
-        .append(true)
-        .open(m.p("d/f"))
-        .unwrap();
-    std::io::Write::write_all(&mut f, b"more").unwrap();
-    drop(f);
+    write_through(&m.p("d/f"), true, b"more");
     sys::truncate(&m.p("d/g"), 4).unwrap();
-    drop(
-        fs::OpenOptions::new()
-            .write(true)
-            .open(m.p("e/x2"))
-            .unwrap(),
-    );
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .open(m.p("e/l2"))
-        .unwrap();
-    std::io::Write::write_all(&mut f, b"L").unwrap();
-    drop(f);
+    write_through(&m.p("e/x2"), false, b"");
+    write_through(&m.p("e/l2"), false, b"L");
     let mut want_f = DATA.to_vec();
     want_f.extend_from_slice(b"more");
     assert_eq!(fs::read(m.p("d/f")).unwrap(), want_f);
@@ -284,14 +275,7 @@ fn a_kernel_metacopy_upper_reads_byte_for_byte_with_metacopy_on_then_writes_copy
         assert!(has_no_data(&fx.upper().path(name)), "{name} got data");
     }
     // The kernel reads what we wrote.
-    let k = Mounted::mount_kernel_opts(
-        Impl::Kernel,
-        &fx.lowers(),
-        Some(&fx.upper().root),
-        Some(&fx.work()),
-        &fx.merged(),
-        "metacopy=on,redirect_dir=on",
-    );
+    let k = kernel_metacopy(&fx);
     let kafter = view(&k);
     let ignore_mtime = |t: &Tree| {
         let mut t = t.clone();
@@ -326,14 +310,7 @@ fn our_metacopy_upper_is_the_kernels_format_and_the_kernel_reads_it() {
         .unwrap();
     assert!(status.success());
     fs::create_dir_all(fx.upper().root).unwrap();
-    let m = Mounted::mount_ours_opts(
-        Impl::Ours,
-        &fx.lowers(),
-        Some(&fx.upper().root),
-        Some(&fx.work()),
-        &fx.merged(),
-        "metacopy=on",
-    );
+    let m = ours_metacopy(&fx);
     apply_metadata_changes(&m);
     let ov = view(&m);
     drop(m);
@@ -351,26 +328,13 @@ fn our_metacopy_upper_is_the_kernels_format_and_the_kernel_reads_it() {
             "{name}: no origin"
         );
     }
-    let k = Mounted::mount_kernel_opts(
-        Impl::Kernel,
-        &fx.lowers(),
-        Some(&fx.upper().root),
-        Some(&fx.work()),
-        &fx.merged(),
-        "metacopy=on,redirect_dir=on",
-    );
+    let k = kernel_metacopy(&fx);
     assert_eq!(
         ov.diff(&view(&k)),
         "",
         "ours (left) vs the kernel over our upper (right)"
     );
-    for (name, data) in METACOPIES {
-        assert_eq!(
-            fs::read(k.p(name)).unwrap(),
-            fs::read(fx.lower(0).path(data)).unwrap(),
-            "{name}"
-        );
-    }
+    assert_lower_data(&k, &fx);
 }
 
 /// Metacopy values with a verity digest are read as the kernel reads them

@@ -236,9 +236,15 @@ impl Union {
         if sys::fs::fstat(dst.as_fd()).map(|s| (s.st_dev, s.st_ino))? != (ust.st_dev, ust.st_ino) {
             return Err(Errno::ENOENT);
         }
+        // Writing the data makes the upper fs drop the file capability;
+        // the kernel reads it first and sets it again after the copy.
+        let caps = sys::xattr::get(dst.as_fd(), c"", c"security.capability").ok();
         // The write moves the file's mtime, as the kernel's in-place data
         // copy-up does (measured on 6.18: mtime is the time of the copy).
         super::copy_up::copy_data(src.as_fd(), dst.as_fd(), ust.st_size)?;
+        if let Some(v) = &caps {
+            sys::xattr::set(dst.as_fd(), c"", c"security.capability", v, 0)?;
+        }
         if !self.opts.volatile {
             sys::fs::fsync(dst.as_fd(), false)?;
         }

@@ -67,7 +67,14 @@ impl Union {
         let prep = self.rename_prepare(&plan)?;
         // An error of a step after the object moved: reported once the
         // nodes follow the move.
-        let after_move = self.rename_on_disk(&plan, &prep)?;
+        let after_move = self.rename_on_disk(&plan, &prep);
+        let moved_dir = plan.src.kind == libc::S_IFDIR
+            || plan.exchange && plan.dst.as_ref().is_some_and(|d| d.kind == libc::S_IFDIR);
+        if moved_dir {
+            // Also after an error: a redirect may have been written.
+            self.forget_moved_dirs();
+        }
+        let after_move = after_move?;
         self.rename_nodes(&plan, &prep);
         after_move
     }
@@ -213,9 +220,11 @@ impl Union {
         } else {
             None
         };
+        // Not failed yet: the kernel writes the source's redirect before it
+        // finds the target's too long (EXDEV), and leaves it.
         let dst_target = match &m.dst_node {
             Some(n) if p.dst_redirect || self.data_loc(n).is_some() => {
-                Some(self.redirect_for(n, same)?)
+                Some(self.redirect_for(n, same))
             }
             _ => None,
         };
@@ -233,8 +242,8 @@ impl Union {
         if let Some(r) = &src_target {
             self.fmt.set_redirect(pfd, cold, r)?;
         }
-        if let Some(r) = &dst_target {
-            self.fmt.set_redirect(nfd, cnew, r)?;
+        if let Some(r) = dst_target {
+            self.fmt.set_redirect(nfd, cnew, &r?)?;
         }
         let after_move = if p.exchange {
             self.rename_exchanging(p, (pfd, cold, &pbody), (nfd, cnew, &nbody))?;
