@@ -662,9 +662,11 @@ fn bad_command_lines_and_layer_combinations_are_rejected_clearly() {
             vec!["workdir"],
         ),
         (
-            "empty lowerdir item (middle)",
+            // `::` alone starts the data-only layers, as in the kernel's
+            // lowerdir=; three colons leave an empty item between them.
+            "empty lowerdir item (middle, :::)",
             vec![
-                format!("{sl0}::{sl1}"),
+                format!("{sl0}:::{sl1}"),
                 su.clone(),
                 sm.clone(),
                 "-o".into(),
