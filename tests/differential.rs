@@ -48,6 +48,8 @@
 
 mod common;
 
+#[path = "differential/campaign.rs"]
+mod campaign;
 #[path = "differential/creds.rs"]
 mod creds;
 #[path = "differential/engine.rs"]
@@ -56,11 +58,14 @@ mod engine;
 mod fixture;
 #[path = "differential/ops.rs"]
 mod ops;
+#[path = "differential/shrink.rs"]
+mod shrink;
 #[path = "differential/snap.rs"]
 mod snap;
 
 use common::{env_num, environment_ok, Impl};
-use engine::{run_campaign, run_case, Config};
+use campaign::run_campaign;
+use engine::{run_case, Config};
 use ops::{Data, Op, Time};
 
 fn can_run() -> bool {
@@ -227,7 +232,7 @@ fn campaign_fixed_scenario() {
     // At most 8 classes and 120 trials each, to stay within CI time.
     let mut seen: Vec<Vec<Op>> = Vec::new();
     for class in out.classes().into_iter().take(8) {
-        let r = engine::shrink(&cfg, &ops, &class, 120);
+        let r = shrink::shrink(&cfg, &ops, &class, 120);
         if seen.contains(&r.ops) {
             msg += &format!("\n[{class}]: same minimised ops as above\n");
             continue;
@@ -251,7 +256,7 @@ fn campaign_random() {
     if !can_run() {
         return;
     }
-    let c = engine::campaign_from_env(240, 1, &rerun_hint());
+    let c = campaign::campaign_from_env(240, 1, &rerun_hint());
     let sum = run_campaign(&Config::standard(), &c);
     assert!(
         sum.diverged == 0,
@@ -272,7 +277,7 @@ fn campaign_random_metacopy() {
     }
     let hint = format!("{} (metacopy)", rerun_hint())
         .replace("campaign_random -- ", "campaign_random_metacopy -- ");
-    let c = engine::campaign_from_env(60, 50_001, &hint);
+    let c = campaign::campaign_from_env(60, 50_001, &hint);
     let sum = run_campaign(&Config::metacopy(), &c);
     assert!(
         sum.diverged == 0,
@@ -442,7 +447,7 @@ fn selfcheck_kernel_vs_kernel() {
         other: Impl::Kernel,
         ..Config::standard()
     };
-    let c = engine::Campaign {
+    let c = campaign::Campaign {
         seeds: (9_000..9_000 + env_num("UNIONFS_DIFF_SELFCHECK_CASES", 24)).collect(),
         ops_per_case: 60,
         jobs: 2,
@@ -530,7 +535,7 @@ fn selfcheck_minimiser() {
         let i = c.iter().position(|o| *o == a)?;
         c[i + 1..].contains(&b).then_some(())
     };
-    let (min, (), trials) = engine::minimise(ops.clone(), (), 1000, fails);
+    let (min, (), trials) = shrink::minimise(ops.clone(), (), 1000, fails);
     // Ops equal to a or b elsewhere in the list could also satisfy it.
     assert_eq!(min.len(), 2, "minimised to {min:?}");
     assert!(min[0] == a && min[1] == b);
@@ -558,7 +563,7 @@ fn selfcheck_detects_a_known_divergence() {
         "expected the kernel to show .wh. files that ours hides: {:#?}",
         out.divs
     );
-    let r = engine::shrink(&cfg, &ops::generate(3, 15), "merged: only-kernel f", 60);
+    let r = shrink::shrink(&cfg, &ops::generate(3, 15), "merged: only-kernel f", 60);
     assert!(r.ops.is_empty(), "not minimised: {:?}", r.ops);
 }
 

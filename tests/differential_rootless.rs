@@ -36,6 +36,8 @@
 
 mod common;
 
+#[path = "differential/campaign.rs"]
+mod campaign;
 #[path = "differential/creds.rs"]
 mod creds;
 #[path = "differential/engine.rs"]
@@ -47,12 +49,15 @@ mod links;
 #[path = "differential/ops.rs"]
 mod ops;
 mod rootless_support;
+#[path = "differential/shrink.rs"]
+mod shrink;
 #[path = "differential/snap.rs"]
 mod snap;
 
 use std::path::Path;
 
-use engine::{run_campaign, run_case, Config};
+use campaign::run_campaign;
+use engine::{run_case, Config};
 use ops::{Data, Op, Time};
 use rootless_support::{inside, run_inside, Map};
 
@@ -220,7 +225,7 @@ fn fixed_scenario_matches_the_kernel(map: Map) {
 
 fn random_cases_match_the_kernel(map: Map, name: &str) {
     let hint = format!("cargo test --test differential_rootless {name} -- --nocapture");
-    let c = engine::campaign_from_env(40, 1, &hint);
+    let c = campaign::campaign_from_env(40, 1, &hint);
     let sum = run_campaign(&config(map), &c);
     assert!(
         sum.diverged == 0,
