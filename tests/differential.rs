@@ -63,8 +63,8 @@ mod shrink;
 #[path = "differential/snap.rs"]
 mod snap;
 
-use common::{env_num, environment_ok, Impl};
 use campaign::run_campaign;
+use common::{env_num, environment_ok, Impl};
 use engine::{run_case, Config};
 use ops::{Data, Op, Time};
 

@@ -481,7 +481,6 @@ fn case_body(cfg: &Config, ops: &[Op], target: Option<&str>, out: &mut Outcome) 
     cross(cfg.other, "k", "ours-over-kernel-upper", &kv, out);
 }
 
-
 /// Runs a fixed scenario (trace on stderr with `UNIONFS_DIFF_VERBOSE`). On
 /// a divergence: the outcome and a report that starts with `title` and
 /// lists every divergence, for the caller to extend and panic with.
