@@ -48,6 +48,8 @@
 
 mod common;
 
+#[path = "differential/apply.rs"]
+mod apply;
 #[path = "differential/campaign.rs"]
 mod campaign;
 #[path = "differential/creds.rs"]
@@ -56,6 +58,8 @@ mod creds;
 mod engine;
 #[path = "differential/fixture.rs"]
 mod fixture;
+#[path = "differential/generate.rs"]
+mod generate;
 #[path = "differential/ops.rs"]
 mod ops;
 #[path = "differential/shrink.rs"]
@@ -471,11 +475,11 @@ fn selfcheck_kernel_vs_kernel() {
 /// cases use every op kind.
 #[test]
 fn selfcheck_generation_is_deterministic() {
-    assert_eq!(ops::generate(42, 100), ops::generate(42, 100));
-    assert_ne!(ops::generate(42, 100), ops::generate(43, 100));
+    assert_eq!(generate::generate(42, 100), generate::generate(42, 100));
+    assert_ne!(generate::generate(42, 100), generate::generate(43, 100));
     let mut kinds = std::collections::BTreeSet::new();
     for seed in 0..200 {
-        for op in ops::generate(seed, 60) {
+        for op in generate::generate(seed, 60) {
             let k = match &op {
                 Op::As(_, _, inner) => {
                     kinds.insert("as-user".to_string());
@@ -529,7 +533,7 @@ fn selfcheck_generation_is_deterministic() {
 /// Self-check: the minimiser finds the two ops a synthetic failure needs.
 #[test]
 fn selfcheck_minimiser() {
-    let ops = ops::generate(7, 80);
+    let ops = generate::generate(7, 80);
     let (a, b) = (ops[13].clone(), ops[61].clone());
     let fails = |c: &[Op]| {
         let i = c.iter().position(|o| *o == a)?;
@@ -563,7 +567,12 @@ fn selfcheck_detects_a_known_divergence() {
         "expected the kernel to show .wh. files that ours hides: {:#?}",
         out.divs
     );
-    let r = shrink::shrink(&cfg, &ops::generate(3, 15), "merged: only-kernel f", 60);
+    let r = shrink::shrink(
+        &cfg,
+        &generate::generate(3, 15),
+        "merged: only-kernel f",
+        60,
+    );
     assert!(r.ops.is_empty(), "not minimised: {:?}", r.ops);
 }
 

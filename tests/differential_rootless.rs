@@ -36,6 +36,8 @@
 
 mod common;
 
+#[path = "differential/apply.rs"]
+mod apply;
 #[path = "differential/campaign.rs"]
 mod campaign;
 #[path = "differential/creds.rs"]
@@ -44,6 +46,8 @@ mod creds;
 mod engine;
 #[path = "differential/fixture.rs"]
 mod fixture;
+#[path = "differential/generate.rs"]
+mod generate;
 #[path = "differential/links.rs"]
 mod links;
 #[path = "differential/ops.rs"]
@@ -75,7 +79,7 @@ fn has_other_user(op: &Op) -> bool {
 
 /// With a single-id map no op runs as another user.
 fn generate_single(seed: u64, n: usize) -> Vec<Op> {
-    let mut v = ops::generate(seed, n);
+    let mut v = generate::generate(seed, n);
     v.retain(|o| !has_other_user(o));
     v
 }
@@ -96,7 +100,7 @@ fn config(map: Map) -> Config {
         },
         generate: match map {
             Map::Single => generate_single,
-            Map::Range => ops::generate,
+            Map::Range => generate::generate,
         },
         raw_ignored: USERXATTR_BOOKKEEPING,
         view_check: Some(links::check_link_groups),

@@ -11,9 +11,11 @@ use std::sync::Once;
 #[path = "teardown.rs"]
 mod teardown;
 
+use super::apply::{apply, State};
 use super::common::{Impl, Mounted, TempDir};
 use super::fixture;
-use super::ops::{self, apply, compare, fmt_res, res_class, Op, Res, State};
+use super::generate;
+use super::ops::{compare, fmt_res, res_class, Op, Res};
 use super::snap::{self, diff, snapshot, Snap, View};
 
 /// How the two sides are mounted.
@@ -57,7 +59,7 @@ impl Config {
             fixture: fixture::build,
             raw_ignored: &[],
             view_check: None,
-            generate: ops::generate,
+            generate: generate::generate,
         }
     }
 
