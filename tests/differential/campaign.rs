@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::common::TempDir;
+use super::common::{env_num, TempDir};
 use super::engine::{install_panic_hook, run_case, trace_text, Config, Outcome};
 use super::fixture;
 use super::ops::{short, Op};
@@ -44,10 +44,6 @@ pub struct Summary {
     pub diverged: usize,
     pub classes: usize,
     pub text: String,
-}
-
-fn env_num(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
 fn fixture_text(cfg: &Config, ops: &[Op]) -> String {
@@ -339,29 +335,33 @@ pub fn run_campaign(cfg: &Config, c: &Campaign) -> Summary {
 
 /// Campaign settings from the environment.
 pub fn campaign_from_env(default_cases: u64, default_base: u64, rerun_hint: &str) -> Campaign {
-    let ops_per_case = env_num("UNIONFS_DIFF_OPS").unwrap_or(60) as usize;
-    let jobs = env_num("UNIONFS_DIFF_JOBS").unwrap_or(2) as usize;
+    let ops_per_case = env_num("UNIONFS_DIFF_OPS", 60) as usize;
+    let jobs = env_num("UNIONFS_DIFF_JOBS", 2) as usize;
     let report = std::env::var_os("UNIONFS_DIFF_REPORT").map(PathBuf::from);
-    if let Some(seed) = env_num("UNIONFS_DIFF_SEED") {
+    // Set to a number: that one seed, verbose; anything else: a campaign.
+    if let Some(seed) = std::env::var("UNIONFS_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         return Campaign {
             seeds: vec![seed],
             ops_per_case,
             jobs: 1,
-            shrink_classes: env_num("UNIONFS_DIFF_SHRINK_CLASSES").unwrap_or(50) as usize,
-            shrink_budget: env_num("UNIONFS_DIFF_SHRINK_TRIALS").unwrap_or(500) as usize,
+            shrink_classes: env_num("UNIONFS_DIFF_SHRINK_CLASSES", 50) as usize,
+            shrink_budget: env_num("UNIONFS_DIFF_SHRINK_TRIALS", 500) as usize,
             verbose: true,
             report,
             rerun_hint: rerun_hint.into(),
         };
     }
-    let cases = env_num("UNIONFS_DIFF_CASES").unwrap_or(default_cases);
-    let base = env_num("UNIONFS_DIFF_SEED_BASE").unwrap_or(default_base);
+    let cases = env_num("UNIONFS_DIFF_CASES", default_cases);
+    let base = env_num("UNIONFS_DIFF_SEED_BASE", default_base);
     Campaign {
         seeds: (base..base + cases).collect(),
         ops_per_case,
         jobs,
-        shrink_classes: env_num("UNIONFS_DIFF_SHRINK_CLASSES").unwrap_or(12) as usize,
-        shrink_budget: env_num("UNIONFS_DIFF_SHRINK_TRIALS").unwrap_or(300) as usize,
+        shrink_classes: env_num("UNIONFS_DIFF_SHRINK_CLASSES", 12) as usize,
+        shrink_budget: env_num("UNIONFS_DIFF_SHRINK_TRIALS", 300) as usize,
         verbose: std::env::var_os("UNIONFS_DIFF_VERBOSE").is_some(),
         report,
         rerun_hint: rerun_hint.into(),
