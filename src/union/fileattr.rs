@@ -89,9 +89,10 @@ fn reopen_for_ioctl(fd: BorrowedFd<'_>, dir: bool) -> Result<OwnedFd> {
 /// the epoch after writing `overlay.protattr`, so a guard that read the old
 /// value meanwhile cannot store it) and by a copy-up (caught by `UPPER`).
 /// A lower object's flags are its real inode's, read once: lower layers do
-/// not change under a mount. Flags or protattr changed in the upper layer
-/// behind the union's back are not seen until the node is looked up anew,
-/// as for the other state a node keeps.
+/// not change under a mount. Flags or protattr changed in a layer behind
+/// the union's back are not seen while the node lives (until the kernel
+/// forgets it, or a remount), as for the other state a node keeps; the
+/// kernel too reads them into its overlay inode when it makes it.
 const KNOWN: u64 = 1 << 8;
 const UPPER: u64 = 1 << 9;
 const EPOCH: u64 = 1 << 16;
@@ -242,27 +243,22 @@ impl Union {
         }
     }
 
-    /// The guards of removing `name` (resolved to `body`) from `parent`:
-    /// neither may be immutable or append-only (the VFS's may_delete).
-    pub(super) fn guard_removal(&self, parent: &Node, body: &Body, name: &OsStr) -> Result<()> {
-        self.guard(parent, Guard::Unprotected)?;
-        let prot = self.read_protection(body, &cname(name)?).unwrap_or(0);
-        Self::check_guard(prot, Guard::Unprotected)
-    }
-
-    /// `guard_removal` of `parent/name` resolved to `r`, from the cache of
-    /// the node the kernel looked that name up as (it did, to remove it).
-    pub(super) fn guard_unlink(
+    /// The guards of removing `name` (resolved to `r`) from `parent`:
+    /// neither may be immutable or append-only (the VFS's may_delete). The
+    /// object's flags come from the cache of the node the kernel looked the
+    /// name up as (it did, to remove it), else from the layer.
+    pub(super) fn guard_removal(
         &self,
         parent: &Arc<Node>,
         r: &Resolved,
         name: &OsStr,
     ) -> Result<()> {
-        let Some(node) = self.node_of(parent, r, name) else {
-            return self.guard_removal(parent, &r.body, name);
-        };
         self.guard(parent, Guard::Unprotected)?;
-        self.guard(&node, Guard::Unprotected)
+        let prot = match self.node_of(parent, r, name) {
+            Some(node) => self.protection(&node),
+            None => self.read_protection(&r.body, &cname(name)?).unwrap_or(0),
+        };
+        Self::check_guard(prot, Guard::Unprotected)
     }
 
     /// The node that stands for what `parent/name` resolved to, if any: the
