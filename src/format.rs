@@ -404,11 +404,13 @@ impl Format {
     /// The append-only/immutable flags (`FS_APPEND_FL`/`FS_IMMUTABLE_FL`)
     /// kept in an upper object's `overlay.protattr`: one letter per flag,
     /// `a` then `i`. A value with any other byte (or an empty one) is
-    /// ignored, as the kernel warns about and ignores it.
-    pub fn protattr(&self, dir: BorrowedFd<'_>, name: &CStr) -> u32 {
+    /// ignored, as the kernel warns about and ignores it. No xattr (or no
+    /// xattrs on the layer) is no flag; another error is not an answer.
+    pub fn protattr(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<u32> {
         match sys::xattr::get(dir, name, &self.key("protattr")) {
-            Ok(v) => parse_protattr(&v),
-            Err(_) => 0,
+            Ok(v) => Ok(parse_protattr(&v)),
+            Err(e) if e == Errno::ENODATA || e == Errno::ENOTSUP => Ok(0),
+            Err(e) => Err(e),
         }
     }
 

@@ -151,6 +151,9 @@ pub struct Node {
     pub copied_up: AtomicBool,
     /// A dir's listing between reads that continue it (see `dir_listing`).
     pub listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
+    /// The object's immutable/append-only flags, cached for the guards of
+    /// every change (encoding and invalidation in `union/fileattr.rs`).
+    pub prot: AtomicU64,
 }
 
 impl Node {
@@ -171,6 +174,7 @@ impl Node {
             times_lock: Mutex::new(()),
             copied_up: AtomicBool::new(copied),
             listing: Mutex::new(None),
+            prot: AtomicU64::new(0),
         }
     }
 

@@ -398,3 +398,101 @@ fn fssetxattr_keeps_immutable_in_protattr_and_nodump_on_the_upper() {
     assert_eq!(protattr(&m.up("f")), None);
     assert_eq!(get_flags(&m.p("f")).unwrap() & SHOWN, 0);
 }
+
+/// Every change right after a chattr through the union sees the new flags
+/// (the server caches them per inode): on a file and on a dir, before and
+/// after the object is renamed, on a lower object whose flags come from its
+/// lower inode until a chattr copies it up, through a second hard link, and
+/// after a remount.
+#[test]
+fn a_flag_change_applies_to_the_very_next_change_across_renames_and_remounts() {
+    let Some((fx, _disk)) = ext4_fixture() else {
+        return;
+    };
+    fx.lower(0).file("lf", b"lower\n").file("ld/x", b"x\n");
+    chattr(&fx.lower(0).path("lf"), APPEND, 0);
+    chattr(&fx.lower(0).path("ld"), APPEND, 0);
+    let mut m = fx.mount();
+    let chmod =
+        |p: &Path| fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o640));
+    let write_open = |p: &Path| OpenOptions::new().write(true).open(p).map(drop);
+    // A file and a dir, each used once before any flag is set.
+    write(&m.p("f"), b"f\n");
+    fs::create_dir(m.p("d")).expect("mkdir d");
+    write(&m.p("d/a"), b"a\n");
+    chmod(&m.p("f")).expect("chmod f");
+    fs::remove_file(m.p("d/a")).expect("unlink d/a");
+    write(&m.p("d/a"), b"a\n");
+
+    let file_is_immutable = |p: &Path, what: &str| {
+        assert_errno(
+            write_open(p),
+            libc::EPERM,
+            &format!("open {what} for write"),
+        );
+        assert_errno(chmod(p), libc::EPERM, &format!("chmod {what}"));
+        assert_errno(fs::remove_file(p), libc::EPERM, &format!("unlink {what}"));
+    };
+    let file_is_mutable = |p: &Path, what: &str| {
+        write_open(p).unwrap_or_else(|e| panic!("open {what} for write: {e}"));
+        chmod(p).unwrap_or_else(|e| panic!("chmod {what}: {e}"));
+    };
+    chattr(&m.p("f"), IMMUTABLE, 0);
+    file_is_immutable(&m.p("f"), "f");
+    chattr(&m.p("f"), 0, IMMUTABLE);
+    file_is_mutable(&m.p("f"), "f");
+
+    chattr(&m.p("d"), IMMUTABLE, 0);
+    assert_errno(fs::write(m.p("d/b"), b""), libc::EPERM, "create in d");
+    assert_errno(fs::remove_file(m.p("d/a")), libc::EPERM, "unlink in d");
+    chattr(&m.p("d"), APPEND, IMMUTABLE);
+    write(&m.p("d/b"), b"b\n");
+    assert_errno(
+        fs::remove_file(m.p("d/b")),
+        libc::EPERM,
+        "unlink in append-only d",
+    );
+    chattr(&m.p("d"), 0, APPEND);
+    fs::remove_file(m.p("d/b")).expect("unlink in d once unflagged");
+
+    // Renamed (the file into the dir, the dir under a new name): the flags
+    // follow the object, and a change of them applies at once.
+    fs::rename(m.p("f"), m.p("d/g")).expect("rename f");
+    fs::rename(m.p("d"), m.p("e")).expect("rename d");
+    file_is_mutable(&m.p("e/g"), "e/g");
+    chattr(&m.p("e/g"), IMMUTABLE, 0);
+    file_is_immutable(&m.p("e/g"), "e/g");
+    chattr(&m.p("e"), IMMUTABLE, 0);
+    assert_errno(fs::write(m.p("e/c"), b""), libc::EPERM, "create in e");
+    chattr(&m.p("e"), 0, IMMUTABLE);
+    write(&m.p("e/c"), b"c\n");
+
+    // A second name of the same file shows the same flags.
+    fs::hard_link(m.p("e/c"), m.p("e/c2")).expect("link");
+    chattr(&m.p("e/c"), IMMUTABLE, 0);
+    file_is_immutable(&m.p("e/c2"), "the second name");
+    chattr(&m.p("e/c2"), 0, IMMUTABLE);
+    file_is_mutable(&m.p("e/c"), "the first name");
+
+    // Lower objects: flags of the lower inode, then protattr once copied up.
+    assert_errno(fs::remove_file(m.p("lf")), libc::EPERM, "unlink lf");
+    assert_errno(fs::remove_file(m.p("ld/x")), libc::EPERM, "unlink in ld");
+    chattr(&m.p("lf"), 0, APPEND);
+    chattr(&m.p("ld"), 0, APPEND);
+    file_is_mutable(&m.p("lf"), "lf");
+    fs::remove_file(m.p("ld/x")).expect("unlink in ld once copied up unflagged");
+
+    // A remount reads them back; a change after it applies at once too.
+    chattr(&m.p("e/g"), 0, IMMUTABLE);
+    file_is_mutable(&m.p("e/g"), "e/g before the remount");
+    chattr(&m.p("lf"), IMMUTABLE, 0);
+    m.remount();
+    file_is_immutable(&m.p("lf"), "lf after the remount");
+    file_is_mutable(&m.p("e/g"), "e/g after the remount");
+    chattr(&m.p("lf"), 0, IMMUTABLE);
+    file_is_mutable(&m.p("lf"), "lf");
+    fs::remove_file(m.p("lf")).expect("unlink lf");
+    drop(m);
+    chattr(&fx.lower(0).path("ld"), 0, APPEND);
+    chattr(&fx.lower(0).path("lf"), 0, APPEND);
+}

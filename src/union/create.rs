@@ -163,7 +163,9 @@ impl Union {
             }
             Ok(())
         })?;
-        self.lookup(parent_ino, name)
+        let e = self.lookup(parent_ino, name)?;
+        Self::created_unprotected(&e.node);
+        Ok(e)
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, c: Caller) -> Result<Entry> {
@@ -232,6 +234,7 @@ impl Union {
         })?;
         let fd = opened.ok_or(Errno::EIO)?;
         let entry = self.install(&parent, name, self.created_file(&upper, &fd)?)?;
+        Self::created_unprotected(&entry.node);
         let fh = self.add_file_handle(&entry.node, fd, flags, true);
         Ok((entry, fh))
     }

@@ -13,6 +13,8 @@
 
 use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::errno::{Errno, Result};
@@ -25,7 +27,7 @@ use crate::sys::fileattr::{
 };
 use crate::sys::fs::{bfd, Time};
 
-use super::{SetAttr, Union};
+use super::{Resolved, SetAttr, Union};
 
 /// The flags the kernel keeps in `overlay.protattr` instead of the upper.
 const PROT_FLAGS: u32 = FS_APPEND_FL | FS_IMMUTABLE_FL;
@@ -77,35 +79,106 @@ fn reopen_for_ioctl(fd: BorrowedFd<'_>, dir: bool) -> Result<OwnedFd> {
     }
 }
 
+/// `Node::prot`, the cache the guards read instead of a getxattr/statx per
+/// change: the low byte holds the protected flags, `KNOWN` says they are
+/// valid, `UPPER` says they were read while the object was in the upper
+/// layer (a copy-up moves the object, so the value read from the lower is
+/// no longer the answer), the bits from `EPOCH` up count invalidations.
+///
+/// The flags change through the union only by `set_protected` (which bumps
+/// the epoch after writing `overlay.protattr`, so a guard that read the old
+/// value meanwhile cannot store it) and by a copy-up (caught by `UPPER`).
+/// A lower object's flags are its real inode's, read once: lower layers do
+/// not change under a mount. Flags or protattr changed in a layer behind
+/// the union's back are not seen while the node lives (until the kernel
+/// forgets it, or a remount), as for the other state a node keeps; the
+/// kernel too reads them into its overlay inode when it makes it.
+const KNOWN: u64 = 1 << 8;
+const UPPER: u64 = 1 << 9;
+const EPOCH: u64 = 1 << 16;
+
+fn body_in_upper(body: &Body) -> bool {
+    match body {
+        Body::Dir(d) => d.upper.is_some(),
+        Body::Leaf(l) => l.upper.is_some(),
+    }
+}
+
+/// The flags a cache word holds for an object now (not) in the upper layer.
+fn cached(word: u64, upper: bool) -> Option<u32> {
+    let valid = word & KNOWN != 0 && (word & UPPER != 0) == upper;
+    valid.then_some((word as u32) & PROT_FLAGS)
+}
+
+fn epoch_of(word: u64) -> u64 {
+    word & !(EPOCH - 1)
+}
+
 impl Union {
     /// The append-only/immutable flags of the object `body` (named `name` in
-    /// its layer dir) stands for: its `overlay.protattr` when it is in the
-    /// upper, its real flags when only in a lower layer.
-    pub(super) fn protection_of(&self, body: &Body, name: &CStr) -> u32 {
-        let r = match body {
+    /// its layer dir) stands for, read from the layer: its
+    /// `overlay.protattr` when it is in the upper, its real flags when only
+    /// in a lower layer.
+    fn read_protection(&self, body: &Body, name: &CStr) -> Result<u32> {
+        match body {
             Body::Dir(d) => match (&d.upper, d.lowers.first()) {
-                (Some(u), _) => u.fd().map(|fd| self.fmt.protattr(bfd(&*fd), c"")),
-                (None, Some(l)) => l
-                    .fd()
-                    .and_then(|fd| sys::fileattr::protection_bits(bfd(&*fd), c"")),
+                (Some(u), _) => self.fmt.protattr(bfd(&*u.fd()?), c""),
+                (None, Some(l)) => sys::fileattr::protection_bits(bfd(&*l.fd()?), c""),
                 (None, None) => Ok(0),
             },
             Body::Leaf(l) => match (&l.upper, &l.lower) {
-                (Some(u), _) => u.get().map(|fd| self.fmt.protattr(bfd(&*fd), name)),
-                (None, Some((_, dir))) => dir
-                    .get()
-                    .and_then(|fd| sys::fileattr::protection_bits(bfd(&*fd), name)),
+                (Some(u), _) => self.fmt.protattr(bfd(&*u.get()?), name),
+                (None, Some((_, dir))) => sys::fileattr::protection_bits(bfd(&*dir.get()?), name),
                 (None, None) => Ok(0),
             },
-        };
-        r.unwrap_or(0)
+        }
     }
 
+    /// `node`'s append-only/immutable flags, from its cache when valid.
+    /// An object the server cannot read them of shows none (uncached).
     pub(super) fn protection(&self, node: &Node) -> u32 {
+        let word = node.prot.load(Ordering::Acquire);
         let st = node.state.read();
+        let upper = body_in_upper(&st.body);
+        if let Some(p) = cached(word, upper) {
+            return p;
+        }
         let (body, name) = (st.body.clone(), st.name.clone());
         drop(st);
-        self.protection_of(&body, &name)
+        let Ok(p) = self.read_protection(&body, &name) else {
+            return 0;
+        };
+        let mut new = epoch_of(word) | KNOWN | u64::from(p & PROT_FLAGS);
+        if upper {
+            new |= UPPER;
+        }
+        // Fails when an invalidation came in meanwhile: then the value read
+        // may be older than the change, and the next guard reads again.
+        let _ = node
+            .prot
+            .compare_exchange(word, new, Ordering::AcqRel, Ordering::Relaxed);
+        p
+    }
+
+    /// Drops `node`'s cached flags once they changed on disk, and makes a
+    /// guard that is reading the old ones keep them to itself.
+    fn protection_changed(node: &Node) {
+        let _ = node
+            .prot
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some(epoch_of(w).wrapping_add(EPOCH))
+            });
+    }
+
+    /// Records that `node` stands for an upper object just created, which
+    /// has no protected flags (no `overlay.protattr`), so that its first
+    /// guard (the unlink or chmod that often follows) reads nothing.
+    pub(super) fn created_unprotected(node: &Node) {
+        let _ = node
+            .prot
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some(epoch_of(w).wrapping_add(EPOCH) | KNOWN | UPPER)
+            });
     }
 
     /// EPERM when the flags `prot` forbid a change that needs `g`.
@@ -170,11 +243,47 @@ impl Union {
         }
     }
 
-    /// The guards of removing `name` (resolved to `body`) from `parent`:
-    /// neither may be immutable or append-only (the VFS's may_delete).
-    pub(super) fn guard_removal(&self, parent: &Node, body: &Body, name: &OsStr) -> Result<()> {
+    /// The guards of removing `name` (resolved to `r`) from `parent`:
+    /// neither may be immutable or append-only (the VFS's may_delete). The
+    /// object's flags come from the cache of the node the kernel looked the
+    /// name up as (it did, to remove it), else from the layer.
+    pub(super) fn guard_removal(
+        &self,
+        parent: &Arc<Node>,
+        r: &Resolved,
+        name: &OsStr,
+    ) -> Result<()> {
         self.guard(parent, Guard::Unprotected)?;
-        Self::check_guard(self.protection_of(body, &cname(name)?), Guard::Unprotected)
+        let prot = match self.node_of(parent, r, name) {
+            Some(node) => self.protection(&node),
+            None => self.read_protection(&r.body, &cname(name)?).unwrap_or(0),
+        };
+        Self::check_guard(prot, Guard::Unprotected)
+    }
+
+    /// The node that stands for what `parent/name` resolved to, if any: the
+    /// one installed last under its number, checked to be that object (a
+    /// non-dir by its real inode; a dir by its name and layer, as a removed
+    /// dir's number goes to a node of its own while the old one is held).
+    fn node_of(&self, parent: &Arc<Node>, r: &Resolved, name: &OsStr) -> Option<Arc<Node>> {
+        let node = self.nodes.current(r.ino)?;
+        if node.kind != r.kind {
+            return None;
+        }
+        let st = node.state.read();
+        let same = match (&st.body, &r.body) {
+            (Body::Leaf(l), Body::Leaf(rl)) => {
+                l.real == rl.real && l.upper.is_some() == rl.upper.is_some()
+            }
+            (Body::Dir(d), Body::Dir(rd)) => {
+                st.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent))
+                    && st.name.as_bytes() == name.as_bytes()
+                    && d.upper.is_some() == rd.upper.is_some()
+            }
+            _ => false,
+        };
+        drop(st);
+        same.then_some(node)
     }
 
     /// An open fd on `node`'s top object for the flag ioctls, and whether
@@ -215,8 +324,10 @@ impl Union {
         self.copy_up(node)?;
         let fd = self.fileattr_fd(node, fh, true)?;
         let (dir, name) = self.upper_loc(node)?;
-        self.fmt
-            .set_protattr(bfd(&*dir), &name, prot & PROT_FLAGS)?;
+        let set = self.fmt.set_protattr(bfd(&*dir), &name, prot & PROT_FLAGS);
+        // Also after a failure: the write may have happened all the same.
+        Self::protection_changed(node);
+        set?;
         self.attributes_changed(node.ino);
         Ok(fd)
     }

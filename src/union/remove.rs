@@ -27,7 +27,7 @@ impl Union {
         let body = Self::dir_body(&parent)?;
         let r = self.resolve(&body, name)?.ok_or(Errno::ENOENT)?;
         // Before the type and emptiness checks, as the VFS's may_delete.
-        self.guard_removal(&parent, &r.body, name)?;
+        self.guard_removal(&parent, &r, name)?;
         let is_dir = r.kind == libc::S_IFDIR;
         if want_dir && !is_dir {
             return Err(Errno::ENOTDIR);

@@ -112,10 +112,10 @@ impl Union {
         // Renaming a name onto another name of the same object does nothing,
         // as the VFS does before its may_delete checks.
         if !dst.as_ref().is_some_and(|d| d.ino == src.ino && !exchange) {
-            self.guard_removal(&parent, &src.body, name)?;
+            self.guard_removal(&parent, &src, name)?;
             match &dst {
                 // Replacing (or exchanging with) an object removes it from its dir.
-                Some(d) => self.guard_removal(&newparent, &d.body, newname)?,
+                Some(d) => self.guard_removal(&newparent, d, newname)?,
                 None => self.guard(&newparent, Guard::NotImmutable)?,
             }
         }
