@@ -200,8 +200,8 @@ impl Session {
     /// mounts: its lock segment (`/dev/shm/libpod_lock`, or
     /// `libpod_rootless_lock_UID`) to a tmpfs; as root also the blob info
     /// cache (`/var/lib/containers/cache`, whatever storage.conf says) to
-    /// the session's `var-lib`, and runc's and the netns dirs (`/run/runc`,
-    /// `/run/netns`) to a tmpfs.
+    /// the session's `var-lib`, and runc's state and the network dir (`/run/runc`,
+    /// `/run/containers/networks`) to a tmpfs.
     fn run(&self, script: &str) -> Output {
         let t = self.dir.display();
         let shm = "mount -t tmpfs -o mode=1777 tmpfs /dev/shm".to_string();
