@@ -456,8 +456,9 @@ fn stored_in_c1(who: Who, path: &str) -> String {
 fn xattr_permissions(who: Who) {
     let extra = [
         "podman run --rm --network=none localhost/committed:1 sh -c \
-         'stat -c \"mode %a %u:%g\" /app/new /bin/busybox /etc/passwd'\n"
+         'stat -c \"mode %a %u:%g\" /app/new /bin/busybox /etc/passwd /'\n"
             .to_string(),
+        stored_in_c1(who, ""),
         stored_in_c1(who, "/app/new"),
         stored_in_c1(who, "/app/plain"),
         stored_in_c1(who, "/app/d"),
@@ -472,10 +473,12 @@ fn xattr_permissions(who: Who) {
         "",
         &extra,
         &[
-            "mode 600 0:0\nmode 755 0:0\nmode 644 0:0\n",
-            // chmod, then create and mkdir under umask 022 (fuse-overlayfs's
-            // format: a store moves between the two).
-            "stored 0:0:600\nstored 0:0:644\nstored 0:0:750\n",
+            "mode 600 0:0\nmode 755 0:0\nmode 644 0:0\nmode 755 0:0\n",
+            // The upper root has one (the mount gives it one when missing,
+            // as fuse-overlayfs), then chmod, then create and mkdir under
+            // umask 022 (fuse-overlayfs's format: a store moves between the
+            // two).
+            "stored 0:0:755\nstored 0:0:600\nstored 0:0:644\nstored 0:0:750\n",
         ],
         &["xattr_permissions=2"],
     );
