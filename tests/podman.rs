@@ -152,7 +152,8 @@ impl Session {
             format!(
                 "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
                  [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
-                 events_logger = \"file\"\ntmp_dir = \"{td}/lt\"\n"
+                 events_logger = \"file\"\ntmp_dir = \"{td}/lt\"\n\
+                 [network]\nnetwork_config_dir = \"{td}/net\"\n"
             ),
         )
         .expect("containers.conf");
@@ -196,8 +197,10 @@ impl Session {
     /// podman made (`podman system reset`, in the same namespaces): each
     /// run is a whole session.
     ///
-    /// What podman writes outside its configured dirs goes to private
-    /// mounts: its lock segment (`/dev/shm/libpod_lock`, or
+    /// containers.conf's `network_config_dir` keeps root podman's network
+    /// locks (`/etc/containers/networks/netavark.lock`,
+    /// `/etc/cni/net.d/cni.lock`) in the session. What podman writes
+    /// outside its configured dirs goes to private mounts: its lock segment (`/dev/shm/libpod_lock`, or
     /// `libpod_rootless_lock_UID`) to a tmpfs; as root also the blob info
     /// cache (`/var/lib/containers/cache`, whatever storage.conf says) to
     /// the session's `var-lib`, and runc's state and the network dir (`/run/runc`,
