@@ -185,6 +185,12 @@ impl Union {
         self.layers.has_upper
     }
 
+    /// The layers' root dirs, the upper (if any) first, then the lowers
+    /// top-down: for what a mount option sets up at mount time.
+    pub fn layer_roots(&self) -> impl Iterator<Item = std::os::fd::BorrowedFd<'_>> {
+        self.layers.list.iter().map(|l| bfd(&*l.fd))
+    }
+
     fn next_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }

@@ -7,16 +7,19 @@
 //! save, and check the saved layers hold the `.wh.` entries and the link.
 //!
 //! Then containers/storage's options, one combined scenario (run, build,
-//! commit, save) per option, as root and as `unionfs-one`:
-//! `xattr_permissions=2` with `force_mask`, a single-id map (podman sends
-//! `squash_to_uid`/`squash_to_gid`), an SELinux-style `context=` (shown as
-//! `security.selinux`, SELinux being off here) and `fsync=0`. A wrapper
-//! mount_program records what podman sent, so each test checks the option
-//! reached us.
+//! commit, save) per option, as root, as `unionfs-one` and as
+//! `unionfs-sub`: `xattr_permissions=2` with `force_mask`, a single-id map
+//! (`--uidmap 0:0:1`: podman 4.3 sends `squash_to_uid=0,squash_to_gid=0`
+//! for it in all three, with or without a subuid range), an SELinux-style
+//! `context=` (shown as `security.selinux`, SELinux being off here) and
+//! `fsync=0`. Container c1 shows that its root is our FUSE mount, and a
+//! wrapper mount_program records what podman sent, so each test checks
+//! that the option reached us in a mount of c1's upper.
 //!
 //! Each session has its own HOME, XDG_RUNTIME_DIR, storage.conf and
 //! containers.conf in a short temp dir, runs in a pid namespace of its own
-//! (so no podman, conmon, pause or FUSE process outlives it), ends with
+//! (so no podman, conmon, pause or FUSE process outlives it) with private
+//! mounts where podman writes outside those (see `Session::run`), ends with
 //! `podman system reset`, and the dir is removed. Needs podman, runc,
 //! uidmap and busybox-static (.ci/run installs them).
 
@@ -149,7 +152,8 @@ impl Session {
             format!(
                 "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
                  [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
-                 events_logger = \"file\"\ntmp_dir = \"{td}/lt\"\n"
+                 events_logger = \"file\"\ntmp_dir = \"{td}/lt\"\n\
+                 [network]\nnetwork_config_dir = \"{td}/net\"\n"
             ),
         )
         .expect("containers.conf");
@@ -173,7 +177,7 @@ impl Session {
              RUN echo two > /app/b && rm /var/lib/data/file\n",
         )
         .expect("Containerfile");
-        for d in ["home", "run", "tmp"] {
+        for d in ["home", "run", "tmp", "var-lib"] {
             fs::create_dir_all(t.join(d)).expect("mkdir");
         }
         fs::set_permissions(t.join("run"), fs::Permissions::from_mode(0o700)).expect("chmod");
@@ -189,11 +193,23 @@ impl Session {
     }
 
     /// Runs `script` (bash, `set -e`, in the session dir) as the session's
-    /// user, in a pid and mount namespace of its own.
+    /// user, in a pid and mount namespace of its own, then removes what
+    /// podman made (`podman system reset`, in the same namespaces): each
+    /// run is a whole session.
+    ///
+    /// containers.conf's `network_config_dir` keeps root podman's network
+    /// locks (`/etc/containers/networks/netavark.lock`,
+    /// `/etc/cni/net.d/cni.lock`) in the session. What podman writes
+    /// outside its configured dirs goes to private mounts: its lock segment (`/dev/shm/libpod_lock`, or
+    /// `libpod_rootless_lock_UID`) to a tmpfs; as root also the blob info
+    /// cache (`/var/lib/containers/cache`, whatever storage.conf says) to
+    /// the session's `var-lib`, and runc's state and the network dir (`/run/runc`,
+    /// `/run/containers/networks`) to a tmpfs.
     fn run(&self, script: &str) -> Output {
         let t = self.dir.display();
+        let shm = "mount -t tmpfs -o mode=1777 tmpfs /dev/shm".to_string();
         let mut cmd = match &self.node {
-            Some(node) => as_user_with_fuse(&node.path(), self.uid, true),
+            Some(node) => as_user_with_fuse(&node.path(), self.uid, true, &[&shm]),
             None => {
                 let mut c = Command::new("unshare");
                 c.args([
@@ -203,7 +219,14 @@ impl Session {
                     "--pid",
                     "--fork",
                     "--mount-proc",
-                ]);
+                    "sh",
+                    "-c",
+                ])
+                .arg(format!(
+                    "{shm} && mount --bind {t}/var-lib /var/lib && \
+                     mount -t tmpfs -o mode=755 tmpfs /run && exec \"$@\""
+                ))
+                .arg("sh");
                 c
             }
         };
@@ -217,7 +240,11 @@ impl Session {
             .arg(format!("CONTAINERS_CONF={t}/containers.conf"))
             .arg(format!("CONTAINERS_STORAGE_CONF={t}/storage.conf"))
             .args(["bash", "-c"])
-            .arg(format!("set -e; cd {t}\n{script}"))
+            .arg(format!(
+                "set -e; cd {t}\n\
+                 trap 'podman rm -a -f >/dev/null 2>&1; podman system reset -f >/dev/null 2>&1' EXIT\n\
+                 {script}"
+            ))
             .stdin(Stdio::null());
         cmd.output().expect("run podman session")
     }
@@ -230,7 +257,6 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let _ = self.run("podman rm -a -f >/dev/null 2>&1; podman system reset -f >/dev/null 2>&1");
         for m in mounts_below(&self.dir).into_iter().rev() {
             let _ = sys::umount2(&m, libc::MNT_DETACH);
         }
@@ -275,17 +301,24 @@ fn assert_has(out: &Output, s: &Session, wants: &[&str]) {
 const IMPORT: &str = "podman import -q rootfs.tar localhost/mini:1 >/dev/null\n";
 const BUILD: &str = "podman build -q --network=none -t localhost/built:1 ctx >/dev/null\n";
 
-/// In c1: changes of image files and a hard link of one, then committed.
+/// In c1: the type of its root mount (ours, so podman used the
+/// mount_program), changes of image files and a hard link of one, then
+/// committed.
 const RUN_C1: &str = "podman run --name c1 --network=none localhost/built:1 sh -c \
-    'cat /app/a /app/b; echo changed > /app/a; rm /app/b; ln /app/a /app/a.link; \
+    'while read -r _ m t _; do [ \"$m\" = / ] && echo \"root fs $t\"; done < /proc/mounts; \
+     cat /app/a /app/b; echo changed > /app/a; rm /app/b; ln /app/a /app/a.link; \
      echo new > /app/new; chmod 600 /app/new; echo plain > /app/plain; mkdir -m 750 /app/d; \
      [ $(stat -c %i /app/a) = $(stat -c %i /app/a.link) ] && stat -c \"c1 link %h\" /app/a.link'\n";
+/// Where c1's upper is, to find its mounts in what podman sent.
+const C1_UPPER: &str =
+    "printf 'c1 upper %s\\n' \"$(podman inspect -f '{{.GraphDriver.Data.UpperDir}}' c1)\"\n";
 const COMMIT_SAVE: &str = "podman commit -q c1 localhost/committed:1 >/dev/null\n\
     rm -rf save; podman save -q --format oci-dir -o save localhost/committed:1 >/dev/null\n\
     for b in save/blobs/sha256/*; do tar tvf $b 2>/dev/null | sed 's,\\./,,g' || true; done\n";
 
 /// What every session prints.
 const WANT_BASE: &[&str] = &[
+    "root fs fuse.unionfs-fuse\n",
     "one\ntwo\n",
     "c1 link 2\n",
     "usr/share/.wh.doc",
@@ -328,6 +361,13 @@ fn whole_list(who: Who) {
     assert_has(&out, &s, &want);
     let args = s.mount_args();
     assert!(args.contains("lowerdir="), "mount_program args:\n{args}");
+    if who == Who::Root {
+        // Written in the session, not in the host's /var/lib.
+        let cache = s
+            .dir
+            .join("var-lib/containers/cache/blob-info-cache-v1.boltdb");
+        assert!(cache.exists(), "no {}", cache.display());
+    }
 }
 
 #[test]
@@ -364,6 +404,7 @@ fn option_scenario(
         BUILD,
         &RUN_C1.replace("podman run ", &format!("podman run {run_opts} ")),
         COMMIT_SAVE,
+        C1_UPPER,
         extra,
     ]
     .concat();
@@ -371,11 +412,22 @@ fn option_scenario(
     let mut all = WANT_BASE.to_vec();
     all.extend(want);
     assert_has(&out, &s, &all);
+    // The mounts of c1's upper: the run's among them.
+    let (stdout, _) = text(&out);
+    let upper = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("c1 upper "))
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| panic!("({who:?}) no upper of c1 in:\n{stdout}"));
     let sent = s.mount_args();
+    let c1: Vec<&str> = sent
+        .lines()
+        .filter(|l| l.contains(&format!("upperdir={upper},")))
+        .collect();
     for a in args {
         assert!(
-            sent.lines().any(|l| l.contains(a)),
-            "({who:?}) podman did not send {a:?} to the mount_program:\n{sent}"
+            c1.iter().any(|l| l.contains(a)),
+            "({who:?}) podman did not send {a:?} to the mount_program for c1 ({upper}):\n{sent}"
         );
     }
 }
@@ -407,8 +459,9 @@ fn stored_in_c1(who: Who, path: &str) -> String {
 fn xattr_permissions(who: Who) {
     let extra = [
         "podman run --rm --network=none localhost/committed:1 sh -c \
-         'stat -c \"mode %a %u:%g\" /app/new /bin/busybox /etc/passwd'\n"
+         'stat -c \"mode %a %u:%g\" /app/new /bin/busybox /etc/passwd /'\n"
             .to_string(),
+        stored_in_c1(who, ""),
         stored_in_c1(who, "/app/new"),
         stored_in_c1(who, "/app/plain"),
         stored_in_c1(who, "/app/d"),
@@ -423,10 +476,12 @@ fn xattr_permissions(who: Who) {
         "",
         &extra,
         &[
-            "mode 600 0:0\nmode 755 0:0\nmode 644 0:0\n",
-            // chmod, then create and mkdir under umask 022 (fuse-overlayfs's
-            // format: a store moves between the two).
-            "stored 0:0:600\nstored 0:0:644\nstored 0:0:750\n",
+            "mode 600 0:0\nmode 755 0:0\nmode 644 0:0\nmode 755 0:0\n",
+            // The upper root has one (the mount gives it one when missing,
+            // as fuse-overlayfs), then chmod, then create and mkdir under
+            // umask 022 (fuse-overlayfs's format: a store moves between the
+            // two).
+            "stored 0:0:755\nstored 0:0:600\nstored 0:0:644\nstored 0:0:750\n",
         ],
         &["xattr_permissions=2"],
     );
@@ -485,13 +540,17 @@ macro_rules! option_tests {
 
 option_tests! {
     podman_root_with_xattr_permissions_and_force_mask: xattr_permissions(Who::Root);
-    podman_rootless_with_xattr_permissions_and_force_mask: xattr_permissions(Who::User(Map::Single));
+    podman_rootless_single_id_map_with_xattr_permissions_and_force_mask: xattr_permissions(Who::User(Map::Single));
+    podman_rootless_subordinate_range_with_xattr_permissions_and_force_mask: xattr_permissions(Who::User(Map::Range));
     podman_root_with_a_single_id_map_sends_squash: single_id_map(Who::Root);
-    podman_rootless_with_a_single_id_map_sends_squash: single_id_map(Who::User(Map::Single));
+    podman_rootless_single_id_map_with_a_single_id_map_sends_squash: single_id_map(Who::User(Map::Single));
+    podman_rootless_subordinate_range_with_a_single_id_map_sends_squash: single_id_map(Who::User(Map::Range));
     podman_root_with_an_selinux_context_shows_it: context(Who::Root);
-    podman_rootless_with_an_selinux_context_shows_it: context(Who::User(Map::Single));
+    podman_rootless_single_id_map_with_an_selinux_context_shows_it: context(Who::User(Map::Single));
+    podman_rootless_subordinate_range_with_an_selinux_context_shows_it: context(Who::User(Map::Range));
     podman_root_with_fsync_0: fsync0(Who::Root);
-    podman_rootless_with_fsync_0: fsync0(Who::User(Map::Single));
+    podman_rootless_single_id_map_with_fsync_0: fsync0(Who::User(Map::Single));
+    podman_rootless_subordinate_range_with_fsync_0: fsync0(Who::User(Map::Range));
 }
 
 /// `unionfs-run --export-layer` writes a layer podman imports as it is:

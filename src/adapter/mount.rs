@@ -398,7 +398,7 @@ fn serve(c: &MountConfig, sw: Switches, ready: &mut Ready) -> Result<(), String>
         stack_depth,
         !sys::proc::in_user_namespace(),
         c.writeback,
-        super::present::Present::new(c, selinux_enabled()),
+        super::present::Present::new(c, selinux_enabled()).on_upper_root(&union)?,
     )
     .always_opendir(sw.opendir);
     let cfg = fuser_config(c, allow_other, default_perms);

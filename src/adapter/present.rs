@@ -4,12 +4,13 @@
 //! and `noxattrs`. The union below stores and reports the real objects; this
 //! edge rewrites what the kernel is told.
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::errno::{Errno, Result};
 use crate::idmap::IdMap;
 use crate::options::MountConfig;
+use crate::sys;
 use crate::union::{Caller, Entry, SetAttr, Union};
 
 /// fuse-overlayfs's override xattrs, in the order it reads them.
@@ -56,6 +57,53 @@ impl Present {
             noacl: c.noacl,
             noxattrs: c.noxattrs,
         }
+    }
+
+    /// fuse-overlayfs's mount-time step for `xattr_permissions`, so that
+    /// the merged root has an owner and mode of its own: an upper root
+    /// without the override xattr gets the first one a lower root has,
+    /// else `0:0:555`. With `=2`, an upper root holding only the older
+    /// `user.fuseoverlayfs.override_stat` keeps that name for every later
+    /// write, as there. Failing to read or write the upper root's xattr
+    /// fails the mount, as there.
+    pub fn on_upper_root(mut self, fs: &Union) -> std::result::Result<Present, String> {
+        let Some(key) = self.override_key else {
+            return Ok(self);
+        };
+        let mut roots = fs.layer_roots();
+        let upper = match fs.has_upper().then(|| roots.next()).flatten() {
+            Some(u) => u,
+            None => return Ok(self),
+        };
+        let get = |dir, k: &str| {
+            let k = CString::new(k).map_err(|_| Errno::EINVAL)?;
+            sys::xattr::get(dir, c"", &k)
+        };
+        let err = |e: Errno| format!("upper root's {key}: {e}");
+        match get(upper, key) {
+            Ok(_) => return Ok(self),
+            Err(e) if e != Errno::ENODATA => return Err(err(e)),
+            Err(_) => {}
+        }
+        if key == OVERRIDE_CONTAINERS && get(upper, OVERRIDE_USER).is_ok() {
+            self.override_key = Some(OVERRIDE_USER);
+            return Ok(self);
+        }
+        // A lower root's own names: with `=2` the older one as well.
+        let names: &[&str] = match key {
+            OVERRIDE_CONTAINERS => &[OVERRIDE_CONTAINERS, OVERRIDE_USER],
+            _ => &[key],
+        };
+        let value = roots
+            .find_map(|l| {
+                names
+                    .iter()
+                    .find_map(|n| get(l, n).ok().filter(|v| !v.is_empty()))
+            })
+            .unwrap_or_else(|| b"0:0:555".to_vec());
+        let k = CString::new(key).map_err(|_| err(Errno::EINVAL))?;
+        sys::xattr::set(upper, c"", &k, &value, 0).map_err(err)?;
+        Ok(self)
     }
 
     fn squashes(&self) -> bool {

@@ -151,16 +151,20 @@ impl Default for FuseNode {
 
 /// `unshare` (as root) with a private mount namespace, plus a new pid
 /// namespace when `pid_ns` (every process the run leaves is killed when
-/// its first one exits), where `node` is bound over /dev/fuse, then
-/// setpriv to `uid`; the caller appends the program and its arguments.
-pub fn as_user_with_fuse(node: &Path, uid: u32, pid_ns: bool) -> Command {
+/// its first one exits), where `node` is bound over /dev/fuse and the
+/// shell commands `setup` run (as root, in that namespace), then setpriv
+/// to `uid`; the caller appends the program and its arguments.
+pub fn as_user_with_fuse(node: &Path, uid: u32, pid_ns: bool, setup: &[&str]) -> Command {
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private"]);
     if pid_ns {
         cmd.args(["--pid", "--fork", "--mount-proc"]);
     }
+    let steps: String = setup.iter().map(|c| format!("{c} && ")).collect();
     cmd.args(["sh", "-c"])
-        .arg("mount --bind \"$1\" /dev/fuse && shift && exec \"$@\"")
+        .arg(format!(
+            "mount --bind \"$1\" /dev/fuse && shift && {steps}exec \"$@\""
+        ))
         .arg("sh")
         .arg(node)
         .args([
@@ -181,7 +185,7 @@ pub fn run_inside(name: &str, map: Map) -> bool {
     };
     let node = FuseNode::new();
     let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = as_user_with_fuse(&node.path(), uid, false);
+    let mut cmd = as_user_with_fuse(&node.path(), uid, false, &[]);
     cmd.args(["unshare", "--user", "--mount"]);
     if map == Map::Range {
         cmd.arg("--map-auto");
